@@ -1,0 +1,524 @@
+//! The proxy's per-request state machine: one client operation on one key, run as
+//! single-decree Paxos over the key's N replicas (the CASPaxos construction). Sans-IO:
+//! the caller delivers replies and timer expiries and carries out the returned actions.
+
+use crate::key::StoreKey;
+use crate::protocol::Status;
+use crate::record::{Accepted, Ballot, Record};
+use crate::replica::{ReplicaReply, ReplicaRequest};
+use crate::semantics::{apply, Context, Effect, Op};
+
+/// Hands out ballots that no other request, on this proxy or any other, will use.
+pub trait BallotSource {
+    /// A fresh ballot whose counter is above `counter`.
+    fn next_above(&self, counter: u64) -> Ballot;
+}
+
+/// The answer to the client: the record the operation leaves (none after a destroy),
+/// or the status it failed with.
+pub type Outcome = Result<Option<Record>, Status>;
+
+/// What the caller must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to replica `to`; deliver its reply with this `round`.
+    Send { round: u32, to: usize, msg: ReplicaRequest },
+    /// Wait a randomised delay growing with `attempt`, then call [`Coordinator::retry`].
+    Backoff { attempt: u32 },
+    /// Answer the client. Comes exactly once; the coordinator may still want replies
+    /// afterwards (to clean up tombstones) until [`Coordinator::is_finished`].
+    Reply(Outcome),
+}
+
+/// Replication parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Quorum {
+    pub replicas: usize,
+    pub quorum: usize,
+    /// An expired record is removed only this long after its expiry, so that a proxy
+    /// whose clock runs ahead cannot remove what other clocks still call live.
+    pub purge_grace_secs: u32,
+}
+
+impl Quorum {
+    /// A majority of `replicas`.
+    pub fn majority(replicas: usize) -> Self {
+        Quorum { replicas, quorum: replicas / 2 + 1, purge_grace_secs: 3600 }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Reading { seen: Vec<Option<Option<Accepted>>> },
+    Preparing { promises: Vec<Option<Option<Accepted>>>, refused: usize },
+    Accepting { record: Record, acks: usize, refused: usize },
+    BackingOff,
+    Finished,
+}
+
+/// One client operation in flight.
+pub struct Coordinator {
+    key: StoreKey,
+    op: Op,
+    ctx: Context,
+    q: Quorum,
+    phase: Phase,
+    round: u32,
+    attempt: u32,
+    ballot: Ballot,
+    highest_seen: u64,
+    outcome: Option<Outcome>,
+    replied: bool,
+    /// An earlier round sent this request's own new record: it may have taken effect.
+    wrote: bool,
+}
+
+impl Coordinator {
+    pub fn new(key: StoreKey, op: Op, ctx: Context, q: Quorum) -> Self {
+        assert!(q.quorum > q.replicas / 2 && q.quorum <= q.replicas, "quorums must intersect");
+        Coordinator {
+            key,
+            op,
+            ctx,
+            q,
+            phase: Phase::Finished,
+            round: 0,
+            attempt: 0,
+            ballot: Ballot::default(),
+            highest_seen: 0,
+            outcome: None,
+            replied: false,
+            wrote: false,
+        }
+    }
+
+    /// First actions: a one-round-trip read for plain gets, phase 1 otherwise.
+    pub fn start(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+        if self.op.may_write() {
+            self.prepare(ballots)
+        } else {
+            self.round += 1;
+            self.phase = Phase::Reading { seen: vec![None; self.q.replicas] };
+            self.broadcast(|key| ReplicaRequest::Read { key })
+        }
+    }
+
+    /// After a backoff: a new phase 1 with a higher ballot.
+    pub fn retry(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+        if self.replied {
+            self.phase = Phase::Finished;
+            return Vec::new();
+        }
+        self.attempt += 1;
+        self.prepare(ballots)
+    }
+
+    /// The current round took too long: retry it (or, once answered, give up on the
+    /// clean-up).
+    pub fn on_round_timeout(&mut self, round: u32) -> Vec<Action> {
+        if round != self.round || matches!(self.phase, Phase::BackingOff | Phase::Finished) {
+            return Vec::new();
+        }
+        if self.replied {
+            self.phase = Phase::Finished;
+            return Vec::new();
+        }
+        self.back_off()
+    }
+
+    /// True once nothing more will come of this request.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The round the caller is waiting on.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Highest ballot counter seen in rejections, for the proxy's ballot source.
+    pub fn highest_seen(&self) -> u64 {
+        self.highest_seen
+    }
+
+    /// A replica's reply. Replies from earlier rounds are ignored.
+    pub fn on_reply(&mut self, round: u32, from: usize, reply: ReplicaReply, ballots: &dyn BallotSource) -> Vec<Action> {
+        if round != self.round || from >= self.q.replicas {
+            return Vec::new();
+        }
+        if let ReplicaReply::Rejected { promised } = &reply {
+            self.highest_seen = self.highest_seen.max(promised.counter);
+        }
+        match &mut self.phase {
+            Phase::Reading { seen } => {
+                let ReplicaReply::Value { accepted } = reply else {
+                    return Vec::new(); // a failed replica: wait for the others or time out
+                };
+                if seen[from].is_some() {
+                    return Vec::new();
+                }
+                seen[from] = Some(accepted);
+                let got: Vec<&Option<Accepted>> = seen.iter().flatten().collect();
+                let agreed = all_same_ballot(&got);
+                if self.replied {
+                    if got.len() == self.q.replicas && agreed {
+                        let chosen = got[0].clone();
+                        return self.purge_if_dead(chosen);
+                    }
+                    return Vec::new();
+                }
+                if got.len() < self.q.quorum {
+                    return Vec::new();
+                }
+                if !agreed {
+                    // Replicas disagree: make the newest record chosen before answering.
+                    return self.prepare(ballots);
+                }
+                let chosen = got[0].clone();
+                let everyone = got.len() == self.q.replicas;
+                let current = chosen.as_ref().map(|(_, r)| r.clone());
+                let outcome = match apply(&self.op, current.as_ref(), &self.ctx) {
+                    Ok(Effect::Unchanged(r)) => Ok(r),
+                    Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
+                    Err(s) => Err(s),
+                };
+                let mut actions = vec![self.reply(outcome)];
+                if everyone {
+                    actions.extend(self.purge_if_dead(chosen));
+                }
+                actions
+            }
+            Phase::Preparing { promises, refused } => {
+                match reply {
+                    ReplicaReply::Promise { accepted } if promises[from].is_none() => {
+                        promises[from] = Some(accepted);
+                    }
+                    ReplicaReply::Promise { .. } => return Vec::new(),
+                    _ => *refused += 1,
+                }
+                if *refused > self.q.replicas - self.q.quorum {
+                    return self.back_off();
+                }
+                let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
+                if got.len() < self.q.quorum {
+                    return Vec::new();
+                }
+                let agreed = all_same_ballot(&got);
+                let highest = got.iter().filter_map(|a| a.as_ref()).max_by_key(|(b, _)| *b).map(|(_, r)| r.clone());
+                self.decide(highest, agreed)
+            }
+            Phase::Accepting { record, acks, refused } => {
+                match reply {
+                    ReplicaReply::Accepted => *acks += 1,
+                    _ => *refused += 1,
+                }
+                let (acks, refused, tombstone) = (*acks, *refused, record.tombstone);
+                if !self.replied && refused > self.q.replicas - self.q.quorum {
+                    return self.back_off();
+                }
+                let mut actions = Vec::new();
+                if !self.replied && acks >= self.q.quorum {
+                    let outcome = self.outcome.take().expect("an accept always has an outcome");
+                    actions.push(self.reply(outcome));
+                }
+                if acks == self.q.replicas && tombstone {
+                    // Every replica holds the tombstone: it can go.
+                    let ballot = self.ballot;
+                    actions.extend(self.broadcast(|key| ReplicaRequest::Purge { key, ballot }));
+                    self.phase = Phase::Finished;
+                } else if acks + refused == self.q.replicas && self.replied {
+                    self.phase = Phase::Finished;
+                }
+                actions
+            }
+            Phase::BackingOff | Phase::Finished => Vec::new(),
+        }
+    }
+
+    /// With a quorum of promises: apply the operation to the newest record and write
+    /// the result, or write the newest record back when the operation changes nothing
+    /// but the quorum did not agree on it.
+    fn decide(&mut self, current: Option<Record>, agreed: bool) -> Vec<Action> {
+        let mine = current.as_ref().is_some_and(|r| self.op.writes_originator() && r.originator == self.ctx.request_id);
+        let effect = if mine {
+            // An earlier attempt of this very request took effect: never apply twice.
+            let r = current.clone().filter(|r| !r.tombstone);
+            Ok(Effect::Unchanged(r))
+        } else if self.wrote && self.op.writes_originator() {
+            // An earlier attempt may have taken effect and been overwritten since:
+            // applying again could apply twice, so the outcome is unknown.
+            Err(Status::CommitFailure)
+        } else {
+            apply(&self.op, current.as_ref(), &self.ctx)
+        };
+        let (outcome, write) = match effect {
+            Ok(Effect::Write(new)) => {
+                self.wrote = true;
+                let shown = (!new.tombstone).then(|| new.clone());
+                (Ok(shown), Some(new))
+            }
+            Ok(Effect::Unchanged(r)) => (Ok(r), current.filter(|_| !agreed)),
+            Err(s) => (Err(s), current.filter(|_| !agreed)),
+        };
+        match write {
+            None => vec![self.reply(outcome)],
+            Some(record) => {
+                self.outcome = Some(outcome);
+                let ballot = self.ballot;
+                self.round += 1; // late promises must not count as accept replies
+                self.phase = Phase::Accepting { record: record.clone(), acks: 0, refused: 0 };
+                self.broadcast(|key| ReplicaRequest::Accept { key, ballot, record: record.clone() })
+            }
+        }
+    }
+
+    fn prepare(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+        self.round += 1;
+        self.ballot = ballots.next_above(self.highest_seen);
+        self.highest_seen = self.highest_seen.max(self.ballot.counter);
+        self.phase = Phase::Preparing { promises: vec![None; self.q.replicas], refused: 0 };
+        let ballot = self.ballot;
+        self.broadcast(|key| ReplicaRequest::Prepare { key, ballot })
+    }
+
+    fn back_off(&mut self) -> Vec<Action> {
+        self.phase = Phase::BackingOff;
+        vec![Action::Backoff { attempt: self.attempt }]
+    }
+
+    fn reply(&mut self, outcome: Outcome) -> Action {
+        assert!(!self.replied, "a request is answered once");
+        self.replied = true;
+        if matches!(self.phase, Phase::Preparing { .. }) {
+            self.phase = Phase::Finished;
+        }
+        Action::Reply(outcome)
+    }
+
+    /// After a read that every replica answered alike: a tombstone, or a record long
+    /// expired, is removed everywhere.
+    fn purge_if_dead(&mut self, chosen: Option<Accepted>) -> Vec<Action> {
+        self.phase = Phase::Finished;
+        match chosen {
+            Some((ballot, r)) if r.tombstone || r.expires_at.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs() => {
+                self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn broadcast(&self, msg: impl Fn(StoreKey) -> ReplicaRequest) -> Vec<Action> {
+        (0..self.q.replicas)
+            .map(|to| Action::Send { round: self.round, to, msg: msg(self.key.clone()) })
+            .collect()
+    }
+}
+
+fn all_same_ballot(got: &[&Option<Accepted>]) -> bool {
+    let ballot = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
+    got.windows(2).all(|w| ballot(w[0]) == ballot(w[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Slot;
+    use crate::replica::{step, Write};
+    use crate::semantics::{Condition, Value};
+    use proptest::prelude::*;
+    use std::cell::Cell;
+
+    struct Counter(Cell<u64>, u64);
+    impl BallotSource for Counter {
+        fn next_above(&self, counter: u64) -> Ballot {
+            self.0.set(self.0.get().max(counter) + 1);
+            Ballot { counter: self.0.get(), proposer: self.1 }
+        }
+    }
+
+    enum Msg {
+        Request { c: usize, round: u32, to: usize, req: ReplicaRequest },
+        Reply { c: usize, round: u32, from: usize, reply: ReplicaReply },
+    }
+
+    /// Three in-memory replicas and some coordinators, with messages delivered in an
+    /// order (and with losses) chosen by `choices`.
+    struct Cluster {
+        replicas: Vec<(Option<Slot>, Ballot)>,
+        coords: Vec<(Coordinator, Counter)>,
+        outcomes: Vec<Option<Outcome>>,
+        net: Vec<Msg>,
+    }
+
+    impl Cluster {
+        fn new(n: usize) -> Self {
+            Cluster { replicas: vec![(None, Ballot::default()); n], coords: Vec::new(), outcomes: Vec::new(), net: Vec::new() }
+        }
+
+        fn add(&mut self, op: Op, id: u8) -> usize {
+            let ctx = Context { now_ns: 1_000_000_000_000, request_id: [id; 16], default_ttl: 3600 };
+            let key = StoreKey::new(b"ns", b"k", 16);
+            let c = self.coords.len();
+            self.coords.push((Coordinator::new(key, op, ctx, Quorum::majority(self.replicas.len())), Counter(Cell::new(0), c as u64)));
+            self.outcomes.push(None);
+            let actions = { let (co, b) = &mut self.coords[c]; co.start(b) };
+            self.perform(c, actions);
+            c
+        }
+
+        fn perform(&mut self, c: usize, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Send { round, to, msg } => self.net.push(Msg::Request { c, round, to, req: msg }),
+                    Action::Backoff { .. } => {
+                        let more = { let (co, b) = &mut self.coords[c]; co.retry(b) };
+                        self.perform(c, more);
+                    }
+                    Action::Reply(o) => {
+                        assert!(self.outcomes[c].is_none());
+                        self.outcomes[c] = Some(o);
+                    }
+                }
+            }
+        }
+
+        fn deliver(&mut self, i: usize, drop: bool) {
+            let msg = self.net.swap_remove(i);
+            if drop {
+                return;
+            }
+            match msg {
+                Msg::Request { c, round, to, req } => {
+                    let (slot, floor) = &mut self.replicas[to];
+                    let (w, reply) = step(slot.as_ref(), *floor, &req);
+                    match w {
+                        Some(Write::Put(s)) => *slot = Some(s),
+                        Some(Write::Purge(b)) => { *slot = None; *floor = (*floor).max(b); }
+                        None => {}
+                    }
+                    self.net.push(Msg::Reply { c, round, from: to, reply });
+                }
+                Msg::Reply { c, round, from, reply } => {
+                    let actions = { let (co, b) = &mut self.coords[c]; co.on_reply(round, from, reply, b) };
+                    self.perform(c, actions);
+                }
+            }
+        }
+
+        /// Runs until every coordinator answered and the network is quiet, using
+        /// `choices` to pick deliveries (and losses), then delivering in order.
+        fn run(&mut self, choices: &[(usize, bool)]) {
+            let mut choices = choices.iter().chain(std::iter::repeat(&(0, false)));
+            for _ in 0..20_000 {
+                if self.net.is_empty() {
+                    let waiting: Vec<usize> = (0..self.coords.len()).filter(|&c| self.outcomes[c].is_none()).collect();
+                    if waiting.is_empty() {
+                        return;
+                    }
+                    for c in waiting {
+                        let round = self.coords[c].0.round();
+                        let actions = self.coords[c].0.on_round_timeout(round);
+                        self.perform(c, actions);
+                    }
+                    continue;
+                }
+                let &(i, drop) = choices.next().unwrap();
+                let len = self.net.len();
+                self.deliver(i % len, drop);
+            }
+        }
+
+        fn read(&mut self) -> Outcome {
+            let c = self.add(Op::Get { extend_ttl: 0 }, 200);
+            self.run(&[(0, false)]);
+            self.outcomes[c].clone().unwrap()
+        }
+    }
+
+    fn val(s: u8) -> Value {
+        Value { kind: 0, data: vec![s] }
+    }
+
+    fn schedule() -> impl Strategy<Value = Vec<(usize, bool)>> {
+        proptest::collection::vec((any::<usize>(), proptest::bool::weighted(0.15)), 1..200)
+    }
+
+    proptest! {
+        #[test]
+        fn concurrent_creates_at_most_one_wins(sched in schedule(), n in prop_oneof![Just(3usize), Just(5)]) {
+            let mut cl = Cluster::new(n);
+            for i in 0..3u8 {
+                cl.add(Op::Create { value: val(i), ttl: 0 }, i + 1);
+            }
+            cl.run(&sched);
+            let winners: Vec<usize> = (0..3).filter(|&c| matches!(cl.outcomes[c], Some(Ok(_)))).collect();
+            prop_assert!(winners.len() <= 1, "{:?}", cl.outcomes);
+            for c in 0..3 {
+                if let Some(Err(s)) = &cl.outcomes[c] {
+                    prop_assert!(matches!(s, Status::DupKey | Status::CommitFailure), "{:?}", s);
+                }
+            }
+            let got = cl.read();
+            if let [w] = winners[..] {
+                let r = got.unwrap().unwrap();
+                prop_assert_eq!(r.value, vec![w as u8]);
+                prop_assert_eq!(r.version, 1);
+            }
+        }
+
+        #[test]
+        fn conditional_updates_at_most_one_wins(sched in schedule()) {
+            let mut cl = Cluster::new(3);
+            cl.add(Op::Create { value: val(9), ttl: 0 }, 100);
+            cl.run(&[(0, false)]);
+            let start = cl.coords.len();
+            for i in 0..3u8 {
+                let condition = Condition { version: Some(1), ..Condition::default() };
+                cl.add(Op::Update { value: val(i), ttl: 0, condition }, i + 1);
+            }
+            cl.run(&sched);
+            let winners: Vec<usize> = (start..start + 3).filter(|&c| matches!(cl.outcomes[c], Some(Ok(_)))).collect();
+            prop_assert!(winners.len() <= 1, "{:?}", cl.outcomes);
+            let r = cl.read().unwrap().unwrap();
+            prop_assert!(r.version <= 2);
+            if let [w] = winners[..] {
+                prop_assert_eq!(r.value, vec![(w - start) as u8]);
+                prop_assert_eq!(r.version, 2);
+            }
+        }
+
+        #[test]
+        fn sets_are_applied_exactly_once(sched in schedule()) {
+            let mut cl = Cluster::new(3);
+            for i in 0..4u8 {
+                cl.add(Op::Set { value: val(i), ttl: 0 }, i + 1);
+            }
+            cl.run(&sched);
+            // Every set was answered (the run only ends then): each Ok took effect
+            // exactly once, each CommitFailure at most once, and the version counts them.
+            let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
+            let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
+            prop_assert_eq!(ok + unknown, 4);
+            let r = cl.read().unwrap().unwrap();
+            prop_assert!(ok <= r.version && r.version <= ok + unknown, "version {} ok {} unknown {}", r.version, ok, unknown);
+        }
+    }
+
+    #[test]
+    fn destroy_purges_the_tombstone_everywhere() {
+        let mut cl = Cluster::new(3);
+        cl.add(Op::Create { value: val(1), ttl: 0 }, 1);
+        cl.run(&[(0, false)]);
+        let d = cl.add(Op::Destroy, 2);
+        cl.run(&[(0, false)]);
+        while !cl.net.is_empty() {
+            cl.deliver(0, false);
+        }
+        assert_eq!(cl.outcomes[d], Some(Ok(None)));
+        assert!(cl.replicas.iter().all(|(s, f)| s.is_none() && f.counter > 0), "{:?}", cl.replicas);
+        assert_eq!(cl.read(), Err(Status::NoKey));
+        cl.add(Op::Create { value: val(3), ttl: 0 }, 3);
+        cl.run(&[(0, false)]);
+        assert_eq!(cl.read().unwrap().unwrap().value, vec![3]);
+    }
+}

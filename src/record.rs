@@ -1,0 +1,137 @@
+//! What a replica stores per key: its promise and its accepted record, and the
+//! checksummed byte format they are persisted in.
+
+use serde::{Deserialize, Serialize};
+
+/// A Paxos ballot, totally ordered by counter then proposer. The proposer id is drawn
+/// at random when a proxy starts, so a restarted proxy never reuses a ballot.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub struct Ballot {
+    pub counter: u64,
+    pub proposer: u64,
+}
+
+/// One version of a key as JunoDB clients see it, or a tombstone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub version: u32,
+    /// Unix seconds when the key was created.
+    pub creation_time: u32,
+    /// Unix seconds after which the record counts as absent.
+    pub expires_at: u32,
+    /// Unix nanoseconds of the write that made this version.
+    pub last_modified_ns: u64,
+    /// Request id of the write that made this version; lets a retried request recognise
+    /// its own earlier attempt instead of applying twice.
+    pub originator: [u8; 16],
+    pub tombstone: bool,
+    /// JunoDB payload type (0 clear, 1..3 encrypted or compressed by someone else).
+    pub payload_kind: u8,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    /// Whether a client may see this record at `now` (unix seconds).
+    pub fn is_live(&self, now_secs: u32) -> bool {
+        !self.tombstone && self.expires_at > now_secs
+    }
+
+    /// Seconds left to live at `now`, 0 when expired.
+    pub fn ttl_left(&self, now_secs: u32) -> u32 {
+        self.expires_at.saturating_sub(now_secs)
+    }
+}
+
+/// An accepted record with the ballot it was accepted at.
+pub type Accepted = (Ballot, Record);
+
+/// A replica's durable state for one key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub promised: Ballot,
+    pub accepted: Option<Accepted>,
+}
+
+/// Why stored bytes could not be read back as a slot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CorruptRecord {
+    #[error("record checksum mismatch")]
+    Checksum,
+    #[error("unknown record format {0}")]
+    Format(u8),
+    #[error("record body undecodable")]
+    Body,
+}
+
+const FORMAT: u8 = 1;
+
+impl Slot {
+    /// `[format][bincode body][crc32 of format and body]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        bincode::serialize_into(&mut out, self).expect("serialising to a Vec cannot fail");
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Decodes and verifies bytes written by [`Slot::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Slot, CorruptRecord> {
+        if bytes.len() < 5 {
+            return Err(CorruptRecord::Checksum);
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body).to_be_bytes() != crc {
+            return Err(CorruptRecord::Checksum);
+        }
+        if body[0] != FORMAT {
+            return Err(CorruptRecord::Format(body[0]));
+        }
+        bincode::deserialize(&body[1..]).map_err(|_| CorruptRecord::Body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Slot {
+        Slot {
+            promised: Ballot { counter: 7, proposer: 3 },
+            accepted: Some((
+                Ballot { counter: 6, proposer: 3 },
+                Record {
+                    version: 2,
+                    creation_time: 100,
+                    expires_at: 200,
+                    last_modified_ns: 5,
+                    originator: [9; 16],
+                    tombstone: false,
+                    payload_kind: 0,
+                    value: b"hello".to_vec(),
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn slot_round_trips_and_detects_every_bit_flip() {
+        let bytes = slot().encode();
+        assert_eq!(Slot::decode(&bytes).unwrap(), slot());
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(Slot::decode(&b).is_err(), "flip of bit {i} went unnoticed");
+        }
+        assert!(Slot::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn ballots_order_by_counter_then_proposer() {
+        let b = |c, p| Ballot { counter: c, proposer: p };
+        assert!(b(1, 9) < b(2, 0));
+        assert!(b(2, 1) < b(2, 2));
+    }
+}
