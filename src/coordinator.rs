@@ -22,7 +22,11 @@ pub type Outcome = Result<Option<Record>, Status>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send `msg` to replica `to`; deliver its reply with this `round`.
-    Send { round: u32, to: usize, msg: ReplicaRequest },
+    Send {
+        round: u32,
+        to: usize,
+        msg: ReplicaRequest,
+    },
     /// Wait a randomised delay growing with `attempt`, then call [`Coordinator::retry`].
     Backoff { attempt: u32 },
     /// Answer the client. Comes exactly once; the coordinator may still want replies
@@ -43,15 +47,28 @@ pub struct Quorum {
 impl Quorum {
     /// A majority of `replicas`.
     pub fn majority(replicas: usize) -> Self {
-        Quorum { replicas, quorum: replicas / 2 + 1, purge_grace_secs: 3600 }
+        Quorum {
+            replicas,
+            quorum: replicas / 2 + 1,
+            purge_grace_secs: 3600,
+        }
     }
 }
 
 #[derive(Debug)]
 enum Phase {
-    Reading { seen: Vec<Option<Option<Accepted>>> },
-    Preparing { promises: Vec<Option<Option<Accepted>>>, refused: usize },
-    Accepting { record: Record, acks: usize, refused: usize },
+    Reading {
+        seen: Vec<Option<Option<Accepted>>>,
+    },
+    Preparing {
+        promises: Vec<Option<Option<Accepted>>>,
+        refused: usize,
+    },
+    Accepting {
+        record: Record,
+        acks: usize,
+        refused: usize,
+    },
     BackingOff,
     Finished,
 }
@@ -75,7 +92,10 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(key: StoreKey, op: Op, ctx: Context, q: Quorum) -> Self {
-        assert!(q.quorum > q.replicas / 2 && q.quorum <= q.replicas, "quorums must intersect");
+        assert!(
+            q.quorum > q.replicas / 2 && q.quorum <= q.replicas,
+            "quorums must intersect"
+        );
         Coordinator {
             key,
             op,
@@ -98,7 +118,9 @@ impl Coordinator {
             self.prepare(ballots)
         } else {
             self.round += 1;
-            self.phase = Phase::Reading { seen: vec![None; self.q.replicas] };
+            self.phase = Phase::Reading {
+                seen: vec![None; self.q.replicas],
+            };
             self.broadcast(|key| ReplicaRequest::Read { key })
         }
     }
@@ -142,7 +164,13 @@ impl Coordinator {
     }
 
     /// A replica's reply. Replies from earlier rounds are ignored.
-    pub fn on_reply(&mut self, round: u32, from: usize, reply: ReplicaReply, ballots: &dyn BallotSource) -> Vec<Action> {
+    pub fn on_reply(
+        &mut self,
+        round: u32,
+        from: usize,
+        reply: ReplicaReply,
+        ballots: &dyn BallotSource,
+    ) -> Vec<Action> {
         if round != self.round || from >= self.q.replicas {
             return Vec::new();
         }
@@ -204,10 +232,18 @@ impl Coordinator {
                     return Vec::new();
                 }
                 let agreed = all_same_ballot(&got);
-                let highest = got.iter().filter_map(|a| a.as_ref()).max_by_key(|(b, _)| *b).map(|(_, r)| r.clone());
+                let highest = got
+                    .iter()
+                    .filter_map(|a| a.as_ref())
+                    .max_by_key(|(b, _)| *b)
+                    .map(|(_, r)| r.clone());
                 self.decide(highest, agreed)
             }
-            Phase::Accepting { record, acks, refused } => {
+            Phase::Accepting {
+                record,
+                acks,
+                refused,
+            } => {
                 match reply {
                     ReplicaReply::Accepted => *acks += 1,
                     _ => *refused += 1,
@@ -218,7 +254,10 @@ impl Coordinator {
                 }
                 let mut actions = Vec::new();
                 if !self.replied && acks >= self.q.quorum {
-                    let outcome = self.outcome.take().expect("an accept always has an outcome");
+                    let outcome = self
+                        .outcome
+                        .take()
+                        .expect("an accept always has an outcome");
                     actions.push(self.reply(outcome));
                 }
                 if acks == self.q.replicas && tombstone {
@@ -239,7 +278,9 @@ impl Coordinator {
     /// the result, or write the newest record back when the operation changes nothing
     /// but the quorum did not agree on it.
     fn decide(&mut self, current: Option<Record>, agreed: bool) -> Vec<Action> {
-        let mine = current.as_ref().is_some_and(|r| self.op.writes_originator() && r.originator == self.ctx.request_id);
+        let mine = current
+            .as_ref()
+            .is_some_and(|r| self.op.writes_originator() && r.originator == self.ctx.request_id);
         let effect = if mine {
             // An earlier attempt of this very request took effect: never apply twice.
             let r = current.clone().filter(|r| !r.tombstone);
@@ -266,8 +307,16 @@ impl Coordinator {
                 self.outcome = Some(outcome);
                 let ballot = self.ballot;
                 self.round += 1; // late promises must not count as accept replies
-                self.phase = Phase::Accepting { record: record.clone(), acks: 0, refused: 0 };
-                self.broadcast(|key| ReplicaRequest::Accept { key, ballot, record: record.clone() })
+                self.phase = Phase::Accepting {
+                    record: record.clone(),
+                    acks: 0,
+                    refused: 0,
+                };
+                self.broadcast(|key| ReplicaRequest::Accept {
+                    key,
+                    ballot,
+                    record: record.clone(),
+                })
             }
         }
     }
@@ -276,14 +325,19 @@ impl Coordinator {
         self.round += 1;
         self.ballot = ballots.next_above(self.highest_seen);
         self.highest_seen = self.highest_seen.max(self.ballot.counter);
-        self.phase = Phase::Preparing { promises: vec![None; self.q.replicas], refused: 0 };
+        self.phase = Phase::Preparing {
+            promises: vec![None; self.q.replicas],
+            refused: 0,
+        };
         let ballot = self.ballot;
         self.broadcast(|key| ReplicaRequest::Prepare { key, ballot })
     }
 
     fn back_off(&mut self) -> Vec<Action> {
         self.phase = Phase::BackingOff;
-        vec![Action::Backoff { attempt: self.attempt }]
+        vec![Action::Backoff {
+            attempt: self.attempt,
+        }]
     }
 
     fn reply(&mut self, outcome: Outcome) -> Action {
@@ -300,7 +354,11 @@ impl Coordinator {
     fn purge_if_dead(&mut self, chosen: Option<Accepted>) -> Vec<Action> {
         self.phase = Phase::Finished;
         match chosen {
-            Some((ballot, r)) if r.tombstone || r.expires_at.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs() => {
+            Some((ballot, r))
+                if r.tombstone
+                    || r.expires_at.saturating_add(self.q.purge_grace_secs)
+                        < self.ctx.now_secs() =>
+            {
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
             }
             _ => Vec::new(),
@@ -309,7 +367,11 @@ impl Coordinator {
 
     fn broadcast(&self, msg: impl Fn(StoreKey) -> ReplicaRequest) -> Vec<Action> {
         (0..self.q.replicas)
-            .map(|to| Action::Send { round: self.round, to, msg: msg(self.key.clone()) })
+            .map(|to| Action::Send {
+                round: self.round,
+                to,
+                msg: msg(self.key.clone()),
+            })
             .collect()
     }
 }
@@ -332,13 +394,26 @@ mod tests {
     impl BallotSource for Counter {
         fn next_above(&self, counter: u64) -> Ballot {
             self.0.set(self.0.get().max(counter) + 1);
-            Ballot { counter: self.0.get(), proposer: self.1 }
+            Ballot {
+                counter: self.0.get(),
+                proposer: self.1,
+            }
         }
     }
 
     enum Msg {
-        Request { c: usize, round: u32, to: usize, req: ReplicaRequest },
-        Reply { c: usize, round: u32, from: usize, reply: ReplicaReply },
+        Request {
+            c: usize,
+            round: u32,
+            to: usize,
+            req: ReplicaRequest,
+        },
+        Reply {
+            c: usize,
+            round: u32,
+            from: usize,
+            reply: ReplicaReply,
+        },
     }
 
     /// Three in-memory replicas and some coordinators, with messages delivered in an
@@ -352,16 +427,31 @@ mod tests {
 
     impl Cluster {
         fn new(n: usize) -> Self {
-            Cluster { replicas: vec![(None, Ballot::default()); n], coords: Vec::new(), outcomes: Vec::new(), net: Vec::new() }
+            Cluster {
+                replicas: vec![(None, Ballot::default()); n],
+                coords: Vec::new(),
+                outcomes: Vec::new(),
+                net: Vec::new(),
+            }
         }
 
         fn add(&mut self, op: Op, id: u8) -> usize {
-            let ctx = Context { now_ns: 1_000_000_000_000, request_id: [id; 16], default_ttl: 3600 };
+            let ctx = Context {
+                now_ns: 1_000_000_000_000,
+                request_id: [id; 16],
+                default_ttl: 3600,
+            };
             let key = StoreKey::new(b"ns", b"k", 16);
             let c = self.coords.len();
-            self.coords.push((Coordinator::new(key, op, ctx, Quorum::majority(self.replicas.len())), Counter(Cell::new(0), c as u64)));
+            self.coords.push((
+                Coordinator::new(key, op, ctx, Quorum::majority(self.replicas.len())),
+                Counter(Cell::new(0), c as u64),
+            ));
             self.outcomes.push(None);
-            let actions = { let (co, b) = &mut self.coords[c]; co.start(b) };
+            let actions = {
+                let (co, b) = &mut self.coords[c];
+                co.start(b)
+            };
             self.perform(c, actions);
             c
         }
@@ -369,9 +459,17 @@ mod tests {
         fn perform(&mut self, c: usize, actions: Vec<Action>) {
             for a in actions {
                 match a {
-                    Action::Send { round, to, msg } => self.net.push(Msg::Request { c, round, to, req: msg }),
+                    Action::Send { round, to, msg } => self.net.push(Msg::Request {
+                        c,
+                        round,
+                        to,
+                        req: msg,
+                    }),
                     Action::Backoff { .. } => {
-                        let more = { let (co, b) = &mut self.coords[c]; co.retry(b) };
+                        let more = {
+                            let (co, b) = &mut self.coords[c];
+                            co.retry(b)
+                        };
                         self.perform(c, more);
                     }
                     Action::Reply(o) => {
@@ -393,13 +491,29 @@ mod tests {
                     let (w, reply) = step(slot.as_ref(), *floor, &req);
                     match w {
                         Some(Write::Put(s)) => *slot = Some(s),
-                        Some(Write::Purge(b)) => { *slot = None; *floor = (*floor).max(b); }
+                        Some(Write::Purge(b)) => {
+                            *slot = None;
+                            *floor = (*floor).max(b);
+                        }
                         None => {}
                     }
-                    self.net.push(Msg::Reply { c, round, from: to, reply });
+                    self.net.push(Msg::Reply {
+                        c,
+                        round,
+                        from: to,
+                        reply,
+                    });
                 }
-                Msg::Reply { c, round, from, reply } => {
-                    let actions = { let (co, b) = &mut self.coords[c]; co.on_reply(round, from, reply, b) };
+                Msg::Reply {
+                    c,
+                    round,
+                    from,
+                    reply,
+                } => {
+                    let actions = {
+                        let (co, b) = &mut self.coords[c];
+                        co.on_reply(round, from, reply, b)
+                    };
                     self.perform(c, actions);
                 }
             }
@@ -411,7 +525,9 @@ mod tests {
             let mut choices = choices.iter().chain(std::iter::repeat(&(0, false)));
             for _ in 0..20_000 {
                 if self.net.is_empty() {
-                    let waiting: Vec<usize> = (0..self.coords.len()).filter(|&c| self.outcomes[c].is_none()).collect();
+                    let waiting: Vec<usize> = (0..self.coords.len())
+                        .filter(|&c| self.outcomes[c].is_none())
+                        .collect();
                     if waiting.is_empty() {
                         return;
                     }
@@ -436,7 +552,10 @@ mod tests {
     }
 
     fn val(s: u8) -> Value {
-        Value { kind: 0, data: vec![s] }
+        Value {
+            kind: 0,
+            data: vec![s],
+        }
     }
 
     fn schedule() -> impl Strategy<Value = Vec<(usize, bool)>> {
@@ -507,7 +626,13 @@ mod tests {
     #[test]
     fn destroy_purges_the_tombstone_everywhere() {
         let mut cl = Cluster::new(3);
-        cl.add(Op::Create { value: val(1), ttl: 0 }, 1);
+        cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            1,
+        );
         cl.run(&[(0, false)]);
         let d = cl.add(Op::Destroy, 2);
         cl.run(&[(0, false)]);
@@ -515,9 +640,21 @@ mod tests {
             cl.deliver(0, false);
         }
         assert_eq!(cl.outcomes[d], Some(Ok(None)));
-        assert!(cl.replicas.iter().all(|(s, f)| s.is_none() && f.counter > 0), "{:?}", cl.replicas);
+        assert!(
+            cl.replicas
+                .iter()
+                .all(|(s, f)| s.is_none() && f.counter > 0),
+            "{:?}",
+            cl.replicas
+        );
         assert_eq!(cl.read(), Err(Status::NoKey));
-        cl.add(Op::Create { value: val(3), ttl: 0 }, 3);
+        cl.add(
+            Op::Create {
+                value: val(3),
+                ttl: 0,
+            },
+            3,
+        );
         cl.run(&[(0, false)]);
         assert_eq!(cl.read().unwrap().unwrap().value, vec![3]);
     }

@@ -1,9 +1,16 @@
 //! JunoKV: a distributed key-value store that speaks JunoDB's wire protocol, with every
 //! single-key operation linearizable. See `README.md` and `../shared/DESIGN.md`.
 
+pub mod client;
+pub mod clock;
+pub mod cluster;
 pub mod coordinator;
+pub mod engine;
 pub mod key;
 pub mod protocol;
+pub mod proxy;
 pub mod record;
 pub mod replica;
+pub mod rpc;
 pub mod semantics;
+pub mod storage;

@@ -99,9 +99,15 @@ mod tests {
 
     fn slot() -> Slot {
         Slot {
-            promised: Ballot { counter: 7, proposer: 3 },
+            promised: Ballot {
+                counter: 7,
+                proposer: 3,
+            },
             accepted: Some((
-                Ballot { counter: 6, proposer: 3 },
+                Ballot {
+                    counter: 6,
+                    proposer: 3,
+                },
                 Record {
                     version: 2,
                     creation_time: 100,
@@ -130,7 +136,10 @@ mod tests {
 
     #[test]
     fn ballots_order_by_counter_then_proposer() {
-        let b = |c, p| Ballot { counter: c, proposer: p };
+        let b = |c, p| Ballot {
+            counter: c,
+            proposer: p,
+        };
         assert!(b(1, 9) < b(2, 0));
         assert!(b(2, 1) < b(2, 2));
     }

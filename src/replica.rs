@@ -14,7 +14,11 @@ pub enum ReplicaRequest {
     /// Phase 1.
     Prepare { key: StoreKey, ballot: Ballot },
     /// Phase 2.
-    Accept { key: StoreKey, ballot: Ballot, record: Record },
+    Accept {
+        key: StoreKey,
+        ballot: Ballot,
+        record: Record,
+    },
     /// Every replica holds the dead record accepted at `ballot`: it may be removed.
     Purge { key: StoreKey, ballot: Ballot },
 }
@@ -58,24 +62,41 @@ pub enum Write {
 
 /// Applies one message to a key's stored slot. `floor` is the replica-wide lowest
 /// ballot still allowed (raised by purges); a missing slot behaves as promised at it.
-pub fn step(slot: Option<&Slot>, floor: Ballot, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
+pub fn step(
+    slot: Option<&Slot>,
+    floor: Ballot,
+    req: &ReplicaRequest,
+) -> (Option<Write>, ReplicaReply) {
     let current = slot.cloned().unwrap_or_default();
     let promised = current.promised.max(floor);
     match req {
-        ReplicaRequest::Read { .. } => (None, ReplicaReply::Value { accepted: current.accepted }),
+        ReplicaRequest::Read { .. } => (
+            None,
+            ReplicaReply::Value {
+                accepted: current.accepted,
+            },
+        ),
         ReplicaRequest::Prepare { ballot, .. } => {
             if *ballot <= promised {
                 return (None, ReplicaReply::Rejected { promised });
             }
-            let reply = ReplicaReply::Promise { accepted: current.accepted.clone() };
-            let slot = Slot { promised: *ballot, accepted: current.accepted };
+            let reply = ReplicaReply::Promise {
+                accepted: current.accepted.clone(),
+            };
+            let slot = Slot {
+                promised: *ballot,
+                accepted: current.accepted,
+            };
             (Some(Write::Put(slot)), reply)
         }
         ReplicaRequest::Accept { ballot, record, .. } => {
             if *ballot < promised {
                 return (None, ReplicaReply::Rejected { promised });
             }
-            let slot = Slot { promised: (*ballot).max(current.promised), accepted: Some((*ballot, record.clone())) };
+            let slot = Slot {
+                promised: (*ballot).max(current.promised),
+                accepted: Some((*ballot, record.clone())),
+            };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
         ReplicaRequest::Purge { ballot, .. } => {
@@ -112,7 +133,10 @@ mod tests {
     }
 
     fn b(c: u64) -> Ballot {
-        Ballot { counter: c, proposer: 1 }
+        Ballot {
+            counter: c,
+            proposer: 1,
+        }
     }
 
     fn apply(slot: &mut Option<Slot>, floor: &mut Ballot, req: &ReplicaRequest) -> ReplicaReply {
@@ -131,11 +155,65 @@ mod tests {
     #[test]
     fn prepare_then_accept_then_lower_prepare_rejected() {
         let (mut s, mut f) = (None, Ballot::default());
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Prepare { key: key(), ballot: b(2) }), ReplicaReply::Promise { accepted: None });
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Accept { key: key(), ballot: b(1), record: rec(1) }), ReplicaReply::Rejected { promised: b(2) });
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Accept { key: key(), ballot: b(2), record: rec(1) }), ReplicaReply::Accepted);
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Prepare { key: key(), ballot: b(2) }), ReplicaReply::Rejected { promised: b(2) });
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Prepare { key: key(), ballot: b(3) }), ReplicaReply::Promise { accepted: Some((b(2), rec(1))) });
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Prepare {
+                    key: key(),
+                    ballot: b(2)
+                }
+            ),
+            ReplicaReply::Promise { accepted: None }
+        );
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Accept {
+                    key: key(),
+                    ballot: b(1),
+                    record: rec(1)
+                }
+            ),
+            ReplicaReply::Rejected { promised: b(2) }
+        );
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Accept {
+                    key: key(),
+                    ballot: b(2),
+                    record: rec(1)
+                }
+            ),
+            ReplicaReply::Accepted
+        );
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Prepare {
+                    key: key(),
+                    ballot: b(2)
+                }
+            ),
+            ReplicaReply::Rejected { promised: b(2) }
+        );
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Prepare {
+                    key: key(),
+                    ballot: b(3)
+                }
+            ),
+            ReplicaReply::Promise {
+                accepted: Some((b(2), rec(1)))
+            }
+        );
     }
 
     #[test]
@@ -143,22 +221,65 @@ mod tests {
         let (mut s, mut f) = (None, Ballot::default());
         let mut dead = rec(1);
         dead.tombstone = true;
-        apply(&mut s, &mut f, &ReplicaRequest::Accept { key: key(), ballot: b(5), record: dead });
+        apply(
+            &mut s,
+            &mut f,
+            &ReplicaRequest::Accept {
+                key: key(),
+                ballot: b(5),
+                record: dead,
+            },
+        );
         // A purge naming another ballot does nothing.
-        apply(&mut s, &mut f, &ReplicaRequest::Purge { key: key(), ballot: b(4) });
+        apply(
+            &mut s,
+            &mut f,
+            &ReplicaRequest::Purge {
+                key: key(),
+                ballot: b(4),
+            },
+        );
         assert!(s.is_some());
-        apply(&mut s, &mut f, &ReplicaRequest::Purge { key: key(), ballot: b(5) });
+        apply(
+            &mut s,
+            &mut f,
+            &ReplicaRequest::Purge {
+                key: key(),
+                ballot: b(5),
+            },
+        );
         assert!(s.is_none());
         // A stale proposer below the purged ballot cannot resurrect anything.
-        assert_eq!(apply(&mut s, &mut f, &ReplicaRequest::Accept { key: key(), ballot: b(3), record: rec(9) }), ReplicaReply::Rejected { promised: b(5) });
+        assert_eq!(
+            apply(
+                &mut s,
+                &mut f,
+                &ReplicaRequest::Accept {
+                    key: key(),
+                    ballot: b(3),
+                    record: rec(9)
+                }
+            ),
+            ReplicaReply::Rejected { promised: b(5) }
+        );
     }
 
     fn arb_req() -> impl Strategy<Value = ReplicaRequest> {
         prop_oneof![
             Just(ReplicaRequest::Read { key: key() }),
-            (0u64..8).prop_map(|c| ReplicaRequest::Prepare { key: key(), ballot: b(c) }),
-            (0u64..8, 0u32..4).prop_map(|(c, v)| ReplicaRequest::Accept { key: key(), ballot: b(c), record: rec(v) }),
-            (0u64..8).prop_map(|c| ReplicaRequest::Purge { key: key(), ballot: b(c) }),
+            (0u64..8).prop_map(|c| ReplicaRequest::Prepare {
+                key: key(),
+                ballot: b(c)
+            }),
+            (0u64..8, 0u32..4).prop_map(|(c, v)| ReplicaRequest::Accept {
+                key: key(),
+                ballot: b(c),
+                record: rec(v)
+            }),
+            (0u64..8).prop_map(|c| ReplicaRequest::Purge {
+                key: key(),
+                ballot: b(c)
+            }),
         ]
     }
 

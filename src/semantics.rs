@@ -23,10 +23,22 @@ pub struct Condition {
 /// "the default" for a new record and "unchanged" for an existing one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Get { extend_ttl: u32 },
-    Create { value: Value, ttl: u32 },
-    Update { value: Value, ttl: u32, condition: Condition },
-    Set { value: Value, ttl: u32 },
+    Get {
+        extend_ttl: u32,
+    },
+    Create {
+        value: Value,
+        ttl: u32,
+    },
+    Update {
+        value: Value,
+        ttl: u32,
+        condition: Condition,
+    },
+    Set {
+        value: Value,
+        ttl: u32,
+    },
     Destroy,
 }
 
@@ -95,7 +107,10 @@ pub fn apply(op: &Op, current: Option<&Record>, ctx: &Context) -> Result<Effect,
         (Op::Get { extend_ttl }, Some(r)) => {
             let wanted = now.saturating_add(*extend_ttl);
             if *extend_ttl > 0 && wanted > r.expires_at {
-                Ok(Effect::Write(Record { expires_at: wanted, ..r.clone() }))
+                Ok(Effect::Write(Record {
+                    expires_at: wanted,
+                    ..r.clone()
+                }))
             } else {
                 Ok(Effect::Unchanged(Some(r.clone())))
             }
@@ -105,10 +120,21 @@ pub fn apply(op: &Op, current: Option<&Record>, ctx: &Context) -> Result<Effect,
             Ok(Effect::Write(fresh(value, *ttl)))
         }
         (Op::Update { .. }, None) => Err(Status::NoKey),
-        (Op::Update { value, ttl, condition }, Some(r)) => {
+        (
+            Op::Update {
+                value,
+                ttl,
+                condition,
+            },
+            Some(r),
+        ) => {
             let mismatch = condition.version.is_some_and(|v| v != 0 && v != r.version)
-                || condition.creation_time.is_some_and(|c| c != 0 && c != r.creation_time)
-                || condition.originator.is_some_and(|o| o != [0; 16] && o != r.originator);
+                || condition
+                    .creation_time
+                    .is_some_and(|c| c != 0 && c != r.creation_time)
+                || condition
+                    .originator
+                    .is_some_and(|o| o != [0; 16] && o != r.originator);
             if mismatch {
                 Err(Status::VersionConflict)
             } else {
@@ -134,11 +160,18 @@ mod tests {
     use super::*;
 
     fn ctx(now_secs: u64, id: u8) -> Context {
-        Context { now_ns: now_secs * 1_000_000_000, request_id: [id; 16], default_ttl: 3600 }
+        Context {
+            now_ns: now_secs * 1_000_000_000,
+            request_id: [id; 16],
+            default_ttl: 3600,
+        }
     }
 
     fn val(s: &str) -> Value {
-        Value { kind: 0, data: s.as_bytes().to_vec() }
+        Value {
+            kind: 0,
+            data: s.as_bytes().to_vec(),
+        }
     }
 
     fn written(e: Result<Effect, Status>) -> Record {
@@ -150,31 +183,130 @@ mod tests {
 
     #[test]
     fn create_update_set_destroy_lifecycle() {
-        let c = written(apply(&Op::Create { value: val("a"), ttl: 0 }, None, &ctx(100, 1)));
+        let c = written(apply(
+            &Op::Create {
+                value: val("a"),
+                ttl: 0,
+            },
+            None,
+            &ctx(100, 1),
+        ));
         assert_eq!((c.version, c.creation_time, c.expires_at), (1, 100, 3700));
-        assert_eq!(apply(&Op::Create { value: val("b"), ttl: 0 }, Some(&c), &ctx(101, 2)), Err(Status::DupKey));
-        let u = written(apply(&Op::Update { value: val("b"), ttl: 10, condition: Condition::default() }, Some(&c), &ctx(102, 3)));
-        assert_eq!((u.version, u.creation_time, u.expires_at, u.value.as_slice()), (2, 100, 3700, &b"b"[..]));
-        let cond = Condition { version: Some(1), ..Condition::default() };
-        assert_eq!(apply(&Op::Update { value: val("c"), ttl: 0, condition: cond }, Some(&u), &ctx(103, 4)), Err(Status::VersionConflict));
-        let s = written(apply(&Op::Set { value: val("d"), ttl: 5000 }, Some(&u), &ctx(104, 5)));
+        assert_eq!(
+            apply(
+                &Op::Create {
+                    value: val("b"),
+                    ttl: 0
+                },
+                Some(&c),
+                &ctx(101, 2)
+            ),
+            Err(Status::DupKey)
+        );
+        let u = written(apply(
+            &Op::Update {
+                value: val("b"),
+                ttl: 10,
+                condition: Condition::default(),
+            },
+            Some(&c),
+            &ctx(102, 3),
+        ));
+        assert_eq!(
+            (u.version, u.creation_time, u.expires_at, u.value.as_slice()),
+            (2, 100, 3700, &b"b"[..])
+        );
+        let cond = Condition {
+            version: Some(1),
+            ..Condition::default()
+        };
+        assert_eq!(
+            apply(
+                &Op::Update {
+                    value: val("c"),
+                    ttl: 0,
+                    condition: cond
+                },
+                Some(&u),
+                &ctx(103, 4)
+            ),
+            Err(Status::VersionConflict)
+        );
+        let s = written(apply(
+            &Op::Set {
+                value: val("d"),
+                ttl: 5000,
+            },
+            Some(&u),
+            &ctx(104, 5),
+        ));
         assert_eq!((s.version, s.expires_at), (3, 5104));
         let d = written(apply(&Op::Destroy, Some(&s), &ctx(105, 6)));
         assert!(d.tombstone);
-        assert_eq!(apply(&Op::Get { extend_ttl: 0 }, Some(&d), &ctx(106, 7)), Err(Status::NoKey));
-        assert_eq!(apply(&Op::Destroy, Some(&d), &ctx(106, 7)), Ok(Effect::Unchanged(None)));
-        let again = written(apply(&Op::Set { value: val("e"), ttl: 0 }, Some(&d), &ctx(107, 8)));
+        assert_eq!(
+            apply(&Op::Get { extend_ttl: 0 }, Some(&d), &ctx(106, 7)),
+            Err(Status::NoKey)
+        );
+        assert_eq!(
+            apply(&Op::Destroy, Some(&d), &ctx(106, 7)),
+            Ok(Effect::Unchanged(None))
+        );
+        let again = written(apply(
+            &Op::Set {
+                value: val("e"),
+                ttl: 0,
+            },
+            Some(&d),
+            &ctx(107, 8),
+        ));
         assert_eq!(again.version, 1);
     }
 
     #[test]
     fn expired_records_are_absent_and_ttl_only_grows_on_get() {
-        let c = written(apply(&Op::Create { value: val("a"), ttl: 10 }, None, &ctx(100, 1)));
-        assert_eq!(apply(&Op::Get { extend_ttl: 0 }, Some(&c), &ctx(110, 2)), Err(Status::NoKey));
-        assert_eq!(apply(&Op::Update { value: val("b"), ttl: 0, condition: Condition::default() }, Some(&c), &ctx(110, 2)), Err(Status::NoKey));
-        assert!(matches!(apply(&Op::Create { value: val("b"), ttl: 0 }, Some(&c), &ctx(110, 2)), Ok(Effect::Write(_))));
-        assert_eq!(apply(&Op::Get { extend_ttl: 5 }, Some(&c), &ctx(101, 2)), Ok(Effect::Unchanged(Some(c.clone()))));
+        let c = written(apply(
+            &Op::Create {
+                value: val("a"),
+                ttl: 10,
+            },
+            None,
+            &ctx(100, 1),
+        ));
+        assert_eq!(
+            apply(&Op::Get { extend_ttl: 0 }, Some(&c), &ctx(110, 2)),
+            Err(Status::NoKey)
+        );
+        assert_eq!(
+            apply(
+                &Op::Update {
+                    value: val("b"),
+                    ttl: 0,
+                    condition: Condition::default()
+                },
+                Some(&c),
+                &ctx(110, 2)
+            ),
+            Err(Status::NoKey)
+        );
+        assert!(matches!(
+            apply(
+                &Op::Create {
+                    value: val("b"),
+                    ttl: 0
+                },
+                Some(&c),
+                &ctx(110, 2)
+            ),
+            Ok(Effect::Write(_))
+        ));
+        assert_eq!(
+            apply(&Op::Get { extend_ttl: 5 }, Some(&c), &ctx(101, 2)),
+            Ok(Effect::Unchanged(Some(c.clone())))
+        );
         let g = written(apply(&Op::Get { extend_ttl: 50 }, Some(&c), &ctx(101, 2)));
-        assert_eq!((g.expires_at, g.version, g.originator), (151, 1, c.originator));
+        assert_eq!(
+            (g.expires_at, g.version, g.originator),
+            (151, 1, c.originator)
+        );
     }
 }

@@ -12,27 +12,36 @@ fn arb_message() -> impl Strategy<Value = OpMessage> {
         proptest::collection::vec(any::<u8>(), 0..300),
         0u8..4,
         proptest::collection::vec(any::<u8>(), 0..600),
-        (any::<Option<u32>>(), any::<Option<u32>>(), any::<Option<[u8; 16]>>()),
+        (
+            any::<Option<u32>>(),
+            any::<Option<u32>>(),
+            any::<Option<[u8; 16]>>(),
+        ),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
     )
-        .prop_map(|(opaque, op, resp, ns, key, kind, data, (ttl, ver, rid), corr)| {
-            let mut m = OpMessage::request(op);
-            if resp {
-                m.direction = Direction::Response;
-                m.status = op;
-            } else {
-                m.shard_id = opaque as u16;
-            }
-            m.opaque = opaque;
-            m.namespace = ns;
-            m.key = key;
-            m.payload = Payload { kind: if data.is_empty() { 0 } else { kind }, data };
-            m.meta.ttl = ttl;
-            m.meta.version = ver;
-            m.meta.request_id = rid;
-            m.meta.correlation_id = corr;
-            m
-        })
+        .prop_map(
+            |(opaque, op, resp, ns, key, kind, data, (ttl, ver, rid), corr)| {
+                let mut m = OpMessage::request(op);
+                if resp {
+                    m.direction = Direction::Response;
+                    m.status = op;
+                } else {
+                    m.shard_id = opaque as u16;
+                }
+                m.opaque = opaque;
+                m.namespace = ns;
+                m.key = key;
+                m.payload = Payload {
+                    kind: if data.is_empty() { 0 } else { kind },
+                    data,
+                };
+                m.meta.ttl = ttl;
+                m.meta.version = ver;
+                m.meta.request_id = rid;
+                m.meta.correlation_id = corr;
+                m
+            },
+        )
 }
 
 proptest! {

@@ -4,14 +4,13 @@ mod status;
 mod wire;
 
 #[cfg(test)]
-mod golden_tests;
-#[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod golden_tests;
 
 pub use status::{OpCode, Status};
 pub use wire::{
-    DecodeError, Direction, Header, Meta, OpMessage, Payload, SourceInfo, HEADER_LEN,
-    OP_HEADER_LEN,
+    DecodeError, Direction, Header, Meta, OpMessage, Payload, SourceInfo, HEADER_LEN, OP_HEADER_LEN,
 };
 
 use tokio::io::{AsyncRead, AsyncReadExt};

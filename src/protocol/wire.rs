@@ -291,7 +291,9 @@ impl OpMessage {
         let value_len = u32::from_be_bytes([comp[8], comp[9], comp[10], comp[11]]) as usize;
         let body = &comp[12..];
         if ns_len + key_len + value_len > body.len() {
-            return Err(DecodeError::BadComponent("payload lengths exceed component"));
+            return Err(DecodeError::BadComponent(
+                "payload lengths exceed component",
+            ));
         }
         self.namespace = body[..ns_len].to_vec();
         self.key = body[ns_len..ns_len + key_len].to_vec();
@@ -410,7 +412,9 @@ fn decode_meta(comp: &[u8]) -> Result<Meta, DecodeError> {
     for &t in tags {
         let (tag, size_type) = (t & 0x1f, t >> 5);
         let size = if size_type == 0 {
-            *comp.get(off).ok_or(DecodeError::BadMeta("field past end"))? as usize
+            *comp
+                .get(off)
+                .ok_or(DecodeError::BadMeta("field past end"))? as usize
         } else {
             1usize << (size_type + 1)
         };

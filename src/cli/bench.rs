@@ -1,0 +1,223 @@
+//! `junokv bench`: a closed-loop load generator with a live progress line and latency
+//! percentiles from an HDR histogram.
+
+use super::CliResult;
+use hdrhistogram::Histogram;
+use junokv::client::{Client, ClientError};
+use madsim::rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    proxy: String,
+    /// Operation mix as weights, e.g. `create:10,get:60,update:20,destroy:10`.
+    #[arg(long, default_value = "get:50,set:50")]
+    mix: String,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Concurrent requests (each worker keeps one in flight).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Connections the workers share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Set every key once before measuring, so that gets find data.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    preload: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Create,
+    Get,
+    Update,
+    Set,
+    Destroy,
+}
+
+fn parse_mix(s: &str) -> Result<Vec<(Kind, u32)>, String> {
+    let mut mix = Vec::new();
+    for part in s.split(',') {
+        let (name, weight) = part
+            .split_once(':')
+            .ok_or(format!("bad mix entry {part:?}"))?;
+        let kind = match name.trim() {
+            "create" => Kind::Create,
+            "get" => Kind::Get,
+            "update" => Kind::Update,
+            "set" => Kind::Set,
+            "destroy" => Kind::Destroy,
+            other => return Err(format!("unknown operation {other:?}")),
+        };
+        mix.push((
+            kind,
+            weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight in {part:?}"))?,
+        ));
+    }
+    if mix.iter().all(|(_, w)| *w == 0) {
+        return Err("the mix has no weight".into());
+    }
+    Ok(mix)
+}
+
+struct Stats {
+    latency: Histogram<u64>,
+    outcomes: BTreeMap<String, u64>,
+}
+
+pub async fn run(a: BenchArgs) -> CliResult {
+    let mix = parse_mix(&a.mix)?;
+    let total_weight: u32 = mix.iter().map(|(_, w)| w).sum();
+    let mut clients = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        let c = Client::connect(&a.proxy, &a.namespace)
+            .await
+            .map_err(|e| format!("connect {}: {e}", a.proxy))?;
+        clients.push(c);
+    }
+    let value = vec![b'x'; a.value_size];
+    if a.preload {
+        preload(&clients, a.keys, &value).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(Mutex::new(Stats {
+        latency: Histogram::new(3).expect("histogram"),
+        outcomes: BTreeMap::new(),
+    }));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..a.concurrency {
+        let client = clients[w % clients.len()].clone();
+        let (stop, done, stats, mix, value) = (
+            stop.clone(),
+            done.clone(),
+            stats.clone(),
+            mix.clone(),
+            value.clone(),
+        );
+        let keys = a.keys.max(1);
+        workers.push(tokio::spawn(async move {
+            let mut rng = madsim::rand::rngs::SmallRng::seed_from_u64(w as u64);
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{}", rng.gen_range(0..keys)).into_bytes();
+                let mut pick = rng.gen_range(0..total_weight);
+                let kind = mix
+                    .iter()
+                    .find(|(_, wt)| {
+                        if pick < *wt {
+                            true
+                        } else {
+                            pick -= wt;
+                            false
+                        }
+                    })
+                    .map(|(k, _)| *k)
+                    .unwrap();
+                let t = Instant::now();
+                let r: Result<(), ClientError> = match kind {
+                    Kind::Create => client.create(&key, &value, 0).await.map(drop),
+                    Kind::Get => client.get(&key).await.map(drop),
+                    Kind::Update => client.update(&key, &value, 0).await.map(drop),
+                    Kind::Set => client.set(&key, &value, 0).await.map(drop),
+                    Kind::Destroy => client.destroy(&key).await,
+                };
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+                let label = match r {
+                    Ok(()) => format!("{kind:?} Ok"),
+                    Err(e) => format!("{kind:?} {e}"),
+                };
+                *outcomes.entry(label).or_default() += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut s = stats.lock().unwrap();
+            s.latency.add(&hist).expect("histograms of one shape");
+            for (k, v) in outcomes {
+                *s.outcomes.entry(k).or_default() += v;
+            }
+        }));
+    }
+    let duration = Duration::from_secs(a.duration);
+    let mut last = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())))
+            .await;
+        let now = done.load(Ordering::Relaxed);
+        eprint!(
+            "\r[{:>4.0}s] {:>10} ops {:>9} ops/s",
+            started.elapsed().as_secs_f64(),
+            now,
+            now - last
+        );
+        last = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!();
+    let s = stats.lock().unwrap();
+    let ms = |q: f64| s.latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "ops {} in {:.1}s: {:.0} ops/s",
+        s.latency.len(),
+        elapsed,
+        s.latency.len() as f64 / elapsed
+    );
+    println!(
+        "latency ms: p50 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.95),
+        ms(0.99),
+        ms(0.999),
+        s.latency.max() as f64 / 1000.0
+    );
+    for (k, v) in &s.outcomes {
+        println!("  {k}: {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn preload(clients: &[Client], keys: u64, value: &[u8]) -> Result<(), String> {
+    let mut tasks = Vec::new();
+    let lanes = 64u64;
+    for lane in 0..lanes {
+        let client = clients[lane as usize % clients.len()].clone();
+        let value = value.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut k = lane;
+            while k < keys {
+                client
+                    .set(format!("k{k}").as_bytes(), &value, 0)
+                    .await
+                    .map_err(|e| format!("preload: {e}"))?;
+                k += lanes;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}

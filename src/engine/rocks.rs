@@ -1,0 +1,45 @@
+//! The production engine: RocksDB with its write-ahead log on.
+
+use super::{Change, Engine};
+use std::io;
+use std::path::Path;
+
+/// A RocksDB database. Durable batches are written with `sync`, so an acknowledged
+/// write survives power loss (JunoDB runs with the WAL off; JunoKV does not).
+pub struct RocksEngine {
+    db: rocksdb::DB,
+}
+
+fn to_io(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e.into_string())
+}
+
+impl RocksEngine {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        let db = rocksdb::DB::open(&opts, dir).map_err(to_io)?;
+        Ok(RocksEngine { db })
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(to_io)
+    }
+
+    fn write(&self, batch: &[Change], sync: bool) -> io::Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => wb.put(k, v),
+                None => wb.delete(k),
+            }
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(to_io)
+    }
+}

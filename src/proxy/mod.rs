@@ -1,0 +1,296 @@
+//! The proxy: speaks JunoDB's protocol to clients and runs each request's
+//! [`Coordinator`] against the key's replicas. Holds no data.
+
+pub mod config;
+mod translate;
+
+pub use config::{Limits, ProxyConfig, Timeouts};
+
+use crate::clock::Clock;
+use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
+use crate::key::StoreKey;
+use crate::protocol::{read_frame, Direction, Frame, OpCode, OpMessage, Status};
+use crate::record::Ballot;
+use crate::replica::ReplicaReply;
+use crate::rpc::{write_frames, Peer};
+use crate::semantics::{Context, Op};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// Ballots `(counter, proposer)`: one counter per proxy, the proposer id drawn at
+/// start-up so that a restarted proxy never reissues a ballot of its former life.
+struct Ballots {
+    proposer: u64,
+    counter: AtomicU64,
+}
+
+impl BallotSource for Ballots {
+    fn next_above(&self, floor: u64) -> Ballot {
+        let mut cur = self.counter.load(Ordering::Relaxed);
+        loop {
+            let next = cur.max(floor) + 1;
+            match self.counter.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ballot {
+                        counter: next,
+                        proposer: self.proposer,
+                    }
+                }
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
+/// Shared state of a proxy.
+pub struct Proxy {
+    config: ProxyConfig,
+    peers: HashMap<String, Arc<Peer>>,
+    ballots: Ballots,
+    clock: Clock,
+    quorum: Quorum,
+}
+
+/// A running proxy listener.
+pub struct ProxyServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every client connection.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, clock: Clock) -> Result<Arc<Self>, String> {
+        config.cluster.validate()?;
+        let peers = config
+            .cluster
+            .nodes()
+            .into_iter()
+            .map(|a| {
+                (
+                    a.to_string(),
+                    Arc::new(Peer::new(a.to_string(), config.timeouts.connect())),
+                )
+            })
+            .collect();
+        let quorum = Quorum::majority(config.cluster.zones.len());
+        let ballots = Ballots {
+            proposer: madsim::rand::random(),
+            counter: AtomicU64::new(0),
+        };
+        Ok(Arc::new(Proxy {
+            config,
+            peers,
+            ballots,
+            clock,
+            quorum,
+        }))
+    }
+
+    /// Serves clients on `listener` until the returned server is stopped.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<ProxyServer> {
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let proxy = self.clone();
+        let task = tokio::spawn(async move {
+            let mut connections: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            connections.retain(|c| !c.is_finished());
+                            connections.push(tokio::spawn(proxy.clone().serve_client(stream)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "accept failed"),
+                    },
+                    _ = stopped.changed() => break,
+                }
+            }
+            for c in connections {
+                c.abort();
+                let _ = c.await;
+            }
+        });
+        tracing::info!(%addr, "proxy listening");
+        Ok(ProxyServer { addr, stop, task })
+    }
+
+    /// One client connection: requests are handled concurrently and answered as they
+    /// complete, each carrying its request's opaque. A stream that cannot be framed is
+    /// closed; a frame that is not a valid request is answered BadMsg.
+    async fn serve_client(self: Arc<Self>, stream: TcpStream) {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_frames(wr, rx));
+        loop {
+            let (header, bytes) = match read_frame(&mut rd).await {
+                Ok(Frame::Message(h, b)) => (h, b),
+                Ok(Frame::Eof) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing client connection");
+                    break;
+                }
+            };
+            let msg = match OpMessage::decode(&bytes) {
+                Ok(m) if m.direction != Direction::Response => m,
+                _ => {
+                    let mut bad = OpMessage::request(bytes.get(12).copied().unwrap_or(0));
+                    bad.opaque = header.opaque;
+                    let _ =
+                        tx.send(OpMessage::response_to(&bad, Status::BadMsg.to_byte()).to_bytes());
+                    continue;
+                }
+            };
+            let proxy = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let resp = proxy.handle(&msg).await;
+                if msg.direction == Direction::Request {
+                    let _ = tx.send(resp.to_bytes());
+                }
+            });
+        }
+        drop(tx);
+        // Requests still in flight finish and are answered; then the writer ends.
+        let _ = writer.await;
+    }
+
+    /// Answers one decoded request.
+    pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
+        let started = Instant::now();
+        let outcome = match OpCode::from_byte(msg.opcode) {
+            OpCode::Nop => Ok(None),
+            _ => match translate::to_op(msg, &self.config.limits) {
+                Ok(op) => {
+                    let key =
+                        StoreKey::new(&msg.namespace, &msg.key, self.config.cluster.num_shards);
+                    self.execute(key, op).await
+                }
+                Err(status) => Err(status),
+            },
+        };
+        let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        translate::response(
+            msg,
+            &outcome,
+            (self.clock.now_ns() / 1_000_000_000) as u32,
+            us,
+        )
+    }
+
+    /// Runs one operation to its outcome (or Timeout at the deadline).
+    pub async fn execute(self: &Arc<Self>, key: StoreKey, op: Op) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        let peers: Vec<Arc<Peer>> = self
+            .config
+            .cluster
+            .replicas(key.shard)
+            .iter()
+            .map(|a| self.peers[*a].clone())
+            .collect();
+        let ctx = Context {
+            now_ns: self.clock.now_ns(),
+            request_id: madsim::rand::random(),
+            default_ttl: self.config.limits.default_ttl,
+        };
+        let coordinator = Coordinator::new(key, op, ctx, self.quorum);
+        let deadline = Instant::now() + self.config.timeouts.request();
+        // The coordinator may linger after answering (to remove a tombstone): let it,
+        // without holding up the client.
+        tokio::spawn(drive(coordinator, peers, self.clone(), deadline, tx));
+        rx.await.unwrap_or(Err(Status::Timeout))
+    }
+}
+
+/// Carries out a coordinator's actions until it is finished, sending its answer (or
+/// Timeout at `deadline`) on `answer`.
+async fn drive(
+    mut co: Coordinator,
+    peers: Vec<Arc<Peer>>,
+    proxy: Arc<Proxy>,
+    deadline: Instant,
+    answer: oneshot::Sender<Outcome>,
+) {
+    let ballots = &proxy.ballots;
+    let round_timeout = proxy.config.timeouts.round();
+    let mut answer = Some(answer);
+    let mut inflight = FuturesUnordered::new();
+    let mut round_deadline = Instant::now() + round_timeout;
+    let mut backoff: Option<Instant> = None;
+    let mut actions = co.start(ballots);
+    loop {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { round, to, msg } => {
+                    let peer = peers[to].clone();
+                    round_deadline = Instant::now() + round_timeout;
+                    inflight.push(async move {
+                        let reply = peer.call(&msg, round_timeout).await.unwrap_or_else(|e| {
+                            ReplicaReply::Failed {
+                                reason: e.to_string(),
+                            }
+                        });
+                        (round, to, reply)
+                    });
+                }
+                Action::Backoff { attempt } => {
+                    let cap_ms = 1u64 << attempt.min(6);
+                    let delay =
+                        Duration::from_micros(madsim::rand::random::<u64>() % (cap_ms * 1000 + 1));
+                    backoff = Some(Instant::now() + delay);
+                }
+                Action::Reply(outcome) => {
+                    if let Some(tx) = answer.take() {
+                        let _ = tx.send(outcome);
+                    }
+                }
+            }
+        }
+        if co.is_finished() {
+            return;
+        }
+        tokio::select! {
+            Some((round, from, reply)) = inflight.next(), if !inflight.is_empty() => {
+                actions = co.on_reply(round, from, reply, ballots);
+            }
+            _ = sleep_until(backoff.unwrap_or(deadline)), if backoff.is_some() => {
+                backoff = None;
+                actions = co.retry(ballots);
+            }
+            _ = sleep_until(round_deadline), if backoff.is_none() => {
+                round_deadline = Instant::now() + round_timeout;
+                actions = co.on_round_timeout(co.round());
+            }
+            _ = sleep_until(deadline) => {
+                if let Some(tx) = answer.take() {
+                    let _ = tx.send(Err(Status::Timeout));
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The internal proxy-to-storage protocol: bincode frames `[u32 length][u64 id][body]`
+//! over TCP, many requests in flight per connection, replies matched by id and
+//! allowed out of order.
+
+use crate::replica::{ReplicaReply, ReplicaRequest};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Internal frames above this size are refused: no legitimate record comes near it.
+const MAX_RPC_FRAME: usize = 16 << 20;
+
+/// Encodes one frame.
+pub fn encode_frame<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    out.extend_from_slice(&id.to_be_bytes());
+    bincode::serialize_into(&mut out, body).expect("serialising to a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> io::Result<Option<(u64, T)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if !(8..=MAX_RPC_FRAME).contains(&len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad internal frame length",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    let id = u64::from_be_bytes(buf[..8].try_into().unwrap());
+    let body = bincode::deserialize(&buf[8..])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((id, body)))
+}
+
+/// Writes every frame queued on `rx`, coalescing what is ready into one flush (a
+/// simulated socket delivers only on flush).
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        buf.extend_from_slice(&frame);
+        while buf.len() < 256 << 10 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        w.write_all(&buf).await?;
+        w.flush().await?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ReplicaReply>>>>;
+
+struct Connection {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+}
+
+/// A storage server as the proxy sees it: one lazily (re)connected, multiplexed
+/// connection, shared by every request.
+pub struct Peer {
+    addr: String,
+    connect_timeout: Duration,
+    next_id: AtomicU64,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+/// Why a call produced no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("connection lost")]
+    Lost,
+    #[error("timed out")]
+    Timeout,
+}
+
+impl Peer {
+    pub fn new(addr: String, connect_timeout: Duration) -> Self {
+        Peer {
+            addr,
+            connect_timeout,
+            next_id: AtomicU64::new(1),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `req` and waits for its reply, at most `timeout`.
+    pub async fn call(
+        &self,
+        req: &ReplicaRequest,
+        timeout: Duration,
+    ) -> Result<ReplicaReply, CallError> {
+        let conn = self.connection().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap().insert(id, tx);
+        if conn.tx.send(encode_frame(id, req)).is_err() {
+            conn.pending.lock().unwrap().remove(&id);
+            self.forget(&conn).await;
+            return Err(CallError::Lost);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(CallError::Lost),
+            Err(_) => {
+                conn.pending.lock().unwrap().remove(&id);
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, CallError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.tx.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(&self.addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(CallError::Connect(self.addr.clone(), e.to_string())),
+            Err(_) => return Err(CallError::Connect(self.addr.clone(), "timed out".into())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+        let conn = Arc::new(Connection {
+            tx,
+            pending: pending.clone(),
+        });
+        let writer = tokio::spawn(write_frames(wr, rx));
+        tokio::spawn(async move {
+            while let Ok(Some((id, reply))) = read_frame::<ReplicaReply, _>(&mut rd).await {
+                if let Some(tx) = pending.lock().unwrap().remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            // Dropping the senders fails every call still waiting on this connection.
+            pending.lock().unwrap().clear();
+            writer.abort();
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget(&self, dead: &Arc<Connection>) {
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
+            *slot = None;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Group commit: many concurrent writes share one durable engine write (one fsync).
+//! While one batch is being synced, the next one collects.
+
+use crate::engine::{Change, Engine};
+use std::io;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Where the writes of a storage server go to become durable.
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: mpsc::UnboundedSender<(u64, Vec<Change>)>,
+    durable: watch::Receiver<Durable>,
+}
+
+/// How far writes have become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durable {
+    /// Every write with a sequence number up to this one is durable.
+    UpTo(u64),
+    /// A durable write failed: nothing after it can be trusted, the server must stop.
+    Failed,
+}
+
+impl GroupCommit {
+    /// Starts the committing task, which ends (releasing the engine) once every
+    /// handle is dropped. `max_batch` bounds the changes synced at once.
+    pub fn start(engine: Arc<dyn Engine>, max_batch: usize) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
+        let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
+        let task = tokio::spawn(async move {
+            while let Some((mut last, mut batch)) = rx.recv().await {
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok((seq, more)) => {
+                            last = seq;
+                            batch.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let engine = engine.clone();
+                let result = tokio::task::spawn_blocking(move || engine.write(&batch, true))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                let state = match result {
+                    Ok(()) => Durable::UpTo(last),
+                    Err(e) => {
+                        tracing::error!(error = %e, "durable write failed; replica stops serving");
+                        Durable::Failed
+                    }
+                };
+                if durable_tx.send(state).is_err() || state == Durable::Failed {
+                    return;
+                }
+            }
+        });
+        (GroupCommit { tx, durable }, task)
+    }
+
+    /// Queues `changes` under sequence number `seq` (strictly increasing per caller).
+    pub fn submit(&self, seq: u64, changes: Vec<Change>) {
+        // A closed channel means the committer failed; `wait` reports that.
+        let _ = self.tx.send((seq, changes));
+    }
+
+    /// Waits until write `seq` is durable; false if it never will be.
+    pub async fn wait(&self, seq: u64) -> bool {
+        let mut rx = self.durable.clone();
+        let reached = rx
+            .wait_for(|d| match d {
+                Durable::UpTo(s) => *s >= seq,
+                Durable::Failed => true,
+            })
+            .await;
+        matches!(reached.as_deref(), Ok(Durable::UpTo(_)))
+    }
+
+    /// Whether a durable write failed, after which nothing may be served.
+    pub fn has_failed(&self) -> bool {
+        *self.durable.borrow() == Durable::Failed
+    }
+
+    /// The highest durable sequence number (0 after a failure).
+    pub fn durable(&self) -> u64 {
+        match *self.durable.borrow() {
+            Durable::UpTo(s) => s,
+            Durable::Failed => 0,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The storage server: hosts one replica of every shard the map gives it, answers the
+//! internal protocol, and persists through group commit.
+
+mod group_commit;
+mod replica_actor;
+
+use crate::engine::Engine;
+use crate::replica::{ReplicaReply, ReplicaRequest};
+use crate::rpc::{encode_frame, read_frame, write_frames};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// `junokv storage --config F`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Address the internal protocol listens on.
+    pub listen: String,
+    /// Where RocksDB keeps its files.
+    pub data_dir: PathBuf,
+}
+
+/// A running storage server.
+pub struct StorageServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accepting: tokio::task::JoinHandle<()>,
+    replica: tokio::task::JoinHandle<()>,
+}
+
+impl StorageServer {
+    /// Serves `engine` on `listener` until [`StorageServer::stop`].
+    pub fn start(listener: TcpListener, engine: Arc<dyn Engine>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (inbox, replica) = replica_actor::start(engine)?;
+        let (stop, stopped) = watch::channel(false);
+        let accepting = tokio::spawn(accept_loop(listener, inbox, stopped));
+        tracing::info!(%addr, "storage server listening");
+        Ok(StorageServer {
+            addr,
+            stop,
+            accepting,
+            replica,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes every connection and waits until the engine is
+    /// released (so that its files can be reopened).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accepting.await;
+        let _ = self.replica.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    replica: mpsc::UnboundedSender<replica_actor::Envelope>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = Vec::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.push(tokio::spawn(serve_connection(stream, replica.clone())));
+                    connections.retain(|c: &tokio::task::JoinHandle<()>| !c.is_finished());
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = stopped.changed() => break,
+        }
+    }
+    for c in connections {
+        c.abort();
+        let _ = c.await;
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    replica: mpsc::UnboundedSender<replica_actor::Envelope>,
+) {
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(wr, out_rx));
+    loop {
+        let (id, req) = match read_frame::<ReplicaRequest, _>(&mut rd).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing internal connection");
+                break;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        if replica.send((req, tx)).is_err() {
+            break;
+        }
+        let out = out_tx.clone();
+        tokio::spawn(async move {
+            let reply = rx.await.unwrap_or(ReplicaReply::Failed {
+                reason: "replica stopped".into(),
+            });
+            let _ = out.send(encode_frame(id, &reply));
+        });
+    }
+    writer.abort();
+}
