@@ -88,6 +88,11 @@ pub struct Coordinator {
     replied: bool,
     /// An earlier round sent this request's own new record: it may have taken effect.
     wrote: bool,
+    /// Replicas that definitely refused (rejected) the accept round that sent it; if
+    /// all did, it took no effect after all.
+    write_refusals: usize,
+    /// The round that sent this request's own new record.
+    write_round: u32,
 }
 
 impl Coordinator {
@@ -109,6 +114,8 @@ impl Coordinator {
             outcome: None,
             replied: false,
             wrote: false,
+            write_refusals: 0,
+            write_round: 0,
         }
     }
 
@@ -130,6 +137,9 @@ impl Coordinator {
         if self.replied {
             self.phase = Phase::Finished;
             return Vec::new();
+        }
+        if self.wrote && self.write_refusals == self.q.replicas {
+            self.wrote = false; // every replica rejected it: it never took effect
         }
         self.attempt += 1;
         self.prepare(ballots)
@@ -270,7 +280,15 @@ impl Coordinator {
                 }
                 actions
             }
-            Phase::BackingOff | Phase::Finished => Vec::new(),
+            Phase::BackingOff => {
+                // Late answers to the accept round that just failed still tell whether
+                // this request's record reached any replica.
+                if round == self.write_round && matches!(reply, ReplicaReply::Rejected { .. }) {
+                    self.write_refusals += 1;
+                }
+                Vec::new()
+            }
+            Phase::Finished => Vec::new(),
         }
     }
 
@@ -294,7 +312,11 @@ impl Coordinator {
         };
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
-                self.wrote = true;
+                if self.op.writes_originator() {
+                    self.wrote = true;
+                    self.write_refusals = 0;
+                    self.write_round = self.round + 1;
+                }
                 let shown = (!new.tombstone).then(|| new.clone());
                 (Ok(shown), Some(new))
             }
