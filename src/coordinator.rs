@@ -59,6 +59,8 @@ impl Quorum {
 enum Phase {
     Reading {
         seen: Vec<Option<Option<Accepted>>>,
+        /// What a quorum agreed on, once it did.
+        chosen: Option<Option<Accepted>>,
     },
     Preparing {
         promises: Vec<Option<Option<Accepted>>>,
@@ -127,6 +129,7 @@ impl Coordinator {
             self.round += 1;
             self.phase = Phase::Reading {
                 seen: vec![None; self.q.replicas],
+                chosen: None,
             };
             self.broadcast(|key| ReplicaRequest::Read { key })
         }
@@ -188,33 +191,32 @@ impl Coordinator {
             self.highest_seen = self.highest_seen.max(promised.counter);
         }
         match &mut self.phase {
-            Phase::Reading { seen } => {
+            Phase::Reading { seen, chosen } => {
                 let ReplicaReply::Value { accepted } = reply else {
                     return Vec::new(); // a failed replica: wait for the others or time out
                 };
                 if seen[from].is_some() {
                     return Vec::new();
                 }
-                seen[from] = Some(accepted);
-                let got: Vec<&Option<Accepted>> = seen.iter().flatten().collect();
-                let agreed = all_same_ballot(&got);
-                if self.replied {
-                    if got.len() == self.q.replicas && agreed {
-                        let chosen = got[0].clone();
-                        return self.purge_if_dead(chosen);
+                seen[from] = Some(accepted.clone());
+                let got: Vec<Option<Accepted>> = seen.iter().flatten().cloned().collect();
+                let everyone = got.len() == self.q.replicas;
+                if let Some(decided) = chosen.clone() {
+                    let mut actions = self.repair(from, &accepted, &decided);
+                    if everyone {
+                        actions.extend(self.finish_read(&got));
                     }
-                    return Vec::new();
+                    return actions;
                 }
                 if got.len() < self.q.quorum {
                     return Vec::new();
                 }
-                if !agreed {
+                if !all_same_ballot(&got) {
                     // Replicas disagree: make the newest record chosen before answering.
                     return self.prepare(ballots);
                 }
-                let chosen = got[0].clone();
-                let everyone = got.len() == self.q.replicas;
-                let current = chosen.as_ref().map(|(_, r)| r.clone());
+                *chosen = Some(got[0].clone());
+                let current = got[0].as_ref().map(|(_, r)| r.clone());
                 let outcome = match apply(&self.op, current.as_ref(), &self.ctx) {
                     Ok(Effect::Unchanged(r)) => Ok(r),
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
@@ -222,7 +224,7 @@ impl Coordinator {
                 };
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
-                    actions.extend(self.purge_if_dead(chosen));
+                    actions.extend(self.finish_read(&got));
                 }
                 actions
             }
@@ -371,16 +373,30 @@ impl Coordinator {
         Action::Reply(outcome)
     }
 
-    /// After a read that every replica answered alike: a tombstone, or a record long
-    /// expired, is removed everywhere.
-    fn purge_if_dead(&mut self, chosen: Option<Accepted>) -> Vec<Action> {
-        self.phase = Phase::Finished;
+    /// A replica that answered a read with something older than what a quorum agreed
+    /// on gets the agreed record. Safe: every accept at one ballot carries one record.
+    fn repair(&self, to: usize, has: &Option<Accepted>, chosen: &Option<Accepted>) -> Vec<Action> {
+        let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
         match chosen {
-            Some((ballot, r))
-                if r.tombstone
-                    || r.expires_at.saturating_add(self.q.purge_grace_secs)
-                        < self.ctx.now_secs() =>
-            {
+            Some((ballot, record)) if ballot_of(has) < Some(*ballot) => vec![Action::Send {
+                round: self.round,
+                to,
+                msg: ReplicaRequest::Accept { key: self.key.clone(), ballot: *ballot, record: record.clone() },
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every replica answered the read. If all hold the same tombstone, or the same
+    /// record long expired, it is removed everywhere.
+    fn finish_read(&mut self, got: &[Option<Accepted>]) -> Vec<Action> {
+        self.phase = Phase::Finished;
+        if !all_same_ballot(got) {
+            return Vec::new();
+        }
+        match &got[0] {
+            Some((ballot, r)) if r.tombstone || r.expires_at.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs() => {
+                let ballot = *ballot;
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
             }
             _ => Vec::new(),
@@ -398,9 +414,9 @@ impl Coordinator {
     }
 }
 
-fn all_same_ballot(got: &[&Option<Accepted>]) -> bool {
-    let ballot = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
-    got.windows(2).all(|w| ballot(w[0]) == ballot(w[1]))
+fn all_same_ballot<A: std::borrow::Borrow<Option<Accepted>>>(got: &[A]) -> bool {
+    let ballot = |a: &A| a.borrow().as_ref().map(|(b, _)| *b);
+    got.windows(2).all(|w| ballot(&w[0]) == ballot(&w[1]))
 }
 
 #[cfg(test)]
@@ -640,9 +656,27 @@ mod tests {
             let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
             let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
             prop_assert_eq!(ok + unknown, 4);
-            let r = cl.read().unwrap().unwrap();
-            prop_assert!(ok <= r.version && r.version <= ok + unknown, "version {} ok {} unknown {}", r.version, ok, unknown);
+            let version = match cl.read() {
+                Ok(r) => r.unwrap().version,
+                Err(s) => { prop_assert_eq!(s, Status::NoKey); 0 }
+            };
+            prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
         }
+    }
+
+    #[test]
+    fn a_read_repairs_a_lagging_replica() {
+        let mut cl = Cluster::new(3);
+        cl.add(Op::Create { value: val(1), ttl: 0 }, 1);
+        cl.run(&[(0, false)]);
+        let lost = cl.replicas[2].0.take();
+        assert!(lost.is_some());
+        assert_eq!(cl.read().unwrap().unwrap().value, vec![1]);
+        while !cl.net.is_empty() {
+            cl.deliver(0, false);
+        }
+        let record = |s: &Slot| s.accepted.clone().map(|(_, r)| r);
+        assert_eq!(record(cl.replicas[2].0.as_ref().unwrap()), record(&lost.unwrap()));
     }
 
     #[test]
