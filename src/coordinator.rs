@@ -30,7 +30,7 @@ pub enum Action {
     /// Wait a randomised delay growing with `attempt`, then call [`Coordinator::retry`].
     Backoff { attempt: u32 },
     /// Answer the client. Comes exactly once; the coordinator may still want replies
-    /// afterwards (to clean up tombstones) until [`Coordinator::is_finished`].
+    /// afterwards (to repair or clean up) until [`Coordinator::is_finished`].
     Reply(Outcome),
 }
 
@@ -55,6 +55,13 @@ impl Quorum {
     }
 }
 
+/// What became of a request's earlier attempt.
+enum Attempt {
+    Applied(Record),
+    NotApplied,
+    Unknown,
+}
+
 #[derive(Debug)]
 enum Phase {
     Reading {
@@ -67,7 +74,6 @@ enum Phase {
         refused: usize,
     },
     Accepting {
-        record: Record,
         acks: usize,
         refused: usize,
     },
@@ -88,8 +94,9 @@ pub struct Coordinator {
     highest_seen: u64,
     outcome: Option<Outcome>,
     replied: bool,
-    /// An earlier round sent this request's own new record: it may have taken effect.
-    wrote: bool,
+    /// This request's own new record, once a round sent it (it may have taken effect),
+    /// with the originator of the version it was built on.
+    wrote: Option<(Record, Option<[u8; 16]>)>,
     /// Replicas that definitely refused (rejected) the accept round that sent it; if
     /// all did, it took no effect after all.
     write_refusals: usize,
@@ -115,7 +122,7 @@ impl Coordinator {
             highest_seen: 0,
             outcome: None,
             replied: false,
-            wrote: false,
+            wrote: None,
             write_refusals: 0,
             write_round: 0,
         }
@@ -141,8 +148,8 @@ impl Coordinator {
             self.phase = Phase::Finished;
             return Vec::new();
         }
-        if self.wrote && self.write_refusals == self.q.replicas {
-            self.wrote = false; // every replica rejected it: it never took effect
+        if self.write_refusals == self.q.replicas {
+            self.wrote = None; // every replica rejected it: it never took effect
         }
         self.attempt += 1;
         self.prepare(ballots)
@@ -251,16 +258,12 @@ impl Coordinator {
                     .map(|(_, r)| r.clone());
                 self.decide(highest, agreed)
             }
-            Phase::Accepting {
-                record,
-                acks,
-                refused,
-            } => {
+            Phase::Accepting { acks, refused } => {
                 match reply {
                     ReplicaReply::Accepted => *acks += 1,
                     _ => *refused += 1,
                 }
-                let (acks, refused, tombstone) = (*acks, *refused, record.tombstone);
+                let (acks, refused) = (*acks, *refused);
                 if !self.replied && refused > self.q.replicas - self.q.quorum {
                     return self.back_off();
                 }
@@ -272,12 +275,7 @@ impl Coordinator {
                         .expect("an accept always has an outcome");
                     actions.push(self.reply(outcome));
                 }
-                if acks == self.q.replicas && tombstone {
-                    // Every replica holds the tombstone: it can go.
-                    let ballot = self.ballot;
-                    actions.extend(self.broadcast(|key| ReplicaRequest::Purge { key, ballot }));
-                    self.phase = Phase::Finished;
-                } else if acks + refused == self.q.replicas && self.replied {
+                if acks + refused == self.q.replicas && self.replied {
                     self.phase = Phase::Finished;
                 }
                 actions
@@ -298,24 +296,20 @@ impl Coordinator {
     /// the result, or write the newest record back when the operation changes nothing
     /// but the quorum did not agree on it.
     fn decide(&mut self, current: Option<Record>, agreed: bool) -> Vec<Action> {
-        let mine = current
-            .as_ref()
-            .is_some_and(|r| self.op.writes_originator() && r.originator == self.ctx.request_id);
-        let effect = if mine {
-            // An earlier attempt of this very request took effect: never apply twice.
-            let r = current.clone().filter(|r| !r.tombstone);
-            Ok(Effect::Unchanged(r))
-        } else if self.wrote && self.op.writes_originator() {
-            // An earlier attempt may have taken effect and been overwritten since:
-            // applying again could apply twice, so the outcome is unknown.
-            Err(Status::CommitFailure)
-        } else {
-            apply(&self.op, current.as_ref(), &self.ctx)
+        let effect = match self.earlier_attempt(current.as_ref()) {
+            // It took effect: never apply twice.
+            Attempt::Applied(mine) => Ok(Effect::Unchanged((!mine.tombstone).then_some(mine))),
+            Attempt::Unknown => Err(Status::CommitFailure),
+            Attempt::NotApplied => {
+                self.wrote = None;
+                apply(&self.op, current.as_ref(), &self.ctx)
+            }
         };
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
                 if self.op.writes_originator() {
-                    self.wrote = true;
+                    let base = current.as_ref().map(|r| r.originator);
+                    self.wrote = Some((new.clone(), base));
                     self.write_refusals = 0;
                     self.write_round = self.round + 1;
                 }
@@ -332,7 +326,6 @@ impl Coordinator {
                 let ballot = self.ballot;
                 self.round += 1; // late promises must not count as accept replies
                 self.phase = Phase::Accepting {
-                    record: record.clone(),
                     acks: 0,
                     refused: 0,
                 };
@@ -342,6 +335,34 @@ impl Coordinator {
                     record: record.clone(),
                 })
             }
+        }
+    }
+
+    /// Whether this request's record from an earlier round is in the history of
+    /// `current`, the newest record a quorum reported. If it took effect, it is in
+    /// `current`'s lineage, right after the version it was built on; if that version
+    /// is in the lineage and ours is not, ours never took effect. Otherwise (the
+    /// lineage is too short to tell) the outcome is unknown.
+    fn earlier_attempt(&self, current: Option<&Record>) -> Attempt {
+        let Some((mine, base)) = &self.wrote else {
+            return Attempt::NotApplied;
+        };
+        let Some(current) = current else {
+            // Nothing at all: ours did not take effect (tombstones are kept far longer
+            // than a request lives, so it cannot have come and gone).
+            return Attempt::NotApplied;
+        };
+        if current.descends_from(&mine.originator) {
+            return Attempt::Applied(mine.clone());
+        }
+        let base_in_history = match base {
+            Some(b) => current.descends_from(b),
+            None => current.lineage.len() < crate::record::LINEAGE,
+        };
+        if base_in_history {
+            Attempt::NotApplied
+        } else {
+            Attempt::Unknown
         }
     }
 
@@ -381,21 +402,38 @@ impl Coordinator {
             Some((ballot, record)) if ballot_of(has) < Some(*ballot) => vec![Action::Send {
                 round: self.round,
                 to,
-                msg: ReplicaRequest::Accept { key: self.key.clone(), ballot: *ballot, record: record.clone() },
+                msg: ReplicaRequest::Accept {
+                    key: self.key.clone(),
+                    ballot: *ballot,
+                    record: record.clone(),
+                },
             }],
             _ => Vec::new(),
         }
     }
 
-    /// Every replica answered the read. If all hold the same tombstone, or the same
-    /// record long expired, it is removed everywhere.
+    /// Dead (destroyed or expired) for longer than the grace period. The grace
+    /// outlasts any request (so a retry always finds the history it looks for) and
+    /// any plausible clock skew between proxies.
+    fn long_dead(&self, r: &Record) -> bool {
+        let died = if r.tombstone {
+            (r.last_modified_ns / 1_000_000_000) as u32
+        } else {
+            r.expires_at
+        };
+        (r.tombstone || !r.is_live(self.ctx.now_secs()))
+            && died.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs()
+    }
+
+    /// Every replica answered the read. If all hold the same record, long dead, it is
+    /// removed everywhere.
     fn finish_read(&mut self, got: &[Option<Accepted>]) -> Vec<Action> {
         self.phase = Phase::Finished;
         if !all_same_ballot(got) {
             return Vec::new();
         }
         match &got[0] {
-            Some((ballot, r)) if r.tombstone || r.expires_at.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs() => {
+            Some((ballot, r)) if self.long_dead(r) => {
                 let ballot = *ballot;
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
             }
@@ -474,8 +512,12 @@ mod tests {
         }
 
         fn add(&mut self, op: Op, id: u8) -> usize {
+            self.add_at(op, id, 1000)
+        }
+
+        fn add_at(&mut self, op: Op, id: u8, now_secs: u64) -> usize {
             let ctx = Context {
-                now_ns: 1_000_000_000_000,
+                now_ns: now_secs * 1_000_000_000,
                 request_id: [id; 16],
                 default_ttl: 3600,
             };
@@ -583,7 +625,11 @@ mod tests {
         }
 
         fn read(&mut self) -> Outcome {
-            let c = self.add(Op::Get { extend_ttl: 0 }, 200);
+            self.read_at(1000)
+        }
+
+        fn read_at(&mut self, now_secs: u64) -> Outcome {
+            let c = self.add_at(Op::Get { extend_ttl: 0 }, 200, now_secs);
             self.run(&[(0, false)]);
             self.outcomes[c].clone().unwrap()
         }
@@ -667,7 +713,13 @@ mod tests {
     #[test]
     fn a_read_repairs_a_lagging_replica() {
         let mut cl = Cluster::new(3);
-        cl.add(Op::Create { value: val(1), ttl: 0 }, 1);
+        cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            1,
+        );
         cl.run(&[(0, false)]);
         let lost = cl.replicas[2].0.take();
         assert!(lost.is_some());
@@ -676,7 +728,10 @@ mod tests {
             cl.deliver(0, false);
         }
         let record = |s: &Slot| s.accepted.clone().map(|(_, r)| r);
-        assert_eq!(record(cl.replicas[2].0.as_ref().unwrap()), record(&lost.unwrap()));
+        assert_eq!(
+            record(cl.replicas[2].0.as_ref().unwrap()),
+            record(&lost.unwrap())
+        );
     }
 
     #[test]
@@ -696,6 +751,17 @@ mod tests {
             cl.deliver(0, false);
         }
         assert_eq!(cl.outcomes[d], Some(Ok(None)));
+        // A fresh tombstone stays (a retrying request may still need the history)...
+        assert_eq!(cl.read(), Err(Status::NoKey));
+        while !cl.net.is_empty() {
+            cl.deliver(0, false);
+        }
+        assert!(cl.replicas.iter().all(|(s, _)| s.is_some()));
+        // ...and is removed by a read once it is older than the grace period.
+        assert_eq!(cl.read_at(1000 + 3601), Err(Status::NoKey));
+        while !cl.net.is_empty() {
+            cl.deliver(0, false);
+        }
         assert!(
             cl.replicas
                 .iter()

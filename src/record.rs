@@ -26,6 +26,10 @@ pub struct Record {
     /// Request id of the write that made this version; lets a retried request recognise
     /// its own earlier attempt instead of applying twice.
     pub originator: [u8; 16],
+    /// Originators of the versions this one was built on, newest first, at most
+    /// [`LINEAGE`] long (shorter means it reaches back to a version built on nothing).
+    /// Lets a retried request tell whether its earlier attempt is in the key's history.
+    pub lineage: Vec<[u8; 16]>,
     pub tombstone: bool,
     /// JunoDB payload type (0 clear, 1..3 encrypted or compressed by someone else).
     pub payload_kind: u8,
@@ -41,6 +45,27 @@ impl Record {
     /// Seconds left to live at `now`, 0 when expired.
     pub fn ttl_left(&self, now_secs: u32) -> u32 {
         self.expires_at.saturating_sub(now_secs)
+    }
+}
+
+/// How many predecessors a record remembers.
+pub const LINEAGE: usize = 8;
+
+impl Record {
+    /// The lineage of a version built on `base`.
+    pub fn lineage_after(base: Option<&Record>) -> Vec<[u8; 16]> {
+        match base {
+            None => Vec::new(),
+            Some(b) => std::iter::once(b.originator)
+                .chain(b.lineage.iter().copied())
+                .take(LINEAGE)
+                .collect(),
+        }
+    }
+
+    /// Whether the write with originator `id` is this version or one it was built on.
+    pub fn descends_from(&self, id: &[u8; 16]) -> bool {
+        self.originator == *id || self.lineage.contains(id)
     }
 }
 
@@ -114,6 +139,7 @@ mod tests {
                     expires_at: 200,
                     last_modified_ns: 5,
                     originator: [9; 16],
+                    lineage: vec![[8; 16]],
                     tombstone: false,
                     payload_kind: 0,
                     value: b"hello".to_vec(),

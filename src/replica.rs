@@ -126,6 +126,7 @@ mod tests {
             expires_at: 100,
             last_modified_ns: 0,
             originator: [0; 16],
+            lineage: Vec::new(),
             tombstone: false,
             payload_kind: 0,
             value: vec![v as u8],

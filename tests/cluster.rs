@@ -1,0 +1,177 @@
+//! The store through its client library, on real tokio and real sockets.
+
+mod common;
+
+use common::{Store, TestCluster};
+use junokv::client::ClientError;
+use junokv::key::StoreKey;
+use junokv::protocol::Status;
+use junokv::record::Slot;
+
+fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
+    r.expect_err("expected an error status")
+        .status()
+        .expect("a status from the store")
+}
+
+#[tokio::test]
+async fn every_operation_behaves_as_junodb_clients_expect() {
+    for zones in [3, 5] {
+        let cluster = TestCluster::memory(zones).await;
+        let c = cluster.client().await;
+        c.ping().await.unwrap();
+        let r = c.create(b"k", b"v1", 0).await.unwrap();
+        assert_eq!((r.version, r.ttl), (1, 3600));
+        assert!(r.creation_time > 0 && r.last_modified_ns > 0 && r.originator.is_some());
+        assert_eq!(status(c.create(b"k", b"again", 0).await), Status::DupKey);
+        let g = c.get(b"k").await.unwrap();
+        assert_eq!(
+            (g.version, g.value.as_slice(), g.creation_time),
+            (1, &b"v1"[..], r.creation_time)
+        );
+        assert_eq!(c.update(b"k", b"v2", 0).await.unwrap().version, 2);
+        assert_eq!(
+            status(c.update_if(b"k", b"v3", 0, 1).await),
+            Status::VersionConflict
+        );
+        assert_eq!(c.update_if(b"k", b"v3", 0, 2).await.unwrap().version, 3);
+        assert_eq!(c.set(b"k", b"v4", 100).await.unwrap().version, 4);
+        // TTL only grows: a shorter TTL on get changes nothing, a longer one extends.
+        assert_eq!(c.get_extend(b"k", 10).await.unwrap().ttl, 3600);
+        assert_eq!(c.get_extend(b"k", 7200).await.unwrap().ttl, 7200);
+        c.destroy(b"k").await.unwrap();
+        c.destroy(b"k").await.unwrap();
+        assert_eq!(status(c.get(b"k").await), Status::NoKey);
+        assert_eq!(status(c.update(b"k", b"x", 0).await), Status::NoKey);
+        assert_eq!(c.set(b"k", b"v5", 0).await.unwrap().version, 1);
+        // Namespaces are separate key spaces.
+        let other = c.clone().with_namespace("other");
+        assert_eq!(status(other.get(b"k").await), Status::NoKey);
+        other.create(b"k", b"o", 0).await.unwrap();
+        assert_eq!(c.get(b"k").await.unwrap().value, b"v5");
+        cluster.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_record_expires_after_its_ttl() {
+    let cluster = TestCluster::memory(3).await;
+    let c = cluster.client().await;
+    c.create(b"short", b"v", 1).await.unwrap();
+    c.create(b"long", b"v", 10).await.unwrap();
+    // Expiry is judged by the proxy's clock: move it rather than wait.
+    cluster.clock.set_skew_ns(2_000_000_000);
+    assert_eq!(status(c.get(b"short").await), Status::NoKey);
+    assert_eq!(c.get(b"long").await.unwrap().ttl, 8);
+    assert_eq!(c.create(b"short", b"again", 0).await.unwrap().version, 1);
+}
+
+fn stored_version(store: &Store, key: &[u8]) -> Option<u32> {
+    let Store::Memory(engine) = store else {
+        panic!("memory store expected")
+    };
+    use junokv::engine::Engine;
+    let bytes = engine
+        .get(&StoreKey::new(b"test", key, 64).to_bytes())
+        .unwrap()?;
+    Slot::decode(&bytes)
+        .unwrap()
+        .accepted
+        .map(|(_, r)| r.version)
+}
+
+#[tokio::test]
+async fn losing_one_of_three_storage_nodes_loses_nothing_and_it_catches_up() {
+    let mut cluster = TestCluster::memory(3).await;
+    let c = cluster.client().await;
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("key{i}").into_bytes()).collect();
+    for k in &keys {
+        c.create(k, b"v1", 0).await.unwrap();
+    }
+    cluster.kill(2).await;
+    for k in &keys {
+        assert_eq!(c.update(k, b"v2", 0).await.unwrap().version, 2);
+        assert_eq!(c.get(k).await.unwrap().value, b"v2");
+    }
+    assert!(keys
+        .iter()
+        .all(|k| stored_version(&cluster.stores[2], k) == Some(1)));
+    cluster.restart(2).await;
+    // Reads bring the restarted replica up to date.
+    for k in &keys {
+        assert_eq!(c.get(k).await.unwrap().value, b"v2");
+    }
+    // The read answers as soon as a quorum agrees; its repair of the lagging replica
+    // may land just after. Writes to every key afterwards go to all three replicas.
+    for k in &keys {
+        assert_eq!(c.update(k, b"v3", 0).await.unwrap().version, 3);
+    }
+    cluster.kill(0).await;
+    for k in &keys {
+        assert_eq!(c.get(k).await.unwrap().value, b"v3");
+    }
+    let caught_up = keys
+        .iter()
+        .filter(|k| stored_version(&cluster.stores[2], k) == Some(3))
+        .count();
+    assert!(
+        caught_up >= keys.len() / 2,
+        "only {caught_up} keys reached the restarted replica"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn all_data_survives_a_restart_of_the_whole_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::rocks(3, dir.path()).await;
+    let c = cluster.client().await;
+    for i in 0..100 {
+        c.set(
+            format!("k{i}").as_bytes(),
+            format!("value-{i}").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    c.destroy(b"k7").await.unwrap();
+    drop(c);
+    let stores = cluster.stop().await;
+    let cluster = TestCluster::start(stores).await;
+    let c = cluster.client().await;
+    for i in 0..100 {
+        let r = c.get(format!("k{i}").as_bytes()).await;
+        if i == 7 {
+            assert_eq!(status(r), Status::NoKey);
+        } else {
+            assert_eq!(r.unwrap().value, format!("value-{i}").into_bytes());
+        }
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_conditional_update_race_has_exactly_one_winner() {
+    let cluster = TestCluster::memory(3).await;
+    let (a, b) = (cluster.client().await, cluster.client().await);
+    for round in 0..30 {
+        let key = format!("race{round}").into_bytes();
+        let v = a.create(&key, b"start", 0).await.unwrap().version;
+        let (ra, rb) = tokio::join!(a.update_if(&key, b"a", 0, v), b.update_if(&key, b"b", 0, v));
+        let winners: Vec<&[u8]> = [(&ra, &b"a"[..]), (&rb, &b"b"[..])]
+            .iter()
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, w)| *w)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {ra:?} {rb:?}");
+        for r in [&ra, &rb] {
+            if let Err(e) = r {
+                assert_eq!(e.status(), Some(Status::VersionConflict));
+            }
+        }
+        let now = a.get(&key).await.unwrap();
+        assert_eq!((now.version, now.value.as_slice()), (v + 1, winners[0]));
+    }
+    cluster.stop().await;
+}

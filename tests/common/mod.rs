@@ -1,0 +1,132 @@
+//! A whole cluster in the test process, on loopback, on real tokio.
+#![allow(dead_code)] // each test file uses a different part
+
+use junokv::client::Client;
+use junokv::clock::Clock;
+use junokv::cluster::{ShardMap, Zone};
+use junokv::engine::{Engine, MemoryEngine, RocksEngine};
+use junokv::proxy::{Limits, Proxy, ProxyConfig, ProxyServer, Timeouts};
+use junokv::storage::StorageServer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Where a zone's storage server keeps its data across restarts.
+pub enum Store {
+    Memory(Arc<MemoryEngine>),
+    Rocks(PathBuf),
+}
+
+impl Store {
+    fn open(&self) -> Arc<dyn Engine> {
+        match self {
+            Store::Memory(m) => m.clone(),
+            Store::Rocks(dir) => Arc::new(RocksEngine::open(dir).expect("open rocksdb")),
+        }
+    }
+}
+
+pub struct TestCluster {
+    pub stores: Vec<Store>,
+    pub addrs: Vec<SocketAddr>,
+    pub storages: Vec<Option<StorageServer>>,
+    pub proxy: Option<ProxyServer>,
+    pub proxy_addr: SocketAddr,
+    /// The proxy's clock, which tests may move.
+    pub clock: Clock,
+}
+
+impl TestCluster {
+    /// `zones` storage servers on in-memory engines, one proxy.
+    pub async fn memory(zones: usize) -> Self {
+        Self::start((0..zones).map(|_| Store::Memory(Arc::default())).collect()).await
+    }
+
+    /// `zones` storage servers on RocksDB under `dir`, one proxy.
+    pub async fn rocks(zones: usize, dir: &std::path::Path) -> Self {
+        Self::start(
+            (0..zones)
+                .map(|z| Store::Rocks(dir.join(format!("zone-{z}"))))
+                .collect(),
+        )
+        .await
+    }
+
+    pub async fn start(stores: Vec<Store>) -> Self {
+        let mut storages = Vec::new();
+        let mut addrs = Vec::new();
+        for s in &stores {
+            let server =
+                StorageServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), s.open())
+                    .unwrap();
+            addrs.push(server.addr());
+            storages.push(Some(server));
+        }
+        let mut cluster = TestCluster {
+            stores,
+            addrs,
+            storages,
+            proxy: None,
+            proxy_addr: "127.0.0.1:0".parse().unwrap(),
+            clock: Clock::default(),
+        };
+        cluster.start_proxy().await;
+        cluster
+    }
+
+    pub async fn start_proxy(&mut self) {
+        let zones = self
+            .addrs
+            .iter()
+            .map(|a| Zone {
+                datacenter: "dc1".into(),
+                nodes: vec![a.to_string()],
+            })
+            .collect();
+        let config = ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            cluster: ShardMap {
+                epoch: 1,
+                num_shards: 64,
+                zones,
+            },
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        };
+        let server = Proxy::new(config, self.clock.clone())
+            .unwrap()
+            .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
+        self.proxy_addr = server.addr();
+        self.proxy = Some(server);
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.proxy_addr.to_string(), "test")
+            .await
+            .unwrap()
+    }
+
+    /// Stops storage server `i`: its connections close and its engine is released.
+    pub async fn kill(&mut self, i: usize) {
+        self.storages[i].take().expect("running").stop().await;
+    }
+
+    /// Starts storage server `i` again, on its old address, over its old data.
+    pub async fn restart(&mut self, i: usize) {
+        let listener = TcpListener::bind(self.addrs[i]).await.unwrap();
+        self.storages[i] = Some(StorageServer::start(listener, self.stores[i].open()).unwrap());
+    }
+
+    /// Stops everything, releasing every engine.
+    pub async fn stop(mut self) -> Vec<Store> {
+        if let Some(p) = self.proxy.take() {
+            p.stop().await;
+        }
+        for s in self.storages.iter_mut().filter_map(Option::take) {
+            s.stop().await;
+        }
+        self.stores
+    }
+}
