@@ -312,7 +312,7 @@ impl OpMessage {
 
 /// Appends zero bytes until `out.len() - start` is a multiple of `align`.
 fn pad(out: &mut Vec<u8>, start: usize, align: usize) {
-    while (out.len() - start) % align != 0 {
+    while !(out.len() - start).is_multiple_of(align) {
         out.push(0);
     }
 }
