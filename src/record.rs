@@ -33,6 +33,7 @@ pub struct Record {
     pub tombstone: bool,
     /// JunoDB payload type (0 clear, 1..3 encrypted or compressed by someone else).
     pub payload_kind: u8,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

@@ -60,16 +60,9 @@ impl GroupCommit {
         let _ = self.tx.send((seq, changes));
     }
 
-    /// Waits until write `seq` is durable; false if it never will be.
-    pub async fn wait(&self, seq: u64) -> bool {
-        let mut rx = self.durable.clone();
-        let reached = rx
-            .wait_for(|d| match d {
-                Durable::UpTo(s) => *s >= seq,
-                Durable::Failed => true,
-            })
-            .await;
-        matches!(reached.as_deref(), Ok(Durable::UpTo(_)))
+    /// A receiver that wakes whenever durability progresses (or fails).
+    pub fn subscribe(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
     }
 
     /// Whether a durable write failed, after which nothing may be served.

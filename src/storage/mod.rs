@@ -5,14 +5,14 @@ mod group_commit;
 mod replica_actor;
 
 use crate::engine::Engine;
-use crate::replica::{ReplicaReply, ReplicaRequest};
-use crate::rpc::{encode_frame, read_frame, write_frames};
+use crate::replica::ReplicaRequest;
+use crate::rpc::{read_frame, write_frames};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// `junokv storage --config F`.
 #[derive(Clone, Debug, Deserialize)]
@@ -102,17 +102,13 @@ async fn serve_connection(
                 break;
             }
         };
-        let (tx, rx) = oneshot::channel();
-        if replica.send((req, tx)).is_err() {
+        let reply_to = replica_actor::ReplyTo {
+            id,
+            out: out_tx.clone(),
+        };
+        if replica.send((req, reply_to)).is_err() {
             break;
         }
-        let out = out_tx.clone();
-        tokio::spawn(async move {
-            let reply = rx.await.unwrap_or(ReplicaReply::Failed {
-                reason: "replica stopped".into(),
-            });
-            let _ = out.send(encode_frame(id, &reply));
-        });
     }
     writer.abort();
 }

@@ -6,16 +6,30 @@ use super::group_commit::GroupCommit;
 use crate::engine::{Change, Engine};
 use crate::record::{Ballot, Slot};
 use crate::replica::{step, ReplicaReply, ReplicaRequest, Write};
-use std::collections::HashMap;
+use crate::rpc::encode_frame;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Engine key of the replica-wide ballot floor (shards use the first two bytes, and
 /// never reach 0xFFFF).
 const FLOOR_KEY: &[u8] = b"\xff\xff\x00floor";
 
+/// Where a reply goes: the request's id and its connection's outgoing frames.
+pub struct ReplyTo {
+    pub id: u64,
+    pub out: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl ReplyTo {
+    fn send(self, reply: &ReplicaReply) {
+        // A closed connection has nobody left to tell.
+        let _ = self.out.send(encode_frame(self.id, reply));
+    }
+}
+
 /// A message for the replica and where its reply goes.
-pub type Envelope = (ReplicaRequest, oneshot::Sender<ReplicaReply>);
+pub type Envelope = (ReplicaRequest, ReplyTo);
 
 struct Replica {
     engine: Arc<dyn Engine>,
@@ -24,6 +38,8 @@ struct Replica {
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
+    /// Replies held until the write they depend on is durable, by its sequence number.
+    held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply)>>,
 }
 
 /// Starts the replica task; send it [`Envelope`]s. The task ends, having released the
@@ -36,17 +52,30 @@ pub fn start(
         None => Ballot::default(),
     };
     let (commit, committer) = GroupCommit::start(engine.clone(), 4096);
+    let mut durable = commit.subscribe();
     let mut replica = Replica {
         engine,
         commit,
         floor,
         dirty: HashMap::new(),
         seq: 0,
+        held: BTreeMap::new(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
     let task = tokio::spawn(async move {
-        while let Some((req, reply_tx)) = rx.recv().await {
-            replica.handle(req, reply_tx);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some((req, reply_to)) => replica.handle(req, reply_to),
+                    None => break,
+                },
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    replica.release();
+                }
+            }
         }
         drop(replica);
         let _ = committer.await;
@@ -55,14 +84,11 @@ pub fn start(
 }
 
 impl Replica {
-    fn handle(&mut self, req: ReplicaRequest, reply_tx: oneshot::Sender<ReplicaReply>) {
+    fn handle(&mut self, req: ReplicaRequest, reply_to: ReplyTo) {
         let key = req.key().to_bytes();
         let loaded = match self.load(&key) {
             Ok(slot) => slot,
-            Err(reason) => {
-                let _ = reply_tx.send(ReplicaReply::Failed { reason });
-                return;
-            }
+            Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(loaded.0.as_ref(), self.floor, &req);
         let wait_for = match write {
@@ -70,20 +96,37 @@ impl Replica {
             None => loaded.1, // the reply may describe a write not yet durable
         };
         if wait_for <= self.commit.durable() {
-            let _ = reply_tx.send(reply);
-            return;
+            reply_to.send(&reply);
+        } else {
+            self.held
+                .entry(wait_for)
+                .or_default()
+                .push((reply_to, reply));
         }
-        let commit = self.commit.clone();
-        tokio::spawn(async move {
-            let reply = if commit.wait(wait_for).await {
-                reply
-            } else {
-                ReplicaReply::Failed {
+    }
+
+    /// Sends the replies whose writes are now durable (or, after a failed write, a
+    /// failure to every held reply).
+    fn release(&mut self) {
+        let failed = self.commit.has_failed();
+        let durable = self.commit.durable();
+        let still_held = if failed {
+            BTreeMap::new()
+        } else {
+            self.held.split_off(&(durable + 1))
+        };
+        for (reply_to, reply) in std::mem::replace(&mut self.held, still_held)
+            .into_values()
+            .flatten()
+        {
+            if failed {
+                reply_to.send(&ReplicaReply::Failed {
                     reason: "durable write failed".into(),
-                }
-            };
-            let _ = reply_tx.send(reply);
-        });
+                });
+            } else {
+                reply_to.send(&reply);
+            }
+        }
     }
 
     /// The slot for `key` and the sequence number it must be durable up to.
