@@ -37,7 +37,8 @@ async fn every_operation_behaves_as_junodb_clients_expect() {
         assert_eq!(c.update_if(b"k", b"v3", 0, 2).await.unwrap().version, 3);
         assert_eq!(c.set(b"k", b"v4", 100).await.unwrap().version, 4);
         // TTL only grows: a shorter TTL on get changes nothing, a longer one extends.
-        assert_eq!(c.get_extend(b"k", 10).await.unwrap().ttl, 3600);
+        // (Seconds tick between requests: allow one.)
+        assert!((3599..=3600).contains(&c.get_extend(b"k", 10).await.unwrap().ttl));
         assert_eq!(c.get_extend(b"k", 7200).await.unwrap().ttl, 7200);
         c.destroy(b"k").await.unwrap();
         c.destroy(b"k").await.unwrap();
@@ -62,7 +63,7 @@ async fn a_record_expires_after_its_ttl() {
     // Expiry is judged by the proxy's clock: move it rather than wait.
     cluster.clock.set_skew_ns(2_000_000_000);
     assert_eq!(status(c.get(b"short").await), Status::NoKey);
-    assert_eq!(c.get(b"long").await.unwrap().ttl, 8);
+    assert!((7..=8).contains(&c.get(b"long").await.unwrap().ttl));
     assert_eq!(c.create(b"short", b"again", 0).await.unwrap().version, 1);
 }
 

@@ -182,28 +182,26 @@ impl Proxy {
     /// Answers one decoded request.
     pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
         let started = Instant::now();
+        // One reading of the clock for the operation and for the TTL it reports.
+        let now_ns = self.clock.now_ns();
         let outcome = match OpCode::from_byte(msg.opcode) {
             OpCode::Nop => Ok(None),
             _ => match translate::to_op(msg, &self.config.limits) {
                 Ok(op) => {
                     let key =
                         StoreKey::new(&msg.namespace, &msg.key, self.config.cluster.num_shards);
-                    self.execute(key, op).await
+                    self.execute(key, op, now_ns).await
                 }
                 Err(status) => Err(status),
             },
         };
         let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        translate::response(
-            msg,
-            &outcome,
-            (self.clock.now_ns() / 1_000_000_000) as u32,
-            us,
-        )
+        translate::response(msg, &outcome, (now_ns / 1_000_000_000) as u32, us)
     }
 
-    /// Runs one operation to its outcome (or Timeout at the deadline).
-    pub async fn execute(self: &Arc<Self>, key: StoreKey, op: Op) -> Outcome {
+    /// Runs one operation, as of wall-clock time `now_ns`, to its outcome (or Timeout
+    /// at the deadline).
+    pub async fn execute(self: &Arc<Self>, key: StoreKey, op: Op, now_ns: u64) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let peers: Vec<Arc<Peer>> = self
             .config
@@ -213,7 +211,7 @@ impl Proxy {
             .map(|a| self.peers[*a].clone())
             .collect();
         let ctx = Context {
-            now_ns: self.clock.now_ns(),
+            now_ns,
             request_id: madsim::rand::random(),
             default_ttl: self.config.limits.default_ttl,
         };
