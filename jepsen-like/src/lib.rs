@@ -1,1 +1,2 @@
-
+//! The linearizability checker and real-cluster workload runner (see the checker
+//! issue).
