@@ -1,2 +1,9 @@
-//! The linearizability checker and real-cluster workload runner (see the checker
-//! issue).
+//! The linearizability checker for JunoDB key-value histories (Wing–Gong/Lowe search
+//! with memoisation, per key, in parallel), its reports, and the real-cluster workload
+//! runner that produces histories.
+
+pub mod checker;
+pub mod history;
+pub mod model;
+pub mod report;
+pub mod runner;

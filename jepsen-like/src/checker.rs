@@ -1,0 +1,320 @@
+//! Wing–Gong/Lowe linearizability search with a memo cache of (linearized set,
+//! state), one key at a time (single-key operations compose), keys in parallel.
+
+use crate::history::{Op, Outcome, F};
+use crate::model::{KeyOp, KeyState, Model, Observed, State};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Why one key's history is not linearizable.
+#[derive(Clone, Debug)]
+pub struct KeyFailure {
+    pub key: String,
+    /// Operation ids (see [`Op::id`]) of the longest linearizable prefix found, in
+    /// linearization order.
+    pub prefix: Vec<usize>,
+    /// The operation that could not be placed after that prefix.
+    pub stuck: usize,
+    /// States the key could have been in when it had to be placed.
+    pub states: Vec<String>,
+    /// Number of operations on the key.
+    pub ops: usize,
+}
+
+/// The checker's answer.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    Valid,
+    /// The smallest failing key (fewest operations).
+    Invalid(KeyFailure),
+    /// The time limit ran out before every key was decided; never a guess.
+    Unknown {
+        undecided: Vec<String>,
+    },
+}
+
+/// Checks a whole history.
+pub fn check(ops: &[Op], model: Model, time_limit: Duration) -> Verdict {
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    let keys: Vec<(&str, Vec<&Op>)> = by_key.into_iter().collect();
+    let deadline = Instant::now() + time_limit;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Mutex<Vec<(usize, KeyResult)>> = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(keys.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let r = check_key(keys[i].0, &keys[i].1, model, deadline);
+                if matches!(r, KeyResult::TimedOut) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    let smallest_failure = results
+        .iter()
+        .filter_map(|(_, r)| match r {
+            KeyResult::Invalid(f) => Some(f),
+            _ => None,
+        })
+        .min_by_key(|f| (f.ops, f.key.clone()));
+    if let Some(f) = smallest_failure {
+        return Verdict::Invalid(f.clone());
+    }
+    let decided: FxHashSet<usize> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, KeyResult::Valid))
+        .map(|(i, _)| *i)
+        .collect();
+    if decided.len() == keys.len() {
+        Verdict::Valid
+    } else {
+        Verdict::Unknown {
+            undecided: (0..keys.len())
+                .filter(|i| !decided.contains(i))
+                .map(|i| keys[i].0.to_string())
+                .collect(),
+        }
+    }
+}
+
+enum KeyResult {
+    Valid,
+    Invalid(KeyFailure),
+    TimedOut,
+}
+
+/// An entry of the search's doubly linked list: an operation's call or return.
+#[derive(Clone, Copy)]
+struct Entry {
+    op: usize,
+    call: bool,
+}
+
+struct Frame {
+    entry: usize,
+    before: State,
+    candidates: Vec<State>,
+    tried: usize,
+}
+
+/// The key's operations in the model's terms, and the interned values (value `i` is
+/// `values[i - 1]`; 0 is no value).
+fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
+    let mut interned: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut values: Vec<&str> = Vec::new();
+    let mut intern = |v: Option<&'a String>| -> u32 {
+        match v {
+            None => 0,
+            Some(s) => *interned.entry(s.as_str()).or_insert_with(|| {
+                values.push(s.as_str());
+                values.len() as u32
+            }),
+        }
+    };
+    let kops = ops
+        .iter()
+        .map(|op| {
+            let observed = match &op.outcome {
+                Outcome::Ok { version, value } => Observed::Ok {
+                    version: *version,
+                    value: value.as_ref().map(|v| intern(Some(v))),
+                },
+                Outcome::Fail(e) => match e.as_str() {
+                    "NoKey" => Observed::NoKey,
+                    "DupKey" => Observed::DupKey,
+                    "VersionConflict" => Observed::VersionConflict,
+                    _ => Observed::OtherFailure,
+                },
+                Outcome::Info => Observed::Unknown,
+            };
+            KeyOp {
+                f: op.f,
+                value: intern(op.value.as_ref()),
+                ttl_ns: op.ttl.saturating_mul(1_000_000_000),
+                if_version: op.if_version.filter(|_| op.f == F::Update),
+                observed,
+                start: op.invoke_time,
+                end: op.complete_time.unwrap_or(u64::MAX),
+            }
+        })
+        .collect();
+    (kops, values)
+}
+
+fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
+    let (kops, values) = prepare(ops);
+    let n = ops.len();
+    // Calls and returns in history order; unknown operations return after everything.
+    let mut events: Vec<(usize, Entry)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.invoke_line, Entry { op: i, call: true }));
+        events.push((
+            op.complete_line.unwrap_or(usize::MAX - n + i),
+            Entry { op: i, call: false },
+        ));
+    }
+    events.sort_by_key(|(pos, _)| *pos);
+    let entries: Vec<Entry> = events.into_iter().map(|(_, e)| e).collect();
+    let head = entries.len();
+    const NONE: usize = usize::MAX;
+    let mut next: Vec<usize> = (1..=entries.len())
+        .map(|i| if i == entries.len() { NONE } else { i })
+        .collect();
+    let mut prev: Vec<usize> = (0..entries.len())
+        .map(|i| if i == 0 { head } else { i - 1 })
+        .collect();
+    next.push(if entries.is_empty() { NONE } else { 0 });
+    prev.push(NONE);
+    let mut ret_of = vec![0usize; n];
+    for (i, e) in entries.iter().enumerate() {
+        if !e.call {
+            ret_of[e.op] = i;
+        }
+    }
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, i: usize| {
+        let (p, nx) = (prev[i], next[i]);
+        next[p] = nx;
+        if nx != NONE {
+            prev[nx] = p;
+        }
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, i: usize| {
+        let (p, nx) = (prev[i], next[i]);
+        next[p] = i;
+        if nx != NONE {
+            prev[nx] = i;
+        }
+    };
+
+    let words = n.div_ceil(64).max(1);
+    let mut linearized = vec![0u64; words];
+    let mut cache: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut state = State::INITIAL;
+    let mut cur = next[head];
+    let mut best: (usize, Vec<usize>, usize, Vec<State>) = (0, Vec::new(), NONE, Vec::new());
+    let mut steps: u64 = 0;
+
+    // Tries the candidates of a frame from `tried` on; true if one was taken.
+    macro_rules! take_candidate {
+        ($frame:expr) => {{
+            let mut frame = $frame;
+            let op = entries[frame.entry].op;
+            let mut taken = false;
+            while frame.tried < frame.candidates.len() {
+                let cand = frame.candidates[frame.tried];
+                frame.tried += 1;
+                linearized[op / 64] |= 1 << (op % 64);
+                if cache.insert((linearized.clone().into_boxed_slice(), cand)) {
+                    state = cand;
+                    unlink(&mut next, &mut prev, frame.entry);
+                    unlink(&mut next, &mut prev, ret_of[op]);
+                    taken = true;
+                    break;
+                }
+                linearized[op / 64] &= !(1 << (op % 64));
+            }
+            if taken {
+                stack.push(frame);
+            }
+            taken
+        }};
+    }
+
+    loop {
+        steps += 1;
+        if steps % 4096 == 0 && Instant::now() > deadline {
+            return KeyResult::TimedOut;
+        }
+        if next[head] == NONE {
+            return KeyResult::Valid;
+        }
+        if cur == NONE {
+            // Cannot happen: a call's return always follows it in the list.
+            unreachable!("ran off the end of the history");
+        }
+        let e = entries[cur];
+        if e.call {
+            let candidates = model.step(state, &kops[e.op]);
+            let frame = Frame {
+                entry: cur,
+                before: state,
+                candidates,
+                tried: 0,
+            };
+            if take_candidate!(frame) {
+                cur = next[head];
+            } else {
+                cur = next[cur];
+            }
+            continue;
+        }
+        // A return whose call is not linearized: record how far we got, then backtrack.
+        if stack.len() > best.0 || best.2 == NONE {
+            best = (
+                stack.len(),
+                stack.iter().map(|f| ops[entries[f.entry].op].id).collect(),
+                e.op,
+                vec![state],
+            );
+        } else if stack.len() == best.0
+            && e.op == best.2
+            && best.3.len() < 4
+            && !best.3.contains(&state)
+        {
+            best.3.push(state);
+        }
+        let Some(frame) = stack.pop() else {
+            return KeyResult::Invalid(KeyFailure {
+                key: key.to_string(),
+                prefix: best.1,
+                stuck: ops[best.2].id,
+                states: best.3.iter().map(|s| describe(s, &values)).collect(),
+                ops: n,
+            });
+        };
+        let op = entries[frame.entry].op;
+        state = frame.before;
+        linearized[op / 64] &= !(1 << (op % 64));
+        relink(&mut next, &mut prev, ret_of[op]);
+        relink(&mut next, &mut prev, frame.entry);
+        let entry = frame.entry;
+        cur = if take_candidate!(frame) {
+            next[head]
+        } else {
+            next[entry]
+        };
+    }
+}
+
+/// A state in the history's terms.
+fn describe(s: &State, values: &[&str]) -> String {
+    match s.key {
+        KeyState::Absent => "absent".to_string(),
+        KeyState::Live { value, version, .. } => {
+            let (value, version) = (&value, version);
+            let v = values
+                .get((*value as usize).wrapping_sub(1))
+                .copied()
+                .unwrap_or("?");
+            format!("value {v:?} version {version}")
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `jepsen-like check FILE` and `jepsen-like run`.
+
+use clap::{Parser, Subcommand};
+use jepsen_like::{checker, history, model::Model, report};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "jepsen-like",
+    about = "Linearizability checker and workload runner for JunoKV"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a history: prints valid / invalid / unknown first; exits 0 / 1 / 2 (3: malformed file).
+    Check {
+        file: PathBuf,
+        /// Also write an HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Seconds before the verdict becomes `unknown`.
+        #[arg(long, default_value_t = 60.0)]
+        time_limit: f64,
+        /// How far (ms) the store's expiry clock may be from the history's clock.
+        #[arg(long, default_value_t = 1500)]
+        clock_uncertainty_ms: u64,
+    },
+    /// Drive a live cluster with the mixed workload, record and check the history.
+    Run(jepsen_like::runner::RunArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check {
+            file,
+            html,
+            time_limit,
+            clock_uncertainty_ms,
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    return ExitCode::from(3);
+                }
+            };
+            let model = Model {
+                clock_uncertainty_ns: clock_uncertainty_ms * 1_000_000,
+                ..Model::default()
+            };
+            check_and_report(
+                &text,
+                model,
+                Duration::from_secs_f64(time_limit),
+                html.as_deref(),
+            )
+        }
+        Command::Run(args) => jepsen_like::runner::main(args),
+    }
+}
+
+/// Prints the verdict of a history; the exit code says it too.
+fn check_and_report(
+    text: &str,
+    model: Model,
+    limit: Duration,
+    html: Option<&std::path::Path>,
+) -> ExitCode {
+    let ops = match history::parse(text) {
+        Ok(ops) => ops,
+        Err(e) => {
+            println!("malformed\n{e}");
+            return ExitCode::from(3);
+        }
+    };
+    let verdict = checker::check(&ops, model, limit);
+    print!("{}", report::text(&verdict, &ops));
+    if let Some(path) = html {
+        if let Err(e) = std::fs::write(path, report::html(&verdict, &ops)) {
+            eprintln!("{}: {e}", path.display());
+        }
+    }
+    ExitCode::from(match verdict {
+        checker::Verdict::Valid => 0,
+        checker::Verdict::Invalid(_) => 1,
+        checker::Verdict::Unknown { .. } => 2,
+    })
+}

@@ -1,0 +1,485 @@
+//! The checker against hand-written histories, generated valid histories, and a
+//! brute-force checker on small ones.
+
+use jepsen_like::checker::{check, Verdict};
+use jepsen_like::history::{parse, to_json_line, Event, EventType, F};
+use jepsen_like::model::Model;
+use proptest::prelude::*;
+use std::time::Duration;
+
+const S: u64 = 1_000_000_000;
+
+/// `(process, type, f, value, version/if_version, error, time_s)` rows, key "k".
+fn h(
+    rows: &[(
+        u64,
+        &str,
+        &str,
+        Option<&str>,
+        Option<u32>,
+        Option<&str>,
+        u64,
+    )],
+) -> String {
+    rows.iter()
+        .map(|(p, t, f, value, version, error, time)| {
+            let kind = match *t {
+                "invoke" => EventType::Invoke,
+                "ok" => EventType::Ok,
+                "fail" => EventType::Fail,
+                _ => EventType::Info,
+            };
+            let f = match *f {
+                "create" => F::Create,
+                "get" => F::Get,
+                "update" => F::Update,
+                "set" => F::Set,
+                _ => F::Destroy,
+            };
+            let mut e = Event {
+                process: *p,
+                kind,
+                f,
+                key: "k".into(),
+                value: value.map(String::from),
+                ttl: None,
+                if_version: None,
+                version: None,
+                error: error.map(String::from),
+                time: time * S,
+            };
+            if kind == EventType::Invoke && f == F::Update {
+                e.if_version = *version;
+            } else if kind == EventType::Ok {
+                e.version = *version;
+            }
+            to_json_line(&e) + "\n"
+        })
+        .collect()
+}
+
+fn verdict(text: &str) -> Verdict {
+    check(
+        &parse(text).unwrap(),
+        Model::default(),
+        Duration::from_secs(10),
+    )
+}
+
+fn is_valid(text: &str) -> bool {
+    match verdict(text) {
+        Verdict::Valid => true,
+        Verdict::Invalid(_) => false,
+        Verdict::Unknown { .. } => panic!("unknown"),
+    }
+}
+
+#[test]
+fn sequential_lifecycle_is_valid() {
+    assert!(is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (0, "invoke", "get", None, None, None, 3),
+        (0, "ok", "get", Some("a"), Some(1), None, 4),
+        (0, "invoke", "update", Some("b"), Some(1), None, 5),
+        (0, "ok", "update", None, Some(2), None, 6),
+        (0, "invoke", "update", Some("c"), Some(1), None, 7),
+        (0, "fail", "update", None, None, Some("VersionConflict"), 8),
+        (0, "invoke", "destroy", None, None, None, 9),
+        (0, "ok", "destroy", None, None, None, 10),
+        (0, "invoke", "get", None, None, None, 11),
+        (0, "fail", "get", None, None, Some("NoKey"), 12),
+    ])));
+}
+
+#[test]
+fn stale_read_is_invalid() {
+    assert!(!is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (0, "invoke", "set", Some("b"), None, None, 3),
+        (0, "ok", "set", None, Some(2), None, 4),
+        (1, "invoke", "get", None, None, None, 5),
+        (1, "ok", "get", Some("a"), Some(1), None, 6),
+    ])));
+}
+
+#[test]
+fn lost_update_is_invalid() {
+    // Two sets both claim version 2.
+    assert!(!is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (0, "invoke", "set", Some("b"), None, None, 3),
+        (1, "invoke", "set", Some("c"), None, None, 3),
+        (0, "ok", "set", None, Some(2), None, 4),
+        (1, "ok", "set", None, Some(2), None, 4),
+    ])));
+}
+
+#[test]
+fn a_create_that_succeeds_twice_is_invalid_but_concurrent_dupkey_is_fine() {
+    assert!(!is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (1, "invoke", "create", Some("b"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (1, "ok", "create", None, Some(1), None, 2),
+    ])));
+    assert!(is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (1, "invoke", "create", Some("b"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (1, "fail", "create", None, None, Some("DupKey"), 2),
+        (1, "invoke", "get", None, None, None, 3),
+        (1, "ok", "get", Some("a"), Some(1), None, 4),
+    ])));
+}
+
+#[test]
+fn conditional_update_against_the_wrong_version_is_invalid() {
+    assert!(!is_valid(&h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (0, "invoke", "set", Some("b"), None, None, 3),
+        (0, "ok", "set", None, Some(2), None, 4),
+        (1, "invoke", "update", Some("c"), Some(1), None, 5),
+        (1, "ok", "update", None, Some(3), None, 6),
+    ])));
+}
+
+#[test]
+fn reading_an_expired_record_is_invalid() {
+    let mut text = String::new();
+    for (kind, time, version, value) in [
+        (EventType::Invoke, 0, None, Some("a")),
+        (EventType::Ok, S / 10, Some(1), None),
+    ] {
+        let e = Event {
+            process: 0,
+            kind,
+            f: F::Create,
+            key: "k".into(),
+            value: value.map(String::from),
+            ttl: Some(2),
+            if_version: None,
+            version,
+            error: None,
+            time,
+        };
+        text += &(to_json_line(&e) + "\n");
+    }
+    let get = |kind, time, version: Option<u32>, value: Option<&str>, error: Option<&str>| {
+        to_json_line(&Event {
+            process: 1,
+            kind,
+            f: F::Get,
+            key: "k".into(),
+            value: value.map(String::from),
+            ttl: None,
+            if_version: None,
+            version,
+            error: error.map(String::from),
+            time,
+        }) + "\n"
+    };
+    // Ten seconds after a two-second TTL: still there is a violation...
+    let stale = text.clone()
+        + &get(EventType::Invoke, 10 * S, None, None, None)
+        + &get(EventType::Ok, 11 * S, Some(1), Some("a"), None);
+    assert!(!is_valid(&stale));
+    // ...absent is right, and within the clock uncertainty either answer is.
+    let gone = text.clone()
+        + &get(EventType::Invoke, 10 * S, None, None, None)
+        + &get(EventType::Fail, 11 * S, None, None, Some("NoKey"));
+    assert!(is_valid(&gone));
+    let edge = text
+        + &get(EventType::Invoke, 2 * S, None, None, None)
+        + &get(EventType::Ok, 2 * S + 1, Some(1), Some("a"), None);
+    assert!(is_valid(&edge));
+}
+
+#[test]
+fn an_indeterminate_write_may_appear_later_but_not_flicker() {
+    let base = [
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (2, "invoke", "set", Some("x"), None, None, 3),
+        (2, "info", "set", None, None, Some("timeout"), 4),
+        (1, "invoke", "get", None, None, None, 5),
+        (1, "ok", "get", Some("a"), Some(1), None, 6),
+        (1, "invoke", "get", None, None, None, 7),
+        (1, "ok", "get", Some("x"), Some(2), None, 8),
+    ];
+    assert!(is_valid(&h(&base)));
+    let mut flicker = base.to_vec();
+    flicker.extend([
+        (1, "invoke", "get", None, None, None, 9),
+        (1, "ok", "get", Some("a"), Some(1), None, 10),
+    ]);
+    flicker.extend([
+        (1, "invoke", "get", None, None, None, 11),
+        (1, "ok", "get", Some("x"), Some(2), None, 12),
+    ]);
+    assert!(!is_valid(&h(&flicker)));
+}
+
+#[test]
+fn an_invalid_report_names_the_key_prefix_and_operation() {
+    let text = h(&[
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (1, "invoke", "get", None, None, None, 3),
+        (1, "fail", "get", None, None, Some("NoKey"), 4),
+    ]);
+    let ops = parse(&text).unwrap();
+    let Verdict::Invalid(f) = check(&ops, Model::default(), Duration::from_secs(5)) else {
+        panic!("expected invalid")
+    };
+    assert_eq!(
+        (f.key.as_str(), f.prefix.clone(), f.stuck),
+        ("k", vec![0], 1)
+    );
+    assert_eq!(f.states, vec!["value \"a\" version 1".to_string()]);
+    let report = jepsen_like::report::text(&Verdict::Invalid(f), &ops);
+    assert!(report.starts_with("invalid\n"), "{report}");
+}
+
+#[test]
+fn malformed_files_name_the_line() {
+    let e = parse("{\"process\":0,\"type\":\"invoke\",\"f\":\"get\",\"key\":\"k\",\"time\":5}\n{\"process\":0,\"type\":\"invoke\",\"f\":\"get\",\"key\":\"k\",\"time\":6}\n").unwrap_err();
+    assert_eq!(e.line, 2);
+    assert_eq!(parse("not json").unwrap_err().line, 1);
+    let back = "{\"process\":0,\"type\":\"invoke\",\"f\":\"get\",\"key\":\"k\",\"time\":5}\n{\"process\":0,\"type\":\"ok\",\"f\":\"get\",\"key\":\"k\",\"time\":4}\n";
+    assert_eq!(parse(back).unwrap_err().line, 2);
+}
+
+// ---- generated histories ----------------------------------------------------------
+
+/// A reference implementation of the semantics, independent of `model.rs` (no TTLs).
+fn reference(
+    state: &mut Option<(String, u32)>,
+    f: F,
+    value: &str,
+    if_version: Option<u32>,
+) -> (EventType, Option<u32>, Option<String>, Option<&'static str>) {
+    match (f, state.clone()) {
+        (F::Create, Some(_)) => (EventType::Fail, None, None, Some("DupKey")),
+        (F::Create, None) | (F::Set, None) => {
+            *state = Some((value.into(), 1));
+            (EventType::Ok, Some(1), None, None)
+        }
+        (F::Get, None) | (F::Update, None) => (EventType::Fail, None, None, Some("NoKey")),
+        (F::Get, Some((v, ver))) => (EventType::Ok, Some(ver), Some(v), None),
+        (F::Update, Some((_, ver))) if if_version.is_some_and(|i| i != ver) => {
+            (EventType::Fail, None, None, Some("VersionConflict"))
+        }
+        (F::Update | F::Set, Some((_, ver))) => {
+            *state = Some((value.into(), ver + 1));
+            (EventType::Ok, Some(ver + 1), None, None)
+        }
+        (F::Destroy, _) => {
+            *state = None;
+            (EventType::Ok, None, None, None)
+        }
+    }
+}
+
+/// Spec of one generated operation: process, kind, conditional version, start and
+/// length of its window, where in it it takes effect, whether its outcome is lost.
+type Spec = (u64, u8, Option<u32>, u64, u64, u64, bool);
+
+/// A history of a sequential execution in which each operation takes effect at a
+/// random point of its window; valid by construction.
+fn generate(specs: &[Spec]) -> String {
+    let mut busy_until = std::collections::HashMap::new();
+    let mut ops = Vec::new();
+    for (i, &(p, kind, ifv, start, len, at, lost)) in specs.iter().enumerate() {
+        let start = start.max(*busy_until.get(&p).unwrap_or(&0));
+        if start == u64::MAX {
+            continue; // the process's last operation was lost: it never invokes again
+        }
+        let end = start + len + 1;
+        busy_until.insert(p, if lost { u64::MAX } else { end + 1 });
+        let f = [F::Create, F::Get, F::Update, F::Set, F::Destroy][kind as usize % 5];
+        ops.push((
+            i,
+            p,
+            f,
+            ifv.filter(|_| f == F::Update),
+            start,
+            end,
+            start + at % (end - start),
+            lost,
+        ));
+    }
+    let mut by_point = ops.clone();
+    by_point.sort_by_key(|o| o.6);
+    let mut state = None;
+    let mut results = std::collections::HashMap::new();
+    for &(i, _, f, ifv, .., lost) in &by_point {
+        // A lost operation takes effect or not, by its index.
+        if lost && i % 2 == 0 {
+            continue;
+        }
+        results.insert(i, reference(&mut state, f, &format!("v{i}"), ifv));
+    }
+    let mut events: Vec<(u64, u8, Event)> = Vec::new();
+    for &(i, p, f, ifv, start, end, _, lost) in &ops {
+        let value = matches!(f, F::Create | F::Update | F::Set).then(|| format!("v{i}"));
+        events.push((
+            start,
+            1,
+            Event {
+                process: p,
+                kind: EventType::Invoke,
+                f,
+                key: "k".into(),
+                value,
+                ttl: None,
+                if_version: ifv,
+                version: None,
+                error: None,
+                time: start,
+            },
+        ));
+        if lost {
+            continue;
+        }
+        let (kind, version, value, error) = results[&i].clone();
+        events.push((
+            end,
+            0,
+            Event {
+                process: p,
+                kind,
+                f,
+                key: "k".into(),
+                value,
+                ttl: None,
+                if_version: None,
+                version,
+                error: error.map(String::from),
+                time: end,
+            },
+        ));
+    }
+    events.sort_by_key(|(t, order, _)| (*t, *order));
+    events
+        .iter()
+        .map(|(.., e)| to_json_line(e) + "\n")
+        .collect()
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        0u64..4,
+        0u8..5,
+        proptest::option::of(1u32..4),
+        0u64..40,
+        0u64..12,
+        any::<u64>(),
+        proptest::bool::weighted(0.1),
+    )
+}
+
+/// Whether some order of the operations, consistent with real time, explains every
+/// observation (unknown operations may be left out; a field a result lacks constrains
+/// nothing). Exponential: small histories only.
+fn brute_force(text: &str) -> bool {
+    let ops = parse(text).unwrap();
+    fn search(
+        ops: &[jepsen_like::history::Op],
+        done: &mut Vec<bool>,
+        state: Option<(String, u32)>,
+    ) -> bool {
+        use jepsen_like::history::Outcome;
+        let pending: Vec<usize> = (0..ops.len()).filter(|&i| !done[i]).collect();
+        if pending.iter().all(|&i| ops[i].outcome == Outcome::Info) {
+            return true;
+        }
+        for &i in &pending {
+            // i may go next only if no pending operation completed before i was invoked.
+            if pending
+                .iter()
+                .any(|&j| ops[j].complete_line.is_some_and(|c| c < ops[i].invoke_line))
+            {
+                continue;
+            }
+            let mut s = state.clone();
+            let (kind, version, value, error) = reference(
+                &mut s,
+                ops[i].f,
+                ops[i].value.as_deref().unwrap_or(""),
+                ops[i].if_version,
+            );
+            let fits = match &ops[i].outcome {
+                Outcome::Info => true,
+                Outcome::Ok {
+                    version: v,
+                    value: val,
+                } => {
+                    kind == EventType::Ok
+                        && (v.is_none() || *v == version)
+                        && (ops[i].f != F::Get || val.is_none() || *val == value)
+                }
+                Outcome::Fail(e) => kind == EventType::Fail && error == Some(e.as_str()),
+            };
+            if fits {
+                done[i] = true;
+                if search(ops, done, s) {
+                    return true;
+                }
+                done[i] = false;
+            }
+        }
+        false
+    }
+    search(&ops, &mut vec![false; ops.len()], None)
+}
+
+/// Changes one recorded result.
+fn mutate(text: &str, which: usize, how: u8) -> String {
+    let mut lines: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let completions: Vec<usize> = (0..lines.len())
+        .filter(|&i| matches!(lines[i].kind, EventType::Ok | EventType::Fail))
+        .collect();
+    if completions.is_empty() {
+        return text.to_string();
+    }
+    let e = &mut lines[completions[which % completions.len()]];
+    match how % 3 {
+        0 => e.version = Some(e.version.unwrap_or(0) + 1),
+        1 if e.kind == EventType::Ok && e.f == F::Get => e.value = Some("v999".into()),
+        _ => {
+            if e.kind == EventType::Ok {
+                e.kind = EventType::Fail;
+                e.error = Some(if e.f == F::Create { "DupKey" } else { "NoKey" }.into());
+                e.version = None;
+                e.value = None;
+            } else {
+                e.kind = EventType::Ok;
+                e.error = None;
+            }
+        }
+    }
+    lines.iter().map(|e| to_json_line(e) + "\n").collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_histories_are_valid(specs in proptest::collection::vec(spec(), 1..60)) {
+        let text = generate(&specs);
+        prop_assert!(is_valid(&text), "{}", text);
+    }
+
+    #[test]
+    fn mutations_are_caught_exactly_when_brute_force_says_so(specs in proptest::collection::vec(spec(), 1..7), which in any::<usize>(), how in any::<u8>()) {
+        let text = mutate(&generate(&specs), which, how);
+        prop_assert_eq!(is_valid(&text), brute_force(&text), "{}", text);
+    }
+}
