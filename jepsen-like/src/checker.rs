@@ -39,7 +39,7 @@ pub enum Verdict {
 /// Checks a whole history.
 pub fn check(ops: &[Op], model: Model, time_limit: Duration) -> Verdict {
     let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in ops {
+    for op in ops.iter().filter(|op| !inert(op)) {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
     let keys: Vec<(&str, Vec<&Op>)> = by_key.into_iter().collect();
@@ -91,6 +91,17 @@ pub fn check(ops: &[Op], model: Model, time_limit: Duration) -> Verdict {
                 .map(|i| keys[i].0.to_string())
                 .collect(),
         }
+    }
+}
+
+/// An operation that changed nothing and observed nothing (an unknown plain get, a
+/// failure other than NoKey/DupKey/VersionConflict): it can be placed anywhere, so the
+/// search leaves it out.
+fn inert(op: &Op) -> bool {
+    match &op.outcome {
+        Outcome::Info => op.f == F::Get && op.ttl == 0,
+        Outcome::Fail(e) => !matches!(e.as_str(), "NoKey" | "DupKey" | "VersionConflict"),
+        Outcome::Ok { .. } => false,
     }
 }
 

@@ -7,3 +7,4 @@ pub mod history;
 pub mod model;
 pub mod report;
 pub mod runner;
+pub mod synth;

@@ -33,6 +33,20 @@ enum Command {
     },
     /// Drive a live cluster with the mixed workload, record and check the history.
     Run(jepsen_like::runner::RunArgs),
+    /// Print a random history that is linearizable by construction (for benchmarks).
+    Synth {
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        #[arg(long, default_value_t = 1000)]
+        keys: u32,
+        #[arg(long, default_value_t = 16)]
+        processes: u64,
+        /// Fraction of operations whose outcome is unknown.
+        #[arg(long, default_value_t = 0.0)]
+        info: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +76,10 @@ fn main() -> ExitCode {
             )
         }
         Command::Run(args) => jepsen_like::runner::main(args),
+        Command::Synth { ops, keys, processes, info, seed } => {
+            print!("{}", jepsen_like::synth::random(ops, keys.max(1), processes.max(1), info.clamp(0.0, 1.0), seed));
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use jepsen_like::checker::{check, Verdict};
 use jepsen_like::history::{parse, to_json_line, Event, EventType, F};
 use jepsen_like::model::Model;
+use jepsen_like::synth::{generate, reference, Spec};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -253,133 +254,11 @@ fn malformed_files_name_the_line() {
     assert_eq!(parse(back).unwrap_err().line, 2);
 }
 
-// ---- generated histories ----------------------------------------------------------
-
-/// A reference implementation of the semantics, independent of `model.rs` (no TTLs).
-fn reference(
-    state: &mut Option<(String, u32)>,
-    f: F,
-    value: &str,
-    if_version: Option<u32>,
-) -> (EventType, Option<u32>, Option<String>, Option<&'static str>) {
-    match (f, state.clone()) {
-        (F::Create, Some(_)) => (EventType::Fail, None, None, Some("DupKey")),
-        (F::Create, None) | (F::Set, None) => {
-            *state = Some((value.into(), 1));
-            (EventType::Ok, Some(1), None, None)
-        }
-        (F::Get, None) | (F::Update, None) => (EventType::Fail, None, None, Some("NoKey")),
-        (F::Get, Some((v, ver))) => (EventType::Ok, Some(ver), Some(v), None),
-        (F::Update, Some((_, ver))) if if_version.is_some_and(|i| i != ver) => {
-            (EventType::Fail, None, None, Some("VersionConflict"))
-        }
-        (F::Update | F::Set, Some((_, ver))) => {
-            *state = Some((value.into(), ver + 1));
-            (EventType::Ok, Some(ver + 1), None, None)
-        }
-        (F::Destroy, _) => {
-            *state = None;
-            (EventType::Ok, None, None, None)
-        }
-    }
-}
-
-/// Spec of one generated operation: process, kind, conditional version, start and
-/// length of its window, where in it it takes effect, whether its outcome is lost.
-type Spec = (u64, u8, Option<u32>, u64, u64, u64, bool);
-
-/// A history of a sequential execution in which each operation takes effect at a
-/// random point of its window; valid by construction.
-fn generate(specs: &[Spec]) -> String {
-    let mut busy_until = std::collections::HashMap::new();
-    let mut ops = Vec::new();
-    for (i, &(p, kind, ifv, start, len, at, lost)) in specs.iter().enumerate() {
-        let start = start.max(*busy_until.get(&p).unwrap_or(&0));
-        if start == u64::MAX {
-            continue; // the process's last operation was lost: it never invokes again
-        }
-        let end = start + len + 1;
-        busy_until.insert(p, if lost { u64::MAX } else { end + 1 });
-        let f = [F::Create, F::Get, F::Update, F::Set, F::Destroy][kind as usize % 5];
-        ops.push((
-            i,
-            p,
-            f,
-            ifv.filter(|_| f == F::Update),
-            start,
-            end,
-            start + at % (end - start),
-            lost,
-        ));
-    }
-    let mut by_point = ops.clone();
-    by_point.sort_by_key(|o| o.6);
-    let mut state = None;
-    let mut results = std::collections::HashMap::new();
-    for &(i, _, f, ifv, .., lost) in &by_point {
-        // A lost operation takes effect or not, by its index.
-        if lost && i % 2 == 0 {
-            continue;
-        }
-        results.insert(i, reference(&mut state, f, &format!("v{i}"), ifv));
-    }
-    let mut events: Vec<(u64, u8, Event)> = Vec::new();
-    for &(i, p, f, ifv, start, end, _, lost) in &ops {
-        let value = matches!(f, F::Create | F::Update | F::Set).then(|| format!("v{i}"));
-        events.push((
-            start,
-            1,
-            Event {
-                process: p,
-                kind: EventType::Invoke,
-                f,
-                key: "k".into(),
-                value,
-                ttl: None,
-                if_version: ifv,
-                version: None,
-                error: None,
-                time: start,
-            },
-        ));
-        if lost {
-            continue;
-        }
-        let (kind, version, value, error) = results[&i].clone();
-        events.push((
-            end,
-            0,
-            Event {
-                process: p,
-                kind,
-                f,
-                key: "k".into(),
-                value,
-                ttl: None,
-                if_version: None,
-                version,
-                error: error.map(String::from),
-                time: end,
-            },
-        ));
-    }
-    events.sort_by_key(|(t, order, _)| (*t, *order));
-    events
-        .iter()
-        .map(|(.., e)| to_json_line(e) + "\n")
-        .collect()
-}
+// ---- generated histories (see `jepsen_like::synth`) --------------------------------
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (
-        0u64..4,
-        0u8..5,
-        proptest::option::of(1u32..4),
-        0u64..40,
-        0u64..12,
-        any::<u64>(),
-        proptest::bool::weighted(0.1),
-    )
+    (0u64..4, 0u8..5, proptest::option::of(1u32..4), 0u64..40, 0u64..12, any::<u64>(), proptest::bool::weighted(0.1))
+        .prop_map(|(process, kind, if_version, start, len, at, lost)| Spec { process, key: 0, kind, if_version, start, len, at, lost })
 }
 
 /// Whether some order of the operations, consistent with real time, explains every
