@@ -251,7 +251,7 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
 
     loop {
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(4096) && Instant::now() > deadline {
             return KeyResult::TimedOut;
         }
         if next[head] == NONE {

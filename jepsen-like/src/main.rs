@@ -76,8 +76,23 @@ fn main() -> ExitCode {
             )
         }
         Command::Run(args) => jepsen_like::runner::main(args),
-        Command::Synth { ops, keys, processes, info, seed } => {
-            print!("{}", jepsen_like::synth::random(ops, keys.max(1), processes.max(1), info.clamp(0.0, 1.0), seed));
+        Command::Synth {
+            ops,
+            keys,
+            processes,
+            info,
+            seed,
+        } => {
+            print!(
+                "{}",
+                jepsen_like::synth::random(
+                    ops,
+                    keys.max(1),
+                    processes.max(1),
+                    info.clamp(0.0, 1.0),
+                    seed
+                )
+            );
             ExitCode::SUCCESS
         }
     }

@@ -9,7 +9,12 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 
 /// JunoDB semantics on `(value, version)`, without TTLs: what `f` returns and does.
-pub fn reference(state: &mut Option<(String, u32)>, f: F, value: &str, if_version: Option<u32>) -> (EventType, Option<u32>, Option<String>, Option<&'static str>) {
+pub fn reference(
+    state: &mut Option<(String, u32)>,
+    f: F,
+    value: &str,
+    if_version: Option<u32>,
+) -> (EventType, Option<u32>, Option<String>, Option<&'static str>) {
     match (f, state.clone()) {
         (F::Create, Some(_)) => (EventType::Fail, None, None, Some("DupKey")),
         (F::Create, None) | (F::Set, None) => {
@@ -18,7 +23,9 @@ pub fn reference(state: &mut Option<(String, u32)>, f: F, value: &str, if_versio
         }
         (F::Get, None) | (F::Update, None) => (EventType::Fail, None, None, Some("NoKey")),
         (F::Get, Some((v, ver))) => (EventType::Ok, Some(ver), Some(v), None),
-        (F::Update, Some((_, ver))) if if_version.is_some_and(|i| i != ver) => (EventType::Fail, None, None, Some("VersionConflict")),
+        (F::Update, Some((_, ver))) if if_version.is_some_and(|i| i != ver) => {
+            (EventType::Fail, None, None, Some("VersionConflict"))
+        }
         (F::Update | F::Set, Some((_, ver))) => {
             *state = Some((value.into(), ver + 1));
             (EventType::Ok, Some(ver + 1), None, None)
@@ -66,7 +73,14 @@ pub fn generate(specs: &[Spec]) -> String {
         let end = start + s.len + 1;
         busy_until.insert(s.process, if s.lost { u64::MAX } else { end + 1 });
         let f = [F::Create, F::Get, F::Update, F::Set, F::Destroy][s.kind as usize % 5];
-        ops.push(Planned { i, s: *s, f, start, end, point: start + s.at % (end - start) });
+        ops.push(Planned {
+            i,
+            s: *s,
+            f,
+            start,
+            end,
+            point: start + s.at % (end - start),
+        });
     }
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&o| ops[o].point);
@@ -78,27 +92,83 @@ pub fn generate(specs: &[Spec]) -> String {
             continue;
         }
         let if_version = p.s.if_version.filter(|_| p.f == F::Update);
-        results.insert(p.i, reference(states.entry(p.s.key).or_default(), p.f, &format!("v{}", p.i), if_version));
+        results.insert(
+            p.i,
+            reference(
+                states.entry(p.s.key).or_default(),
+                p.f,
+                &format!("v{}", p.i),
+                if_version,
+            ),
+        );
     }
     let mut events: Vec<(u64, u8, Event)> = Vec::new();
     for p in &ops {
         let key = format!("k{}", p.s.key);
         let value = matches!(p.f, F::Create | F::Update | F::Set).then(|| format!("v{}", p.i));
         let if_version = p.s.if_version.filter(|_| p.f == F::Update);
-        events.push((p.start, 1, Event { process: p.s.process, kind: EventType::Invoke, f: p.f, key: key.clone(), value, ttl: None, if_version, version: None, error: None, time: p.start }));
+        events.push((
+            p.start,
+            1,
+            Event {
+                process: p.s.process,
+                kind: EventType::Invoke,
+                f: p.f,
+                key: key.clone(),
+                value,
+                ttl: None,
+                if_version,
+                version: None,
+                error: None,
+                time: p.start,
+            },
+        ));
         let (kind, version, value, error) = match (p.s.lost, results.get(&p.i)) {
             (true, _) | (_, None) => (EventType::Info, None, None, Some("timeout")),
             (false, Some(r)) => r.clone(),
         };
         if p.s.lost {
             // Reported as info right away; it may still take effect later.
-            events.push((p.start, 2, Event { process: p.s.process, kind, f: p.f, key, value: None, ttl: None, if_version: None, version: None, error: error.map(String::from), time: p.start }));
+            events.push((
+                p.start,
+                2,
+                Event {
+                    process: p.s.process,
+                    kind,
+                    f: p.f,
+                    key,
+                    value: None,
+                    ttl: None,
+                    if_version: None,
+                    version: None,
+                    error: error.map(String::from),
+                    time: p.start,
+                },
+            ));
             continue;
         }
-        events.push((p.end, 0, Event { process: p.s.process, kind, f: p.f, key, value, ttl: None, if_version: None, version, error: error.map(String::from), time: p.end }));
+        events.push((
+            p.end,
+            0,
+            Event {
+                process: p.s.process,
+                kind,
+                f: p.f,
+                key,
+                value,
+                ttl: None,
+                if_version: None,
+                version,
+                error: error.map(String::from),
+                time: p.end,
+            },
+        ));
     }
     events.sort_by_key(|(t, order, e)| (*t, *order, e.process));
-    events.iter().map(|(.., e)| to_json_line(e) + "\n").collect()
+    events
+        .iter()
+        .map(|(.., e)| to_json_line(e) + "\n")
+        .collect()
 }
 
 /// A random history: `ops` operations by `processes` concurrent processes over `keys`

@@ -10,18 +10,19 @@ use std::time::Duration;
 
 const S: u64 = 1_000_000_000;
 
-/// `(process, type, f, value, version/if_version, error, time_s)` rows, key "k".
-fn h(
-    rows: &[(
-        u64,
-        &str,
-        &str,
-        Option<&str>,
-        Option<u32>,
-        Option<&str>,
-        u64,
-    )],
-) -> String {
+/// `(process, type, f, value, version/if_version, error, time_s)`.
+type Row<'a> = (
+    u64,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<u32>,
+    Option<&'a str>,
+    u64,
+);
+
+/// A history of rows, all on key "k".
+fn h(rows: &[Row]) -> String {
     rows.iter()
         .map(|(p, t, f, value, version, error, time)| {
             let kind = match *t {
@@ -257,8 +258,25 @@ fn malformed_files_name_the_line() {
 // ---- generated histories (see `jepsen_like::synth`) --------------------------------
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (0u64..4, 0u8..5, proptest::option::of(1u32..4), 0u64..40, 0u64..12, any::<u64>(), proptest::bool::weighted(0.1))
-        .prop_map(|(process, kind, if_version, start, len, at, lost)| Spec { process, key: 0, kind, if_version, start, len, at, lost })
+    (
+        0u64..4,
+        0u8..5,
+        proptest::option::of(1u32..4),
+        0u64..40,
+        0u64..12,
+        any::<u64>(),
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(|(process, kind, if_version, start, len, at, lost)| Spec {
+            process,
+            key: 0,
+            kind,
+            if_version,
+            start,
+            len,
+            at,
+            lost,
+        })
 }
 
 /// Whether some order of the operations, consistent with real time, explains every
