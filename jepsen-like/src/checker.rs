@@ -297,7 +297,12 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
                 key: key.to_string(),
                 prefix: best.1,
                 stuck: ops[best.2].id,
-                states: best.3.iter().map(|s| describe(s, &values)).collect(),
+                states: {
+                    let mut seen: Vec<String> =
+                        best.3.iter().map(|s| describe(s, &values)).collect();
+                    seen.dedup();
+                    seen
+                },
                 ops: n,
             });
         };

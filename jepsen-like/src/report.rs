@@ -149,10 +149,12 @@ fn timeline(f: &KeyFailure, ops: &[Op]) -> String {
             .unwrap_or_default();
         let label = escape(&format!(
             "{order}{}",
+            // "line N: process P rest" -> "rest"
             describe_op(op)
-                .split_once(": ")
-                .map(|(_, r)| r)
-                .unwrap_or("")
+                .split_once(": process ")
+                .and_then(|(_, r)| r.split_once(' '))
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default()
         ));
         let _ = write!(
             svg,
