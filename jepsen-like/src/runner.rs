@@ -126,6 +126,7 @@ async fn run(args: &RunArgs) -> Result<Vec<Event>, String> {
         let client = client.with_timeout(Duration::from_secs(3));
         let (recorder, keys, seed) = (recorder.clone(), args.keys.max(1), args.seed);
         let clients = args.clients;
+        let ns = ns.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(c));
             let mut process = c;
@@ -134,7 +135,7 @@ async fn run(args: &RunArgs) -> Result<Vec<Event>, String> {
             while Instant::now() < deadline {
                 n += 1;
                 let key = format!("k{}", rng.gen_range(0..keys));
-                let history_key = key.clone();
+                let history_key = format!("{ns}/{key}");
                 let value = format!("p{process}-{n}");
                 let ttl = match rng.gen_range(0..10) {
                     0 => rng.gen_range(1..4),
@@ -142,32 +143,14 @@ async fn run(args: &RunArgs) -> Result<Vec<Event>, String> {
                     _ => 0,
                 };
                 let roll = rng.gen_range(0..100);
-                let (f, mut inv) = match roll {
-                    0..=34 => (
-                        F::Get,
-                        event(process, EventType::Invoke, F::Get, &history_key),
-                    ),
-                    35..=49 => (
-                        F::Create,
-                        event(process, EventType::Invoke, F::Create, &history_key),
-                    ),
-                    50..=62 => (
-                        F::Update,
-                        event(process, EventType::Invoke, F::Update, &history_key),
-                    ),
-                    63..=77 => (
-                        F::Update,
-                        event(process, EventType::Invoke, F::Update, &history_key),
-                    ),
-                    78..=89 => (
-                        F::Set,
-                        event(process, EventType::Invoke, F::Set, &history_key),
-                    ),
-                    _ => (
-                        F::Destroy,
-                        event(process, EventType::Invoke, F::Destroy, &history_key),
-                    ),
+                let f = match roll {
+                    0..=34 => F::Get,
+                    35..=49 => F::Create,
+                    50..=77 => F::Update,
+                    78..=89 => F::Set,
+                    _ => F::Destroy,
                 };
+                let mut inv = event(process, EventType::Invoke, f, &history_key);
                 let conditional = (63..=77).contains(&roll);
                 if f != F::Get && f != F::Destroy {
                     inv.value = Some(value.clone());
