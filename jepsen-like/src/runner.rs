@@ -14,32 +14,40 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `jepsen-like run`: the workload, and where its history goes.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Proxy client address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    proxy: String,
-    /// Concurrent client processes.
-    #[arg(long, default_value_t = 8)]
-    clients: u64,
-    /// Distinct keys (small, so that operations collide).
-    #[arg(long, default_value_t = 8)]
-    keys: u64,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    #[command(flatten)]
+    pub workload: Workload,
     /// Where to write the history (JSON Lines).
     #[arg(long, default_value = "history.jsonl")]
-    history: PathBuf,
+    pub history: PathBuf,
     /// Also write an HTML report.
     #[arg(long)]
-    html: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+}
+
+/// The mixed workload; the simulator runs the same one.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Workload {
+    /// Proxy client address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub proxy: String,
+    /// Concurrent client processes.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u64,
+    /// Distinct keys (small, so that operations collide).
+    #[arg(long, default_value_t = 8)]
+    pub keys: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
     /// Seed of the workload's choices.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Namespace to work in (a fresh one per run keeps runs apart).
+    pub seed: u64,
+    /// Namespace to work in (by default a fresh one per run, keeping runs apart).
     #[arg(long)]
-    namespace: Option<String>,
+    pub namespace: Option<String>,
 }
 
 /// The history being recorded: one clock, one order.
@@ -74,7 +82,7 @@ fn event(process: u64, kind: EventType, f: F, key: &str) -> Event {
 
 pub fn main(args: RunArgs) -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let events = match rt.block_on(run(&args)) {
+    let events = match rt.block_on(run(&args.workload)) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("jepsen-like run: {e}");
@@ -108,7 +116,8 @@ pub fn main(args: RunArgs) -> ExitCode {
     })
 }
 
-async fn run(args: &RunArgs) -> Result<Vec<Event>, String> {
+/// Runs the workload against `args.proxy` and returns its history.
+pub async fn run(args: &Workload) -> Result<Vec<Event>, String> {
     let ns = args
         .namespace
         .clone()
