@@ -3,7 +3,7 @@
 
 use crate::protocol::{read_frame, Frame, OpCode, OpMessage, Payload, Status};
 use crate::rpc::write_frames;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub struct RecordInfo {
     pub value: Vec<u8>,
 }
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<OpMessage>>>>;
+type Pending = Arc<Mutex<BTreeMap<u32, oneshot::Sender<OpMessage>>>>;
 
 /// A connection to a proxy, cheap to clone and share between tasks.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ReplicaReply>>>>;
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<ReplicaReply>>>>;
 
 struct Connection {
     tx: mpsc::UnboundedSender<Vec<u8>>,

@@ -1,28 +1,34 @@
-//! `junokv-sim SEED [SEED...]`: runs a whole JunoKV cluster — the real storage-server
-//! and proxy code on simulated nodes, over madsim's simulated network and clock — under
-//! the checker's workload, one seed at a time; checks each history, and checks that a
-//! fresh process replaying the seed produces the very same history.
+//! `junokv-sim [--faults] [--history-dir DIR] SEED...`: runs a whole JunoKV cluster —
+//! the real storage-server and proxy code on simulated nodes, over madsim's simulated
+//! network and clock — under the checker's workload, one seed at a time; checks each
+//! history, and checks that a second fresh process replaying the seed produces the very
+//! same history.
 //!
-//! Built only with `RUSTFLAGS="--cfg madsim"`. This is the first step of the simulator:
-//! no faults are injected yet.
+//! Built only with `RUSTFLAGS="--cfg madsim"`. First steps of the simulator: `--faults`
+//! turns on a small nemesis (crashes, partitions); the fault-free runs are what CI gates
+//! on for now.
 
 #[cfg(madsim)]
 mod cluster;
 
 #[cfg(madsim)]
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let faults = take_flag(&mut args, "--faults");
+    let history_dir = take_value(&mut args, "--history-dir");
     // `--once SEED`: run one seed in this process; print its history hash, its
     // operation count, then the checker's report.
-    if let [flag, seed] = args.as_slice() {
-        if flag == "--once" {
-            let run = cluster::run_seed(seed.parse().expect("a seed"));
-            print!(
-                "{:016x}\n{}\n{}",
-                run.history_hash, run.operations, run.report
-            );
-            return std::process::ExitCode::SUCCESS;
-        }
+    if take_flag(&mut args, "--once") {
+        let seed = args
+            .first()
+            .and_then(|s| s.parse().ok())
+            .expect("--once SEED");
+        let run = cluster::run_seed(seed, faults, history_dir.as_deref());
+        print!(
+            "{:016x}\n{}\n{}",
+            run.history_hash, run.operations, run.report
+        );
+        return std::process::ExitCode::SUCCESS;
     }
     let seeds: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let seeds = if seeds.is_empty() { vec![1] } else { seeds };
@@ -31,7 +37,8 @@ fn main() -> std::process::ExitCode {
         // Each seed runs in a fresh process, twice: the second run must reproduce the
         // first bit for bit. (Runs inside one process diverge: some process-wide state
         // survives a run. Not yet found.)
-        let (run, replay) = (run_in_child(seed), run_in_child(seed));
+        let run = run_in_child(seed, faults, history_dir.as_deref());
+        let replay = run_in_child(seed, faults, None);
         let deterministic = run.0 == replay.0;
         println!(
             "seed {seed}: {} operations, {}, history {}{}",
@@ -46,7 +53,8 @@ fn main() -> std::process::ExitCode {
         );
         if !run.2.starts_with("valid") || !deterministic {
             print!("{}", run.2);
-            println!("replay: RUSTFLAGS=\"--cfg madsim\" cargo run -p junokv-sim -- {seed}");
+            let flag = if faults { " --faults" } else { "" };
+            println!("replay: RUSTFLAGS=\"--cfg madsim\" cargo run -p junokv-sim --{flag} {seed}");
             failed += 1;
         }
     }
@@ -62,14 +70,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+#[cfg(madsim)]
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != flag);
+    args.len() != before
+}
+
+#[cfg(madsim)]
+fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    let value = args.get(i + 1).cloned();
+    args.drain(i..(i + 2).min(args.len()));
+    value
+}
+
 /// Runs `seed` in a fresh process: (history hash, operations, report).
 #[cfg(madsim)]
-fn run_in_child(seed: u64) -> (String, String, String) {
+fn run_in_child(seed: u64, faults: bool, history_dir: Option<&str>) -> (String, String, String) {
     let exe = std::env::current_exe().expect("own executable");
-    let out = std::process::Command::new(exe)
-        .args(["--once", &seed.to_string()])
-        .output()
-        .expect("run a seed");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--once", &seed.to_string()]);
+    if faults {
+        cmd.arg("--faults");
+    }
+    if let Some(dir) = history_dir {
+        cmd.args(["--history-dir", dir]);
+    }
+    let out = cmd.output().expect("run a seed");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut parts = text.splitn(3, '\n');
     let hash = parts.next().unwrap_or("").to_string();

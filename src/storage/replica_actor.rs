@@ -91,6 +91,7 @@ impl Replica {
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(loaded.0.as_ref(), self.floor, &req);
+        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?loaded.0.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone)))), "replica step");
         let wait_for = match write {
             Some(w) => self.persist(key, w),
             None => loaded.1, // the reply may describe a write not yet durable
