@@ -142,8 +142,9 @@ impl Coordinator {
         }
     }
 
-    /// After a backoff: a new phase 1 with a higher ballot.
-    pub fn retry(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+    /// After a backoff, at wall-clock `now_ns`: a new phase 1 with a higher ballot.
+    pub fn retry(&mut self, ballots: &dyn BallotSource, now_ns: u64) -> Vec<Action> {
+        self.advance_clock(now_ns);
         if self.replied {
             self.phase = Phase::Finished;
             return Vec::new();
@@ -168,6 +169,13 @@ impl Coordinator {
         self.back_off()
     }
 
+    /// Decisions (expiry above all) are taken at the time of the reply that completes a
+    /// quorum, not at the request's start: a request that retried for a while must not
+    /// find live a record that expired while it waited, and that others saw expire.
+    fn advance_clock(&mut self, now_ns: u64) {
+        self.ctx.now_ns = self.ctx.now_ns.max(now_ns);
+    }
+
     /// True once nothing more will come of this request.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)
@@ -183,14 +191,17 @@ impl Coordinator {
         self.highest_seen
     }
 
-    /// A replica's reply. Replies from earlier rounds are ignored.
+    /// A replica's reply, arriving at wall-clock `now_ns`. Replies from earlier rounds
+    /// are ignored.
     pub fn on_reply(
         &mut self,
         round: u32,
         from: usize,
         reply: ReplicaReply,
         ballots: &dyn BallotSource,
+        now_ns: u64,
     ) -> Vec<Action> {
+        self.advance_clock(now_ns);
         if round != self.round || from >= self.q.replicas {
             return Vec::new();
         }
@@ -548,7 +559,7 @@ mod tests {
                     Action::Backoff { .. } => {
                         let more = {
                             let (co, b) = &mut self.coords[c];
-                            co.retry(b)
+                            co.retry(b, co.ctx.now_ns)
                         };
                         self.perform(c, more);
                     }
@@ -592,7 +603,7 @@ mod tests {
                 } => {
                     let actions = {
                         let (co, b) = &mut self.coords[c];
-                        co.on_reply(round, from, reply, b)
+                        co.on_reply(round, from, reply, b, co.ctx.now_ns)
                     };
                     self.perform(c, actions);
                 }

@@ -182,7 +182,6 @@ impl Proxy {
     /// Answers one decoded request.
     pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
         let started = Instant::now();
-        // One reading of the clock for the operation and for the TTL it reports.
         let now_ns = self.clock.now_ns();
         let outcome = match OpCode::from_byte(msg.opcode) {
             OpCode::Nop => Ok(None),
@@ -273,11 +272,11 @@ async fn drive(
         }
         tokio::select! {
             Some((round, from, reply)) = inflight.next(), if !inflight.is_empty() => {
-                actions = co.on_reply(round, from, reply, ballots);
+                actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
             }
             _ = sleep_until(backoff.unwrap_or(deadline)), if backoff.is_some() => {
                 backoff = None;
-                actions = co.retry(ballots);
+                actions = co.retry(ballots, proxy.clock.now_ns());
             }
             _ = sleep_until(round_deadline), if backoff.is_none() => {
                 round_deadline = Instant::now() + round_timeout;
