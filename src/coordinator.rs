@@ -510,6 +510,8 @@ mod tests {
         coords: Vec<(Coordinator, Counter)>,
         outcomes: Vec<Option<Outcome>>,
         net: Vec<Msg>,
+        /// Wall clock as replies arrive (0: each coordinator's own start time).
+        now_ns: u64,
     }
 
     impl Cluster {
@@ -519,6 +521,7 @@ mod tests {
                 coords: Vec::new(),
                 outcomes: Vec::new(),
                 net: Vec::new(),
+                now_ns: 0,
             }
         }
 
@@ -559,7 +562,7 @@ mod tests {
                     Action::Backoff { .. } => {
                         let more = {
                             let (co, b) = &mut self.coords[c];
-                            co.retry(b, co.ctx.now_ns)
+                            co.retry(b, self.now_ns)
                         };
                         self.perform(c, more);
                     }
@@ -603,7 +606,7 @@ mod tests {
                 } => {
                     let actions = {
                         let (co, b) = &mut self.coords[c];
-                        co.on_reply(round, from, reply, b, co.ctx.now_ns)
+                        co.on_reply(round, from, reply, b, self.now_ns)
                     };
                     self.perform(c, actions);
                 }
@@ -719,6 +722,32 @@ mod tests {
             };
             prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
         }
+    }
+
+    #[test]
+    fn expiry_is_judged_when_the_quorum_answers_not_when_the_request_began() {
+        let mut cl = Cluster::new(3);
+        cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 2,
+            },
+            1,
+        );
+        cl.run(&[(0, false)]);
+        // An update that began while the record was live but whose promises come back
+        // after it expired must not bring it back.
+        cl.now_ns = 1005 * 1_000_000_000;
+        let u = cl.add(
+            Op::Update {
+                value: val(2),
+                ttl: 600,
+                condition: Condition::default(),
+            },
+            2,
+        );
+        cl.run(&[(0, false)]);
+        assert_eq!(cl.outcomes[u], Some(Err(Status::NoKey)));
     }
 
     #[test]
