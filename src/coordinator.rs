@@ -186,11 +186,6 @@ impl Coordinator {
         self.round
     }
 
-    /// Highest ballot counter seen in rejections, for the proxy's ballot source.
-    pub fn highest_seen(&self) -> u64 {
-        self.highest_seen
-    }
-
     /// A replica's reply, arriving at wall-clock `now_ns`. Replies from earlier rounds
     /// are ignored.
     pub fn on_reply(

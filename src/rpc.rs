@@ -110,10 +110,6 @@ impl Peer {
         }
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// Sends `req` and waits for its reply, at most `timeout`.
     pub async fn call(
         &self,
