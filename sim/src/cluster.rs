@@ -6,7 +6,7 @@ use jepsen_like::{checker, model::Model, report};
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::MemoryEngine;
-use junokv::proxy::{Limits, Proxy, ProxyConfig, Timeouts};
+use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::storage::StorageServer;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
@@ -93,16 +93,14 @@ pub fn run_seed(seed: u64, faults: bool, history_dir: Option<&str>) -> SeedRun {
             });
         }
         let proxy_addr = SocketAddr::new([10, 1, 0, 1].into(), 8080);
-        let config = ProxyConfig {
-            listen: proxy_addr.to_string(),
-            cluster: ShardMap {
+        let config = ProxyConfig::new(
+            proxy_addr.to_string(),
+            ShardMap {
                 epoch: 1,
                 num_shards: 64,
                 zones,
             },
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-        };
+        );
         let proxy_node = handle
             .create_node()
             .name("proxy")

@@ -5,7 +5,7 @@ use super::CliResult;
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::RocksEngine;
-use junokv::proxy::{Limits, Proxy, ProxyConfig, Timeouts};
+use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::storage::{StorageConfig, StorageServer};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,16 +86,14 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         });
         storages.push(server);
     }
-    let cfg = ProxyConfig {
-        listen: a.listen.clone(),
-        cluster: ShardMap {
+    let cfg = ProxyConfig::new(
+        a.listen.clone(),
+        ShardMap {
             epoch: 1,
             num_shards: 1024,
             zones,
         },
-        limits: Limits::default(),
-        timeouts: Timeouts::default(),
-    };
+    );
     let listener = bind(&a.listen).await?;
     let proxy = Proxy::new(cfg, Clock::default())?
         .serve(listener)

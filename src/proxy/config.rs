@@ -17,6 +17,18 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
 }
 
+impl ProxyConfig {
+    /// A proxy on `listen` for `cluster`, with default limits and timeouts.
+    pub fn new(listen: impl Into<String>, cluster: ShardMap) -> Self {
+        ProxyConfig {
+            listen: listen.into(),
+            cluster,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
 /// Request limits; a request beyond them is answered BadParam.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -5,7 +5,7 @@ use junokv::client::Client;
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::{Engine, MemoryEngine, RocksEngine};
-use junokv::proxy::{Limits, Proxy, ProxyConfig, ProxyServer, Timeouts};
+use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
 use junokv::storage::StorageServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,16 +84,14 @@ impl TestCluster {
                 nodes: vec![a.to_string()],
             })
             .collect();
-        let config = ProxyConfig {
-            listen: "127.0.0.1:0".into(),
-            cluster: ShardMap {
+        let config = ProxyConfig::new(
+            "127.0.0.1:0",
+            ShardMap {
                 epoch: 1,
                 num_shards: 64,
                 zones,
             },
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-        };
+        );
         let server = Proxy::new(config, self.clock.clone())
             .unwrap()
             .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
