@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod engine;
 pub mod key;
+pub mod listener;
 pub mod protocol;
 pub mod proxy;
 pub mod record;

@@ -9,6 +9,7 @@ pub use config::{Limits, ProxyConfig, Timeouts};
 use crate::clock::Clock;
 use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
 use crate::key::StoreKey;
+use crate::listener::serve_until_stopped;
 use crate::protocol::{read_frame, Direction, Frame, OpCode, OpMessage, Status};
 use crate::record::Ballot;
 use crate::replica::ReplicaReply;
@@ -113,28 +114,11 @@ impl Proxy {
     /// Serves clients on `listener` until the returned server is stopped.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<ProxyServer> {
         let addr = listener.local_addr()?;
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let proxy = self.clone();
-        let task = tokio::spawn(async move {
-            let mut connections: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            connections.retain(|c| !c.is_finished());
-                            connections.push(tokio::spawn(proxy.clone().serve_client(stream)));
-                        }
-                        Err(e) => tracing::warn!(error = %e, "accept failed"),
-                    },
-                    _ = stopped.changed() => break,
-                }
-            }
-            for c in connections {
-                c.abort();
-                let _ = c.await;
-            }
-        });
+        let task = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
+            proxy.clone().serve_client(stream)
+        }));
         tracing::info!(%addr, "proxy listening");
         Ok(ProxyServer { addr, stop, task })
     }

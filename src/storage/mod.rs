@@ -5,6 +5,7 @@ mod group_commit;
 mod replica_actor;
 
 use crate::engine::Engine;
+use crate::listener::serve_until_stopped;
 use crate::replica::ReplicaRequest;
 use crate::rpc::{read_frame, write_frames};
 use serde::Deserialize;
@@ -38,7 +39,9 @@ impl StorageServer {
         let addr = listener.local_addr()?;
         let (inbox, replica) = replica_actor::start(engine)?;
         let (stop, stopped) = watch::channel(false);
-        let accepting = tokio::spawn(accept_loop(listener, inbox, stopped));
+        let accepting = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
+            serve_connection(stream, inbox.clone())
+        }));
         tracing::info!(%addr, "storage server listening");
         Ok(StorageServer {
             addr,
@@ -58,31 +61,6 @@ impl StorageServer {
         let _ = self.stop.send(true);
         let _ = self.accepting.await;
         let _ = self.replica.await;
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    replica: mpsc::UnboundedSender<replica_actor::Envelope>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut connections = Vec::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.push(tokio::spawn(serve_connection(stream, replica.clone())));
-                    connections.retain(|c: &tokio::task::JoinHandle<()>| !c.is_finished());
-                }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            },
-            _ = stopped.changed() => break,
-        }
-    }
-    for c in connections {
-        c.abort();
-        let _ = c.await;
     }
 }
 
