@@ -633,6 +633,12 @@ mod tests {
             }
         }
 
+        /// Creates the key and runs until it is done.
+        fn create_now(&mut self, value: Value, ttl: u32, id: u8) {
+            self.add(Op::Create { value, ttl }, id);
+            self.run(&[(0, false)]);
+        }
+
         fn read(&mut self) -> Outcome {
             self.read_at(1000)
         }
@@ -722,14 +728,7 @@ mod tests {
     #[test]
     fn expiry_is_judged_when_the_quorum_answers_not_when_the_request_began() {
         let mut cl = Cluster::new(3);
-        cl.add(
-            Op::Create {
-                value: val(1),
-                ttl: 2,
-            },
-            1,
-        );
-        cl.run(&[(0, false)]);
+        cl.create_now(val(1), 2, 1);
         // An update that began while the record was live but whose promises come back
         // after it expired must not bring it back.
         cl.now_ns = 1005 * 1_000_000_000;
@@ -748,14 +747,7 @@ mod tests {
     #[test]
     fn a_read_repairs_a_lagging_replica() {
         let mut cl = Cluster::new(3);
-        cl.add(
-            Op::Create {
-                value: val(1),
-                ttl: 0,
-            },
-            1,
-        );
-        cl.run(&[(0, false)]);
+        cl.create_now(val(1), 0, 1);
         let lost = cl.replicas[2].0.take();
         assert!(lost.is_some());
         assert_eq!(cl.read().unwrap().unwrap().value, vec![1]);
@@ -772,14 +764,7 @@ mod tests {
     #[test]
     fn destroy_purges_the_tombstone_everywhere() {
         let mut cl = Cluster::new(3);
-        cl.add(
-            Op::Create {
-                value: val(1),
-                ttl: 0,
-            },
-            1,
-        );
-        cl.run(&[(0, false)]);
+        cl.create_now(val(1), 0, 1);
         let d = cl.add(Op::Destroy, 2);
         cl.run(&[(0, false)]);
         while !cl.net.is_empty() {
@@ -805,14 +790,7 @@ mod tests {
             cl.replicas
         );
         assert_eq!(cl.read(), Err(Status::NoKey));
-        cl.add(
-            Op::Create {
-                value: val(3),
-                ttl: 0,
-            },
-            3,
-        );
-        cl.run(&[(0, false)]);
+        cl.create_now(val(3), 0, 3);
         assert_eq!(cl.read().unwrap().unwrap().value, vec![3]);
     }
 }
