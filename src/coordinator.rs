@@ -2,6 +2,7 @@
 //! single-decree Paxos over the key's N replicas (the CASPaxos construction). Sans-IO:
 //! the caller delivers replies and timer expiries and carries out the returned actions.
 
+use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::protocol::Status;
 use crate::record::{Accepted, Ballot, Record};
@@ -42,6 +43,11 @@ pub struct Quorum {
     /// An expired record is removed only this long after its expiry, so that a proxy
     /// whose clock runs ahead cannot remove what other clocks still call live.
     pub purge_grace_secs: u32,
+    /// The most two proxies' clocks may disagree, rounded up to whole seconds (the
+    /// unit of expiry). A record that expired less than this long ago may still be
+    /// live by another proxy's clock: before anyone is told it is gone, its expiry is
+    /// made durable (a tombstone), so nobody can see it live afterwards.
+    pub expiry_fence_secs: u32,
 }
 
 impl Quorum {
@@ -51,6 +57,7 @@ impl Quorum {
             replicas,
             quorum: replicas / 2 + 1,
             purge_grace_secs: 3600,
+            expiry_fence_secs: 2,
         }
     }
 }
@@ -173,6 +180,9 @@ impl Coordinator {
     /// quorum, not at the request's start: a request that retried for a while must not
     /// find live a record that expired while it waited, and that others saw expire.
     fn advance_clock(&mut self, now_ns: u64) {
+        if bug(Bug::ExpiryAtRequestStart) {
+            return;
+        }
         self.ctx.now_ns = self.ctx.now_ns.max(now_ns);
     }
 
@@ -203,6 +213,7 @@ impl Coordinator {
         if let ReplicaReply::Rejected { promised } = &reply {
             self.highest_seen = self.highest_seen.max(promised.counter);
         }
+        let quorum = self.quorum();
         match &mut self.phase {
             Phase::Reading { seen, chosen } => {
                 let ReplicaReply::Value { accepted } = reply else {
@@ -221,15 +232,18 @@ impl Coordinator {
                     }
                     return actions;
                 }
-                if got.len() < self.q.quorum {
+                let needed = if bug(Bug::ReadOneReplica) { 1 } else { quorum };
+                if got.len() < needed {
                     return Vec::new();
                 }
-                if !all_same_ballot(&got) {
-                    // Replicas disagree: make the newest record chosen before answering.
+                let current = got[0].as_ref().map(|(_, r)| r.clone());
+                let fence = expiry_fence(current.as_ref(), &self.ctx, &self.q);
+                if !all_same_ballot(&got) || fence.is_some() {
+                    // Replicas disagree, or the record has only just expired: make the
+                    // newest record (or its expiry) chosen before answering.
                     return self.prepare(ballots);
                 }
                 *chosen = Some(got[0].clone());
-                let current = got[0].as_ref().map(|(_, r)| r.clone());
                 let outcome = match apply(&self.op, current.as_ref(), &self.ctx) {
                     Ok(Effect::Unchanged(r)) => Ok(r),
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
@@ -238,6 +252,8 @@ impl Coordinator {
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
                     actions.extend(self.finish_read(&got));
+                } else if bug(Bug::PurgeBeforeAllReplicas) {
+                    actions.extend(self.purge_if_long_dead(&got[0]));
                 }
                 actions
             }
@@ -249,11 +265,11 @@ impl Coordinator {
                     ReplicaReply::Promise { .. } => return Vec::new(),
                     _ => *refused += 1,
                 }
-                if *refused > self.q.replicas - self.q.quorum {
+                if *refused > self.q.replicas - quorum {
                     return self.back_off();
                 }
                 let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
-                if got.len() < self.q.quorum {
+                if got.len() < quorum {
                     return Vec::new();
                 }
                 let agreed = all_same_ballot(&got);
@@ -270,11 +286,11 @@ impl Coordinator {
                     _ => *refused += 1,
                 }
                 let (acks, refused) = (*acks, *refused);
-                if !self.replied && refused > self.q.replicas - self.q.quorum {
+                if !self.replied && refused > self.q.replicas - quorum {
                     return self.back_off();
                 }
                 let mut actions = Vec::new();
-                if !self.replied && acks >= self.q.quorum {
+                if !self.replied && acks >= quorum {
                     let outcome = self
                         .outcome
                         .take()
@@ -298,9 +314,14 @@ impl Coordinator {
         }
     }
 
+    /// How many replies make a quorum.
+    fn quorum(&self) -> usize {
+        self.q.quorum - usize::from(bug(Bug::QuorumOneShort))
+    }
+
     /// With a quorum of promises: apply the operation to the newest record and write
-    /// the result, or write the newest record back when the operation changes nothing
-    /// but the quorum did not agree on it.
+    /// the result; when the operation changes nothing, write back the newest record if
+    /// the quorum did not agree on it, or its expiry if that is not yet durable.
     fn decide(&mut self, current: Option<Record>, agreed: bool) -> Vec<Action> {
         let effect = match self.earlier_attempt(current.as_ref()) {
             // It took effect: never apply twice.
@@ -322,8 +343,8 @@ impl Coordinator {
                 let shown = (!new.tombstone).then(|| new.clone());
                 (Ok(shown), Some(new))
             }
-            Ok(Effect::Unchanged(r)) => (Ok(r), current.filter(|_| !agreed)),
-            Err(s) => (Err(s), current.filter(|_| !agreed)),
+            Ok(Effect::Unchanged(r)) => (Ok(r), self.write_back(current, agreed)),
+            Err(s) => (Err(s), self.write_back(current, agreed)),
         };
         match write {
             None => vec![self.reply(outcome)],
@@ -353,6 +374,9 @@ impl Coordinator {
         let Some((mine, base)) = &self.wrote else {
             return Attempt::NotApplied;
         };
+        if bug(Bug::RetryReapplies) {
+            return Attempt::NotApplied;
+        }
         let Some(current) = current else {
             // Nothing at all: ours did not take effect (tombstones are kept far longer
             // than a request lives, so it cannot have come and gone).
@@ -431,6 +455,11 @@ impl Coordinator {
             && died.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs()
     }
 
+    /// What an operation that changes nothing still writes (see [`Self::decide`]).
+    fn write_back(&self, current: Option<Record>, agreed: bool) -> Option<Record> {
+        expiry_fence(current.as_ref(), &self.ctx, &self.q).or_else(|| current.filter(|_| !agreed))
+    }
+
     /// Every replica answered the read. If all hold the same record, long dead, it is
     /// removed everywhere.
     fn finish_read(&mut self, got: &[Option<Accepted>]) -> Vec<Action> {
@@ -438,7 +467,11 @@ impl Coordinator {
         if !all_same_ballot(got) {
             return Vec::new();
         }
-        match &got[0] {
+        self.purge_if_long_dead(&got[0])
+    }
+
+    fn purge_if_long_dead(&self, held: &Option<Accepted>) -> Vec<Action> {
+        match held {
             Some((ballot, r)) if self.long_dead(r) => {
                 let ballot = *ballot;
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
@@ -456,6 +489,25 @@ impl Coordinator {
             })
             .collect()
     }
+}
+
+/// The tombstone that makes `current`'s expiry durable, if it expired so recently that
+/// another proxy's clock may still call it live.
+fn expiry_fence(current: Option<&Record>, ctx: &Context, q: &Quorum) -> Option<Record> {
+    let r = current?;
+    let now = ctx.now_secs();
+    let fresh = !r.tombstone
+        && r.expires_at <= now
+        && now < r.expires_at.saturating_add(q.expiry_fence_secs);
+    (fresh && !bug(Bug::ExpiryUnfenced)).then(|| Record {
+        last_modified_ns: u64::from(r.expires_at) * 1_000_000_000,
+        originator: ctx.request_id,
+        lineage: Record::lineage_after(Some(r)),
+        tombstone: true,
+        payload_kind: 0,
+        value: Vec::new(),
+        ..r.clone()
+    })
 }
 
 fn all_same_ballot<A: std::borrow::Borrow<Option<Accepted>>>(got: &[A]) -> bool {
@@ -742,6 +794,29 @@ mod tests {
         );
         cl.run(&[(0, false)]);
         assert_eq!(cl.outcomes[u], Some(Err(Status::NoKey)));
+    }
+
+    #[test]
+    fn a_fresh_expiry_is_made_durable_before_anyone_hears_of_it() {
+        let mut cl = Cluster::new(3);
+        cl.create_now(val(1), 2, 1); // created at 1000, expires at 1002
+                                     // A proxy whose clock is ahead sees it expired...
+        assert_eq!(cl.read_at(1002), Err(Status::NoKey));
+        // ...so every replica now holds a tombstone, and a proxy whose clock is behind
+        // cannot see the record live again.
+        assert!(cl.replicas.iter().all(|(s, _)| s
+            .as_ref()
+            .and_then(|s| s.accepted.as_ref())
+            .is_some_and(|(_, r)| r.tombstone)));
+        assert_eq!(cl.read_at(1001), Err(Status::NoKey));
+        // Long after expiry no fence is written: every clock agrees by then.
+        let mut cl = Cluster::new(3);
+        cl.create_now(val(1), 2, 1);
+        assert_eq!(cl.read_at(1010), Err(Status::NoKey));
+        assert!(cl.replicas.iter().all(|(s, _)| s
+            .as_ref()
+            .and_then(|s| s.accepted.as_ref())
+            .is_some_and(|(_, r)| !r.tombstone)));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod cluster;
 pub mod coordinator;
 pub mod engine;
+pub mod fault;
 pub mod key;
 pub mod listener;
 pub mod protocol;

@@ -2,6 +2,7 @@
 //! to (write, reply). The storage server loads the slot, calls [`step`], persists the
 //! write durably and only then sends the reply.
 
+use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::record::{Accepted, Ballot, Record, Slot};
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ pub fn step(
             (Some(Write::Put(slot)), reply)
         }
         ReplicaRequest::Accept { ballot, record, .. } => {
-            if *ballot < promised {
+            if *ballot < promised && !bug(Bug::AcceptLowerBallot) {
                 return (None, ReplicaReply::Rejected { promised });
             }
             let slot = Slot {

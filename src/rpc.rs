@@ -153,8 +153,12 @@ impl Peer {
             Err(_) => return Err(CallError::Connect(self.addr.clone(), "timed out".into())),
         };
         let _ = stream.set_nodelay(true);
+        let ends = (stream.local_addr(), stream.peer_addr());
         let (mut rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let (Ok(local), Ok(peer)) = ends {
+            rx = crate::fault::delayed(rx, local, peer);
+        }
         let pending: Pending = Arc::default();
         let conn = Arc::new(Connection {
             tx,

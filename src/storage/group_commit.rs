@@ -79,8 +79,7 @@ impl GroupCommit {
     }
 }
 
-/// The fsync blocks: off the async workers in production. The simulator's engine does
-/// not block, and the simulator has no blocking pool.
+/// The fsync blocks: off the async workers in production.
 #[cfg(not(madsim))]
 async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Result<()> {
     tokio::task::spawn_blocking(move || engine.write(&batch, true))
@@ -88,7 +87,12 @@ async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Resul
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
 }
 
+/// In the simulator a sync takes simulated time; a crash meanwhile loses the batch,
+/// as a real crash loses writes that were not yet synced.
 #[cfg(madsim)]
 async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Result<()> {
+    use madsim::rand::Rng;
+    let sync = madsim::rand::thread_rng().gen_range(500..5000);
+    tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
     engine.write(&batch, true)
 }

@@ -68,8 +68,12 @@ async fn serve_connection(
     stream: TcpStream,
     replica: mpsc::UnboundedSender<replica_actor::Envelope>,
 ) {
+    let ends = (stream.local_addr(), stream.peer_addr());
     let (mut rd, wr) = tokio::io::split(stream);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    if let (Ok(local), Ok(peer)) = ends {
+        out_rx = crate::fault::delayed(out_rx, local, peer);
+    }
     let writer = tokio::spawn(write_frames(wr, out_rx));
     loop {
         let (id, req) = match read_frame::<ReplicaRequest, _>(&mut rd).await {

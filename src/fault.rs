@@ -1,0 +1,154 @@
+//! Fault-injection points inside the production code, FoundationDB style: the
+//! simulator (`sim/`) drives them; in every build without `--cfg madsim` they are
+//! constants that the compiler removes.
+//!
+//! Two kinds: *link delay*, which gives each proxy↔storage connection the latency of
+//! the datacentres it joins (madsim's network has one latency range for every link),
+//! and *bugs*, deliberately broken protocol variants that exist only so that a test can
+//! show the simulator catches them.
+
+/// A deliberately broken variant of the protocol. Only a simulator build can switch
+/// one on ([`set_bugs`]); production builds never can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// A replica answers a Prepare before its promise is durable.
+    PromiseNotDurable,
+    /// A plain get is answered from the first replica that replies.
+    ReadOneReplica,
+    /// A replica accepts a ballot lower than the one it promised.
+    AcceptLowerBallot,
+    /// A dead record is purged once a quorum (not every replica) holds it.
+    PurgeBeforeAllReplicas,
+    /// An expired record is reported gone without making its expiry durable, so a
+    /// proxy whose clock is behind can still see it live.
+    ExpiryUnfenced,
+    /// Expiry is judged at the time the request started, not when its quorum answered.
+    ExpiryAtRequestStart,
+    /// The proxy waits for one reply fewer than a majority.
+    QuorumOneShort,
+    /// A retried write does not look for its earlier attempt and may apply twice.
+    RetryReapplies,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 8] = [
+        Bug::PromiseNotDurable,
+        Bug::ReadOneReplica,
+        Bug::AcceptLowerBallot,
+        Bug::PurgeBeforeAllReplicas,
+        Bug::ExpiryUnfenced,
+        Bug::ExpiryAtRequestStart,
+        Bug::QuorumOneShort,
+        Bug::RetryReapplies,
+    ];
+
+    /// The name the simulator's `--bug` flag takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::PromiseNotDurable => "promise-not-durable",
+            Bug::ReadOneReplica => "read-one-replica",
+            Bug::AcceptLowerBallot => "accept-lower-ballot",
+            Bug::PurgeBeforeAllReplicas => "purge-before-all-replicas",
+            Bug::ExpiryUnfenced => "expiry-unfenced",
+            Bug::ExpiryAtRequestStart => "expiry-at-request-start",
+            Bug::QuorumOneShort => "quorum-one-short",
+            Bug::RetryReapplies => "retry-reapplies",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(madsim)]
+mod sim {
+    use super::Bug;
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    static BUGS: AtomicU32 = AtomicU32::new(0);
+
+    /// Extra one-way delay of a link, by the IPs of its two ends.
+    pub type LinkDelay = Arc<dyn Fn(IpAddr, IpAddr) -> Duration + Send + Sync>;
+
+    static LINK_DELAY: RwLock<Option<LinkDelay>> = RwLock::new(None);
+
+    /// Switches on exactly `bugs` (the simulator runs one seed per process).
+    pub fn set_bugs(bugs: &[Bug]) {
+        let mask = bugs.iter().fold(0, |m, b| m | 1 << *b as u32);
+        BUGS.store(mask, Ordering::Relaxed);
+    }
+
+    pub fn bug(b: Bug) -> bool {
+        BUGS.load(Ordering::Relaxed) & (1 << b as u32) != 0
+    }
+
+    /// Installs the function that gives every proxy↔storage link its extra delay.
+    pub fn set_link_delay(f: LinkDelay) {
+        *LINK_DELAY.write().unwrap() = Some(f);
+    }
+
+    pub(crate) fn link_delay() -> Option<LinkDelay> {
+        LINK_DELAY.read().unwrap().clone()
+    }
+}
+
+#[cfg(madsim)]
+pub use sim::{bug, set_bugs, set_link_delay, LinkDelay};
+
+/// Whether a deliberately broken variant is on: never, outside the simulator.
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn bug(_: Bug) -> bool {
+    false
+}
+
+/// Frames queued on `rx` for the connection `local`→`peer`, released after the link's
+/// delay (in order). Outside the simulator, `rx` itself.
+#[cfg(madsim)]
+pub fn delayed(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    use tokio::sync::mpsc::unbounded_channel;
+    use tokio::time::Instant;
+    let Some(delay) = sim::link_delay() else {
+        return rx;
+    };
+    // One task stamps each frame with its arrival time as it is sent (never earlier
+    // than the frame before it: a TCP stream stays in order); another releases it then.
+    let (stamped_tx, mut stamped) = unbounded_channel::<(Instant, Vec<u8>)>();
+    let (out_tx, out) = unbounded_channel();
+    tokio::spawn(async move {
+        let mut last = Instant::now();
+        while let Some(frame) = rx.recv().await {
+            last = last.max(Instant::now() + delay(local.ip(), peer.ip()));
+            if stamped_tx.send((last, frame)).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((at, frame)) = stamped.recv().await {
+            tokio::time::sleep_until(at).await;
+            if out_tx.send(frame).is_err() {
+                break;
+            }
+        }
+    });
+    out
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn delayed(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    _local: std::net::SocketAddr,
+    _peer: std::net::SocketAddr,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    rx
+}
