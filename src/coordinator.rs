@@ -226,11 +226,18 @@ impl Coordinator {
                 let got: Vec<Option<Accepted>> = seen.iter().flatten().cloned().collect();
                 let everyone = got.len() == self.q.replicas;
                 if let Some(decided) = chosen.clone() {
-                    let mut actions = self.repair(from, &accepted, &decided);
-                    if everyone {
-                        actions.extend(self.finish_read(&got));
+                    let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
+                    if ballot_of(&accepted) != ballot_of(&decided) {
+                        // A replica that answered after the quorum differs: it lags, or
+                        // holds a write that reached too few replicas. The client has
+                        // its answer; a full round now settles the key everywhere.
+                        return self.prepare(ballots);
                     }
-                    return actions;
+                    return if everyone {
+                        self.finish_read(&got)
+                    } else {
+                        Vec::new()
+                    };
                 }
                 let needed = if bug(Bug::ReadOneReplica) { 1 } else { quorum };
                 if got.len() < needed {
@@ -347,6 +354,10 @@ impl Coordinator {
             Err(s) => (Err(s), self.write_back(current, agreed)),
         };
         match write {
+            None if self.replied => {
+                self.phase = Phase::Finished; // a repair round that found nothing to do
+                Vec::new()
+            }
             None => vec![self.reply(outcome)],
             Some(record) => {
                 self.outcome = Some(outcome);
@@ -422,24 +433,6 @@ impl Coordinator {
             self.phase = Phase::Finished;
         }
         Action::Reply(outcome)
-    }
-
-    /// A replica that answered a read with something older than what a quorum agreed
-    /// on gets the agreed record. Safe: every accept at one ballot carries one record.
-    fn repair(&self, to: usize, has: &Option<Accepted>, chosen: &Option<Accepted>) -> Vec<Action> {
-        let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
-        match chosen {
-            Some((ballot, record)) if ballot_of(has) < Some(*ballot) => vec![Action::Send {
-                round: self.round,
-                to,
-                msg: ReplicaRequest::Accept {
-                    key: self.key.clone(),
-                    ballot: *ballot,
-                    record: record.clone(),
-                },
-            }],
-            _ => Vec::new(),
-        }
     }
 
     /// Dead (destroyed or expired) for longer than the grace period. The grace

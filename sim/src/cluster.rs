@@ -1,173 +1,313 @@
-//! A three-zone cluster with one proxy and one client node, on simulated nodes.
+//! One seed: build the cluster on simulated nodes, run the workload under the
+//! nemesis, heal, read every key back, and check the history and the replicas.
 
-use jepsen_like::history::{parse, to_json_line};
-use jepsen_like::runner::{run, Workload};
+use crate::engine::SimEngine;
+use crate::nemesis::{Nemesis, ProxyNode, StorageNode, Swarm, Targets, MAX_SKEW};
+use crate::topology::{Latency, Topology};
+use jepsen_like::history::{parse, to_json_line, Event};
+use jepsen_like::runner::{read_back, run, Workload};
 use jepsen_like::{checker, model::Model, report};
 use junokv::clock::Clock;
-use junokv::cluster::{ShardMap, Zone};
-use junokv::engine::MemoryEngine;
 use junokv::proxy::{Proxy, ProxyConfig};
-use junokv::storage::StorageServer;
-use madsim::net::NetSim;
+use junokv::record::Slot;
+use junokv::storage::{is_record_key, StorageServer};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, Runtime};
-use madsim::task::NodeId;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Injects faults until `until` has passed, then leaves the cluster to heal: storage
-/// servers crash and restart (in-memory engines: nothing is lost yet), storage servers
-/// are cut off from everyone, or only from the proxy.
-async fn nemesis(storage: Vec<NodeId>, proxy: NodeId, until: Duration) {
-    let handle = Handle::current();
-    let net = NetSim::current();
-    let mut rng = madsim::rand::thread_rng();
-    let end = tokio::time::Instant::now() + until;
-    while tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2000))).await;
-        let target = storage[rng.gen_range(0..storage.len())];
-        let length = Duration::from_millis(rng.gen_range(100..3000));
-        match rng.gen_range(0..3) {
-            0 => {
-                handle.kill(target);
-                tokio::time::sleep(length).await;
-                handle.restart(target);
-            }
-            1 => {
-                net.clog_node(target);
-                tokio::time::sleep(length).await;
-                net.unclog_node(target);
-            }
-            _ => {
-                net.clog_link(proxy, target);
-                net.clog_link(target, proxy);
-                tokio::time::sleep(length).await;
-                net.unclog_link(proxy, target);
-                net.unclog_link(target, proxy);
-            }
-        }
-    }
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub seed: u64,
+    pub topology: Topology,
+    /// Faults on at all (off: a fault-free run).
+    pub faults: bool,
+    /// Every fault kind, often, instead of the seed's own swarm draw.
+    pub all_faults: bool,
+    /// Simulated seconds of workload; the nemesis stops at 60% of it.
+    pub duration: Duration,
+    pub clients_per_node: u64,
+    pub keys: u64,
 }
 
 /// What one seed produced.
-pub struct SeedRun {
-    /// The checker's report; its first line is the verdict.
+pub struct Outcome {
+    /// Problems found; empty when the seed passed.
+    pub problems: Vec<String>,
+    pub history: String,
+    /// The checker's text report, and its HTML page.
     pub report: String,
+    pub html: String,
     pub operations: usize,
-    /// A hash of the whole history: the same seed must give the same one.
-    pub history_hash: u64,
+    pub simulated: Duration,
+    /// One line: the faults this seed enabled.
+    pub swarm: String,
 }
 
-/// Runs one seed, with the nemesis if `faults`; writes the history to `history_dir`.
-pub fn run_seed(seed: u64, faults: bool, history_dir: Option<&str>) -> SeedRun {
-    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    let events = rt.block_on(async move {
-        let handle = Handle::current();
-        let mut zones = Vec::new();
-        let mut storage_nodes = Vec::new();
-        for z in 0..3u8 {
-            let ip: IpAddr = [10, 0, z, 1].into();
-            let addr = SocketAddr::new(ip, 7000);
-            // The engine outlives restarts of the node: what was written stays.
-            let engine = Arc::new(MemoryEngine::default());
-            let node = handle
-                .create_node()
-                .name(format!("storage-{z}"))
-                .ip(ip)
-                .init(move || {
-                    let engine = engine.clone();
-                    async move {
-                        let listener = TcpListener::bind(addr).await.expect("bind storage");
-                        let _server =
-                            StorageServer::start(listener, engine).expect("start storage");
-                        std::future::pending::<()>().await;
-                    }
-                })
-                .build();
-            storage_nodes.push(node.id());
-            zones.push(Zone {
-                datacenter: format!("dc{z}"),
-                nodes: vec![addr.to_string()],
-            });
-        }
-        let proxy_addr = SocketAddr::new([10, 1, 0, 1].into(), 8080);
-        let config = ProxyConfig::new(
-            proxy_addr.to_string(),
-            ShardMap {
-                epoch: 1,
-                num_shards: 64,
-                zones,
-            },
-        );
-        let proxy_node = handle
+/// madsim's network for every link: 0.2–1 ms (inside a datacentre; crossing one adds
+/// the [`Latency`] the link-delay hook applies).
+pub fn net_config() -> madsim::net::Config {
+    madsim::net::Config {
+        packet_loss_rate: 0.0,
+        send_latency: Duration::from_micros(200)..Duration::from_micros(1000),
+    }
+}
+
+pub fn run_seed(plan: &Plan) -> Outcome {
+    let mut config = madsim::Config::default();
+    config.net = net_config();
+    let rt = Runtime::with_seed_and_config(plan.seed, config);
+    let sim_plan = plan.clone();
+    let run = rt.block_on(async move { simulate(sim_plan).await });
+    // The checker runs threads: outside the simulation.
+    let mut events = run.events;
+    let mut problems = run.problems;
+    events.sort_by_key(|e| e.time);
+    let history: String = events.iter().map(|e| to_json_line(e) + "\n").collect();
+    let ops = parse(&history).expect("the workload writes well-formed histories");
+    // Record expiry is judged by proxies' clocks (skewed by up to MAX_SKEW each) in
+    // whole seconds: the checker allows for both.
+    let model = Model {
+        clock_uncertainty_ns: (Duration::from_secs(1) + 2 * MAX_SKEW).as_nanos() as u64
+            + 100_000_000,
+        ..Model::default()
+    };
+    let verdict = checker::check(&ops, model, Duration::from_secs(60));
+    match &verdict {
+        checker::Verdict::Valid => {}
+        checker::Verdict::Invalid(_) => problems.push("history is not linearizable".into()),
+        checker::Verdict::Unknown { .. } => problems.push("checker gave up (unknown)".into()),
+    }
+    Outcome {
+        problems,
+        report: report::text(&verdict, &ops),
+        html: report::html(&verdict, &ops),
+        history,
+        operations: ops.len(),
+        simulated: run.simulated,
+        swarm: if plan.faults {
+            run.swarm.describe()
+        } else {
+            "no faults".into()
+        },
+    }
+}
+
+/// What the simulation itself produced, before checking.
+struct Run {
+    events: Vec<Event>,
+    problems: Vec<String>,
+    simulated: Duration,
+    swarm: Swarm,
+}
+
+async fn simulate(plan: Plan) -> Run {
+    let handle = Handle::current();
+    let topo = &plan.topology;
+    let mut rng = madsim::rand::thread_rng();
+    let latency = Latency::draw(topo.datacenters(), &mut rng);
+    let dc_of = topo.dc_of();
+    junokv::fault::set_link_delay(Arc::new(move |a, b| match (dc_of.get(&a), dc_of.get(&b)) {
+        (Some(&x), Some(&y)) => latency.extra(x, y, &mut madsim::rand::thread_rng()),
+        _ => Duration::ZERO,
+    }));
+
+    let map = topo.shard_map();
+    let mut storage = Vec::new();
+    for spot in topo.storage() {
+        let engine = Arc::new(SimEngine::default());
+        let disk = engine.clone();
+        let node = handle
             .create_node()
-            .name("proxy")
-            .ip(proxy_addr.ip())
+            .name(format!("storage-z{}-{}", spot.zone, spot.addr.ip()))
+            .ip(spot.addr.ip())
             .init(move || {
-                let config = config.clone();
+                let engine = disk.clone();
                 async move {
-                    let listener = TcpListener::bind(proxy_addr).await.expect("bind proxy");
-                    let proxy = Proxy::new(config, Clock::default()).expect("proxy config");
-                    let _server = proxy.serve(listener).expect("serve");
-                    std::future::pending::<()>().await;
+                    engine.crash(); // a (re)start after a crash finds only synced data
+                    serve_storage(spot.addr, engine).await;
                 }
             })
             .build();
-        let client = handle
-            .create_node()
-            .name("client")
-            .ip([10, 2, 0, 1].into())
-            .build();
-        let nemesis = faults.then(|| {
-            tokio::spawn(nemesis(
-                storage_nodes,
-                proxy_node.id(),
-                Duration::from_secs(14),
-            ))
+        storage.push(StorageNode {
+            id: node.id(),
+            zone: spot.zone,
+            dc: spot.dc,
+            addr: spot.addr,
+            engine,
         });
-        let history = client
-            .spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let workload = Workload {
-                    proxy: proxy_addr.to_string(),
-                    clients: 6,
-                    keys: 4,
-                    duration: 20.0,
-                    seed,
-                    namespace: Some("sim".into()),
-                };
-                run(&workload).await
-            })
-            .await
-            .expect("client task");
-        if let Some(n) = nemesis {
-            n.await.expect("nemesis task");
+    }
+    let mut proxies = Vec::new();
+    for dc in 0..topo.datacenters() {
+        for addr in topo.proxies(dc) {
+            let clock = Clock::default();
+            let (config, node_clock) = (
+                ProxyConfig::new(addr.to_string(), map.clone()),
+                clock.clone(),
+            );
+            let node = handle
+                .create_node()
+                .name(format!("proxy-dc{dc}-{}", addr.ip()))
+                .ip(addr.ip())
+                .init(move || serve_proxy(addr, config.clone(), node_clock.clone()))
+                .build();
+            proxies.push(ProxyNode {
+                id: node.id(),
+                dc,
+                clock,
+            });
         }
-        history
-    });
-    let events = match events {
-        Ok(e) => e,
-        Err(e) => {
-            return SeedRun {
-                report: format!("error\n{e}\n"),
-                operations: 0,
-                history_hash: 0,
+    }
+    let workload = Workload {
+        proxy: Vec::new(),
+        clients: plan.clients_per_node,
+        keys: plan.keys,
+        duration: plan.duration.as_secs_f64(),
+        seed: plan.seed,
+        namespace: Some("sim".into()),
+        first_process: 0,
+    };
+    let origin = std::time::Instant::now();
+    let mut clients = Vec::new();
+    let mut runs = Vec::new();
+    for dc in 0..topo.datacenters() {
+        for ip in topo.clients(dc) {
+            let node = handle
+                .create_node()
+                .name(format!("client-dc{dc}-{ip}"))
+                .ip(ip)
+                .build();
+            let mut w = workload.clone();
+            w.proxy = topo.proxies(dc).iter().map(|a| a.to_string()).collect();
+            w.first_process = (clients.len() as u64) << 32;
+            clients.push((node.id(), dc));
+            runs.push(node.spawn(async move { run(&w, origin).await }));
+        }
+    }
+    let swarm = if plan.all_faults {
+        Swarm::everything()
+    } else {
+        Swarm::draw(&mut rng)
+    };
+    let zones = map.zones.len();
+    let targets = Targets {
+        storage,
+        proxies,
+        clients: clients.clone(),
+        corruptible_zone: rng.gen_range(0..zones),
+        zones,
+    };
+    let nemesis = Nemesis::new(targets, swarm.clone());
+    let nemesis_task = plan
+        .faults
+        .then(|| tokio::spawn(nemesis.clone().run(plan.duration.mul_f64(0.6))));
+
+    let mut problems = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    for r in runs {
+        match r.await {
+            Ok(Ok(e)) => events.extend(e),
+            Ok(Err(e)) => problems.push(format!("workload: {e}")),
+            Err(e) => problems.push(format!("workload task: {e}")),
+        }
+    }
+    if let Some(t) = nemesis_task {
+        t.await.expect("nemesis");
+    }
+    // Every fault has healed (and the workload's last seconds ran on a healed
+    // cluster): every key must be readable, and reading it repairs its replicas.
+    let mut back = workload.clone();
+    back.proxy = vec![topo.proxies(0)[0].to_string()];
+    let first_reader = (clients.len() as u64) << 32;
+    let reader = handle
+        .create_node()
+        .name("read-back")
+        .ip([10, 4, 0, 1].into())
+        .build();
+    match reader
+        .spawn(async move { read_back(&back, first_reader, origin).await })
+        .await
+    {
+        Ok(Ok(e)) => events.extend(e),
+        Ok(Err(e)) => problems.push(format!("read back: {e}")),
+        Err(e) => problems.push(format!("read back task: {e}")),
+    }
+    // Let repairs land, then compare every key's replicas.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    problems.extend(divergent_replicas(&nemesis, &map));
+    let simulated = std::time::Instant::now() - origin;
+    Run {
+        events,
+        problems,
+        simulated,
+        swarm,
+    }
+}
+
+async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>) {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => match StorageServer::start(listener, engine) {
+            Ok(_server) => std::future::pending::<()>().await,
+            Err(e) => tracing::error!(error = %e, "storage server did not start"),
+        },
+        Err(e) => tracing::error!(error = %e, "storage bind"),
+    }
+}
+
+async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
+    let proxy = Proxy::new(config, clock).expect("the simulator's shard map is valid");
+    match TcpListener::bind(addr).await {
+        Ok(listener) => match proxy.serve(listener) {
+            Ok(_server) => std::future::pending::<()>().await,
+            Err(e) => tracing::error!(error = %e, "proxy did not start"),
+        },
+        Err(e) => tracing::error!(error = %e, "proxy bind"),
+    }
+}
+
+/// Keys whose sound replicas hold different accepted records. Replicas whose record
+/// was corrupted are left out (they refuse the key until repaired by an operator).
+fn divergent_replicas(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec<String> {
+    let t = nemesis.targets();
+    let by_addr: BTreeMap<String, usize> = t
+        .storage
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.addr.to_string(), i))
+        .collect();
+    let disks: Vec<BTreeMap<Vec<u8>, Vec<u8>>> =
+        t.storage.iter().map(|s| s.engine.durable()).collect();
+    let mut keys: Vec<&Vec<u8>> = disks
+        .iter()
+        .flat_map(|d| d.keys())
+        .filter(|k| is_record_key(k))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut problems = Vec::new();
+    for key in keys {
+        let shard = u16::from_be_bytes([key[0], key[1]]);
+        let mut states = Vec::new();
+        for addr in map.replicas(shard) {
+            let disk = &disks[by_addr[addr]];
+            match disk.get(key).map(|b| Slot::decode(b)) {
+                None => states.push(None),
+                Some(Ok(slot)) => {
+                    states.push(slot.accepted.map(|(b, r)| (b, r.version, r.tombstone)))
+                }
+                Some(Err(_)) => {} // corrupted
             }
         }
-    };
-    let text: String = events.iter().map(|e| to_json_line(e) + "\n").collect();
-    if let Some(dir) = history_dir {
-        let _ = std::fs::write(format!("{dir}/seed-{seed}.jsonl"), &text);
+        if states.windows(2).any(|w| w[0] != w[1]) {
+            problems.push(format!(
+                "replicas of {:?} diverge: {states:?}",
+                String::from_utf8_lossy(key)
+            ));
+        }
     }
-    let ops = parse(&text).expect("the workload writes well-formed histories");
-    let verdict = checker::check(&ops, Model::default(), Duration::from_secs(60));
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&text, &mut hasher);
-    SeedRun {
-        report: report::text(&verdict, &ops),
-        operations: ops.len(),
-        history_hash: std::hash::Hasher::finish(&hasher),
-    }
+    problems
 }

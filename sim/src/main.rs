@@ -1,117 +1,200 @@
-//! `junokv-sim [--faults] [--history-dir DIR] SEED...`: runs a whole JunoKV cluster —
-//! the real storage-server and proxy code on simulated nodes, over madsim's simulated
-//! network and clock — under the checker's workload, one seed at a time; checks each
-//! history, and checks that a second fresh process replaying the seed produces the very
-//! same history.
+//! `junokv-sim`: runs one seed of the whole JunoKV cluster — the real storage-server
+//! and proxy code on simulated nodes, over madsim's network, clock and randomness —
+//! under a randomised nemesis, then checks the run. `sim/run` runs ranges of seeds.
 //!
-//! Built only with `RUSTFLAGS="--cfg madsim"`. First steps of the simulator: `--faults`
-//! turns on a small nemesis (crashes, partitions); the fault-free runs are what CI gates
-//! on for now.
+//! Built only with `RUSTFLAGS="--cfg madsim"`.
 
 #[cfg(madsim)]
 mod cluster;
+#[cfg(madsim)]
+mod engine;
+#[cfg(madsim)]
+mod nemesis;
+#[cfg(madsim)]
+mod topology;
+#[cfg(madsim)]
+mod trace;
+
+#[cfg(madsim)]
+use clap::Parser;
+
+/// One seed of the simulated cluster.
+#[cfg(madsim)]
+#[derive(Parser, Debug)]
+#[command(name = "junokv-sim")]
+struct Args {
+    /// The seed: it decides everything, and replays bit for bit.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A fault-free run.
+    #[arg(long)]
+    no_faults: bool,
+    /// Every fault kind, often (instead of the seed's random subset).
+    #[arg(long)]
+    all_faults: bool,
+    /// Switch on a deliberately broken protocol variant (see `--list-bugs`).
+    #[arg(long)]
+    bug: Option<String>,
+    #[arg(long)]
+    list_bugs: bool,
+    /// Simulated seconds of workload.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Client processes per client node.
+    #[arg(long, default_value_t = 3)]
+    clients: u64,
+    /// Keys (few, so that operations collide).
+    #[arg(long, default_value_t = 5)]
+    keys: u64,
+    /// Zones per datacentre, comma-separated.
+    #[arg(long, default_value = "2,2,1", value_delimiter = ',')]
+    zones: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    nodes_per_zone: usize,
+    #[arg(long, default_value_t = 1)]
+    proxies_per_dc: usize,
+    #[arg(long, default_value_t = 1)]
+    clients_per_dc: usize,
+    /// Where a failing seed leaves its history, reports and trace log
+    /// (`DIR/seed-N/`).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Keep the files of passing seeds too.
+    #[arg(long)]
+    keep: bool,
+    /// What the trace log records (`RUST_LOG` syntax).
+    #[arg(long, default_value = "junokv=info,junokv_sim=info")]
+    log: String,
+    /// Run the seed twice more, each in a fresh process, and compare the hashes of
+    /// their whole traces.
+    #[arg(long)]
+    check_determinism: bool,
+}
 
 #[cfg(madsim)]
 fn main() -> std::process::ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let faults = take_flag(&mut args, "--faults");
-    let history_dir = take_value(&mut args, "--history-dir");
-    // `--once SEED`: run one seed in this process; print its history hash, its
-    // operation count, then the checker's report.
-    if take_flag(&mut args, "--once") {
-        let seed = args
-            .first()
-            .and_then(|s| s.parse().ok())
-            .expect("--once SEED");
-        let run = cluster::run_seed(seed, faults, history_dir.as_deref());
-        print!(
-            "{:016x}\n{}\n{}",
-            run.history_hash, run.operations, run.report
-        );
-        return std::process::ExitCode::SUCCESS;
+    use std::process::ExitCode;
+    let args = Args::parse();
+    if args.list_bugs {
+        for b in junokv::fault::Bug::ALL {
+            println!("{}", b.name());
+        }
+        return ExitCode::SUCCESS;
     }
-    let seeds: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let seeds = if seeds.is_empty() { vec![1] } else { seeds };
-    let mut failed = 0;
-    for &seed in &seeds {
-        // Each seed runs in a fresh process, twice: the second run must reproduce the
-        // first bit for bit. (Runs inside one process diverge: some process-wide state
-        // survives a run. Not yet found.)
-        let run = run_in_child(seed, faults, history_dir.as_deref());
-        let replay = run_in_child(seed, faults, None);
-        let deterministic = run.0 == replay.0;
-        println!(
-            "seed {seed}: {} operations, {}, history {}{}",
-            run.1,
-            run.2.lines().next().unwrap_or(""),
-            run.0,
-            if deterministic {
-                ""
-            } else {
-                ", NOT DETERMINISTIC"
-            }
-        );
-        if !run.2.starts_with("valid") || !deterministic {
-            print!("{}", run.2);
-            let flag = if faults { " --faults" } else { "" };
-            println!("replay: RUSTFLAGS=\"--cfg madsim\" cargo run -p junokv-sim --{flag} {seed}");
-            failed += 1;
+    if args.check_determinism {
+        return check_determinism();
+    }
+    let bugs = match args.bug.as_deref().map(junokv::fault::Bug::from_name) {
+        None => Vec::new(),
+        Some(Some(b)) => vec![b],
+        Some(None) => {
+            eprintln!("unknown bug; --list-bugs shows them");
+            return ExitCode::from(2);
+        }
+    };
+    junokv::fault::set_bugs(&bugs);
+    let log = trace::TraceLog::install(&args.log);
+    let plan = cluster::Plan {
+        seed: args.seed,
+        topology: topology::Topology {
+            zones_per_dc: args.zones.clone(),
+            nodes_per_zone: args.nodes_per_zone,
+            proxies_per_dc: args.proxies_per_dc,
+            clients_per_dc: args.clients_per_dc,
+        },
+        faults: !args.no_faults,
+        all_faults: args.all_faults,
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        clients_per_node: args.clients,
+        keys: args.keys,
+    };
+    let wall = std::time::Instant::now();
+    let outcome = cluster::run_seed(&plan);
+    let wall = wall.elapsed();
+    let trace = log.contents();
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        trace.hash(&mut h);
+        outcome.history.hash(&mut h);
+        h.finish()
+    };
+    let passed = outcome.problems.is_empty();
+    println!(
+        "seed {}: {} {} ops, {:.1} simulated s in {:.2} s ({:.1}x, {:.0} ops/s) trace {hash:016x} [{}]",
+        args.seed,
+        if passed { "PASS" } else { "FAIL" },
+        outcome.operations,
+        outcome.simulated.as_secs_f64(),
+        wall.as_secs_f64(),
+        outcome.simulated.as_secs_f64() / wall.as_secs_f64(),
+        outcome.operations as f64 / wall.as_secs_f64(),
+        outcome.swarm,
+    );
+    for p in &outcome.problems {
+        println!("  {p}");
+    }
+    if let Some(dir) = args.out.as_ref().filter(|_| !passed || args.keep) {
+        let dir = dir.join(format!("seed-{}", args.seed));
+        let written = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::write(dir.join("history.jsonl"), &outcome.history)?;
+            std::fs::write(dir.join("report.txt"), &outcome.report)?;
+            std::fs::write(dir.join("report.html"), &outcome.html)?;
+            std::fs::write(dir.join("trace.log"), &trace)
+        });
+        match written {
+            Ok(()) => println!("  files: {}", dir.display()),
+            Err(e) => println!("  could not write {}: {e}", dir.display()),
         }
     }
-    println!(
-        "{} seeds: {} passed, {failed} failed",
-        seeds.len(),
-        seeds.len() - failed
-    );
-    if failed == 0 {
+    if !passed {
+        print!("{}", outcome.report);
+        let mut replay: Vec<String> = std::env::args().skip(1).collect();
+        replay.retain(|a| a != "--keep");
+        println!("  replay: sim/run --replay {}", replay.join(" "));
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs this very command (without the flag) twice in fresh processes and compares
+/// the trace hashes they print.
+#[cfg(madsim)]
+fn check_determinism() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--check-determinism")
+        .collect();
+    let exe = std::env::current_exe().expect("own executable");
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let out = std::process::Command::new(&exe)
+            .args(&args)
+            .output()
+            .expect("run the seed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        let hash = text
+            .split(" trace ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("none")
+            .to_string();
+        hashes.push(hash);
+    }
+    if hashes[0] == hashes[1] && hashes[0] != "none" {
+        println!("deterministic: both runs traced {}", hashes[0]);
         std::process::ExitCode::SUCCESS
     } else {
+        println!("NOT DETERMINISTIC: {} vs {}", hashes[0], hashes[1]);
         std::process::ExitCode::FAILURE
     }
 }
 
-#[cfg(madsim)]
-fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != flag);
-    args.len() != before
-}
-
-#[cfg(madsim)]
-fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == flag)?;
-    let value = args.get(i + 1).cloned();
-    args.drain(i..(i + 2).min(args.len()));
-    value
-}
-
-/// Runs `seed` in a fresh process: (history hash, operations, report).
-#[cfg(madsim)]
-fn run_in_child(seed: u64, faults: bool, history_dir: Option<&str>) -> (String, String, String) {
-    let exe = std::env::current_exe().expect("own executable");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--once", &seed.to_string()]);
-    if faults {
-        cmd.arg("--faults");
-    }
-    if let Some(dir) = history_dir {
-        cmd.args(["--history-dir", dir]);
-    }
-    let out = cmd.output().expect("run a seed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut parts = text.splitn(3, '\n');
-    let hash = parts.next().unwrap_or("").to_string();
-    let ops = parts.next().unwrap_or("0").to_string();
-    let report = parts.next().map(str::to_string).unwrap_or_else(|| {
-        format!(
-            "error\nseed {seed} crashed: {}\n",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (hash, ops, report)
-}
-
 #[cfg(not(madsim))]
 fn main() {
-    eprintln!("junokv-sim runs only in a simulator build: RUSTFLAGS=\"--cfg madsim\"");
+    eprintln!("junokv-sim runs only in a simulator build: use sim/run");
 }

@@ -4,6 +4,8 @@
 mod group_commit;
 mod replica_actor;
 
+pub use replica_actor::is_record_key;
+
 use crate::engine::Engine;
 use crate::listener::serve_until_stopped;
 use crate::replica::ReplicaRequest;

@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 /// never reach 0xFFFF).
 const FLOOR_KEY: &[u8] = b"\xff\xff\x00floor";
 
+/// Whether an engine key holds a key's slot (rather than the replica's own state).
+pub fn is_record_key(key: &[u8]) -> bool {
+    key != FLOOR_KEY
+}
+
 /// Where a reply goes: the request's id and its connection's outgoing frames.
 pub struct ReplyTo {
     pub id: u64,
