@@ -101,14 +101,17 @@ pub struct Coordinator {
     highest_seen: u64,
     outcome: Option<Outcome>,
     replied: bool,
-    /// This request's own new record, once a round sent it (it may have taken effect),
-    /// with the originator of the version it was built on.
-    wrote: Option<(Record, Option<[u8; 16]>)>,
+    /// Every record of its own this request sent (any may have taken effect, at most
+    /// one can), each with the originator of the version it was built on. Each attempt
+    /// has an originator of its own, so that the one that took effect can be told.
+    wrote: Vec<(Record, Option<[u8; 16]>)>,
     /// Replicas that definitely refused (rejected) the accept round that sent it; if
     /// all did, it took no effect after all.
     write_refusals: usize,
     /// The round that sent this request's own new record.
     write_round: u32,
+    /// Whether any round sent a record this request made (so it may have taken effect).
+    sent_own_write: bool,
 }
 
 impl Coordinator {
@@ -129,9 +132,20 @@ impl Coordinator {
             highest_seen: 0,
             outcome: None,
             replied: false,
-            wrote: None,
+            wrote: Vec::new(),
             write_refusals: 0,
             write_round: 0,
+            sent_own_write: false,
+        }
+    }
+
+    /// The answer when the request runs out of time: it may have taken effect only if
+    /// it sent a record of its own; otherwise it certainly did not.
+    pub fn timeout_status(&self) -> Status {
+        if self.sent_own_write {
+            Status::Timeout
+        } else {
+            Status::NoStorageServer
         }
     }
 
@@ -157,7 +171,7 @@ impl Coordinator {
             return Vec::new();
         }
         if self.write_refusals == self.q.replicas {
-            self.wrote = None; // every replica rejected it: it never took effect
+            self.wrote.pop(); // every replica rejected it: it never took effect
         }
         self.attempt += 1;
         self.prepare(ballots)
@@ -334,16 +348,21 @@ impl Coordinator {
             // It took effect: never apply twice.
             Attempt::Applied(mine) => Ok(Effect::Unchanged((!mine.tombstone).then_some(mine))),
             Attempt::Unknown => Err(Status::CommitFailure),
+            // Not yet, at least: `current` is only the newest record a quorum holds,
+            // not necessarily the chosen one, so an earlier attempt of ours may still
+            // win. Keep looking for it in later rounds until a round is accepted.
             Attempt::NotApplied => {
-                self.wrote = None;
-                apply(&self.op, current.as_ref(), &self.ctx)
+                let mut ctx = self.ctx;
+                ctx.request_id = attempt_originator(self.ctx.request_id, self.wrote.len());
+                apply(&self.op, current.as_ref(), &ctx)
             }
         };
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
+                self.sent_own_write = true;
                 if self.op.writes_originator() {
                     let base = current.as_ref().map(|r| r.originator);
-                    self.wrote = Some((new.clone(), base));
+                    self.wrote.push((new.clone(), base));
                     self.write_refusals = 0;
                     self.write_round = self.round + 1;
                 }
@@ -376,16 +395,14 @@ impl Coordinator {
         }
     }
 
-    /// Whether this request's record from an earlier round is in the history of
-    /// `current`, the newest record a quorum reported. If it took effect, it is in
-    /// `current`'s lineage, right after the version it was built on; if that version
-    /// is in the lineage and ours is not, ours never took effect. Otherwise (the
+    /// Whether a record this request sent in an earlier round is in the history of
+    /// `current`, the newest record a quorum reported. One that took effect is in
+    /// `current`'s lineage; one whose base is in the lineage while it is not never took
+    /// effect (before `current`, at least: `current` may not be chosen yet, so the
+    /// question is asked again every round until one is accepted). Otherwise (the
     /// lineage is too short to tell) the outcome is unknown.
     fn earlier_attempt(&self, current: Option<&Record>) -> Attempt {
-        let Some((mine, base)) = &self.wrote else {
-            return Attempt::NotApplied;
-        };
-        if bug(Bug::RetryReapplies) {
+        if self.wrote.is_empty() || bug(Bug::RetryReapplies) {
             return Attempt::NotApplied;
         }
         let Some(current) = current else {
@@ -393,14 +410,18 @@ impl Coordinator {
             // than a request lives, so it cannot have come and gone).
             return Attempt::NotApplied;
         };
-        if current.descends_from(&mine.originator) {
+        if let Some((mine, _)) = self
+            .wrote
+            .iter()
+            .find(|(mine, _)| current.descends_from(&mine.originator))
+        {
             return Attempt::Applied(mine.clone());
         }
-        let base_in_history = match base {
+        let all_absent = self.wrote.iter().all(|(_, base)| match base {
             Some(b) => current.descends_from(b),
             None => current.lineage.len() < crate::record::LINEAGE,
-        };
-        if base_in_history {
+        });
+        if all_absent {
             Attempt::NotApplied
         } else {
             Attempt::Unknown
@@ -482,6 +503,16 @@ impl Coordinator {
             })
             .collect()
     }
+}
+
+/// The originator of a request's `attempt`-th record: the request id, made distinct
+/// per attempt.
+fn attempt_originator(request_id: [u8; 16], attempt: usize) -> [u8; 16] {
+    let mut id = request_id;
+    for (b, a) in id[12..].iter_mut().zip((attempt as u32).to_be_bytes()) {
+        *b ^= a;
+    }
+    id
 }
 
 /// The tombstone that makes `current`'s expiry durable, if it expired so recently that
@@ -813,6 +844,30 @@ mod tests {
     }
 
     #[test]
+    fn a_request_that_sent_no_record_of_its_own_fails_definitely() {
+        let mut cl = Cluster::new(3);
+        let c = cl.add(Op::Destroy, 1);
+        while !cl.net.is_empty() {
+            cl.deliver(0, true); // every prepare lost
+        }
+        assert_eq!(cl.coords[c].0.timeout_status(), Status::NoStorageServer);
+        let c = cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            2,
+        );
+        for _ in 0..6 {
+            cl.deliver(0, false); // prepares and promises get through
+        }
+        while !cl.net.is_empty() {
+            cl.deliver(0, true); // accepts lost: it may have taken effect
+        }
+        assert_eq!(cl.coords[c].0.timeout_status(), Status::Timeout);
+    }
+
+    #[test]
     fn a_read_repairs_a_lagging_replica() {
         let mut cl = Cluster::new(3);
         cl.create_now(val(1), 0, 1);
@@ -831,7 +886,7 @@ mod tests {
 
     #[test]
     fn destroy_purges_the_tombstone_everywhere() {
-        let mut cl = Cluster::new(3);
+        let mut cl = Cluster::new(5);
         cl.create_now(val(1), 0, 1);
         let d = cl.add(Op::Destroy, 2);
         cl.run(&[(0, false)]);

@@ -241,7 +241,10 @@ pub async fn run(args: &Workload, origin: Instant) -> Result<Vec<Event>, String>
                     continue;
                 };
                 n += 1;
-                let key = format!("k{}", rng.gen_range(0..keys));
+                // Skewed popularity (the least of three draws): hot keys collide all
+                // the time; cold ones sit long enough to expire and be purged.
+                let k = (0..3).map(|_| rng.gen_range(0..keys)).min().unwrap_or(0);
+                let key = format!("k{k}");
                 let ttl = match rng.gen_range(0..10) {
                     0 => rng.gen_range(1..4),
                     1 => 600,

@@ -100,7 +100,8 @@ statuses! {
 
 impl Status {
     /// Whether a request that got this status may have taken effect anyway: the client
-    /// must treat its outcome as unknown.
+    /// must treat its outcome as unknown. (NoStorageServer: the proxy could not reach
+    /// a quorum and sent nothing that could take effect.)
     pub fn is_indeterminate(self) -> bool {
         !matches!(
             self,
@@ -111,6 +112,7 @@ impl Status {
                 | Status::BadParam
                 | Status::BadMsg
                 | Status::NotSupported
+                | Status::NoStorageServer
         )
     }
 }

@@ -65,6 +65,9 @@ pub struct Timeouts {
     pub round_ms: u64,
     /// Connecting to a storage server.
     pub connect_ms: u64,
+    /// How long a destroyed or expired record is kept (as a tombstone) before it may
+    /// be purged. Must outlast any request and any clock skew between proxies.
+    pub purge_grace_secs: u32,
 }
 
 impl Default for Timeouts {
@@ -73,6 +76,7 @@ impl Default for Timeouts {
             request_ms: 1000,
             round_ms: 250,
             connect_ms: 200,
+            purge_grace_secs: 3600,
         }
     }
 }

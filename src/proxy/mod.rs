@@ -97,7 +97,10 @@ impl Proxy {
                 )
             })
             .collect();
-        let quorum = Quorum::majority(config.cluster.zones.len());
+        let quorum = Quorum {
+            purge_grace_secs: config.timeouts.purge_grace_secs,
+            ..Quorum::majority(config.cluster.zones.len())
+        };
         let ballots = Ballots {
             proposer: madsim::rand::random(),
             counter: AtomicU64::new(0),
@@ -268,7 +271,7 @@ async fn drive(
             }
             _ = sleep_until(deadline) => {
                 if let Some(tx) = answer.take() {
-                    let _ = tx.send(Err(Status::Timeout));
+                    let _ = tx.send(Err(co.timeout_status()));
                 }
                 return;
             }
