@@ -194,9 +194,6 @@ impl Coordinator {
     /// quorum, not at the request's start: a request that retried for a while must not
     /// find live a record that expired while it waited, and that others saw expire.
     fn advance_clock(&mut self, now_ns: u64) {
-        if bug(Bug::ExpiryAtRequestStart) {
-            return;
-        }
         self.ctx.now_ns = self.ctx.now_ns.max(now_ns);
     }
 
@@ -274,7 +271,14 @@ impl Coordinator {
                 if everyone {
                     actions.extend(self.finish_read(&got));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
-                    actions.extend(self.purge_if_long_dead(&got[0]));
+                    if let Some((ballot, r)) = &got[0] {
+                        if r.tombstone || !r.is_live(self.ctx.now_secs()) {
+                            let ballot = *ballot;
+                            actions.extend(
+                                self.broadcast(|key| ReplicaRequest::Purge { key, ballot }),
+                            );
+                        }
+                    }
                 }
                 actions
             }
@@ -481,11 +485,7 @@ impl Coordinator {
         if !all_same_ballot(got) {
             return Vec::new();
         }
-        self.purge_if_long_dead(&got[0])
-    }
-
-    fn purge_if_long_dead(&self, held: &Option<Accepted>) -> Vec<Action> {
-        match held {
+        match &got[0] {
             Some((ballot, r)) if self.long_dead(r) => {
                 let ballot = *ballot;
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })

@@ -245,9 +245,10 @@ pub async fn run(args: &Workload, origin: Instant) -> Result<Vec<Event>, String>
                 // the time; cold ones sit long enough to expire and be purged.
                 let k = (0..3).map(|_| rng.gen_range(0..keys)).min().unwrap_or(0);
                 let key = format!("k{k}");
+                // Short TTLs often, so that records expire while others use them.
                 let ttl = match rng.gen_range(0..10) {
-                    0 => rng.gen_range(1..4),
-                    1 => 600,
+                    0..=2 => rng.gen_range(1..4),
+                    3 => 600,
                     _ => 0,
                 };
                 let roll = rng.gen_range(0..100);

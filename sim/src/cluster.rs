@@ -61,8 +61,10 @@ pub fn net_config() -> madsim::net::Config {
 }
 
 pub fn run_seed(plan: &Plan) -> Outcome {
-    let mut config = madsim::Config::default();
-    config.net = net_config();
+    let config = madsim::Config {
+        net: net_config(),
+        ..Default::default()
+    };
     let (seed, sim_plan) = (plan.seed, plan.clone());
     // On a thread of its own: madsim seeds std's HashMap keys from the seed, which it
     // can only do on a thread that has not made a HashMap yet.

@@ -43,8 +43,8 @@ struct Args {
     /// Client processes per client node.
     #[arg(long, default_value_t = 3)]
     clients: u64,
-    /// Keys (few, so that operations collide).
-    #[arg(long, default_value_t = 5)]
+    /// Keys (few, so that operations collide; the workload favours the first ones).
+    #[arg(long, default_value_t = 8)]
     keys: u64,
     /// Zones per datacentre, comma-separated.
     #[arg(long, default_value = "2,2,1", value_delimiter = ',')]

@@ -88,7 +88,7 @@ impl Kind {
 
 /// The most a proxy's clock is set off from true time. The expiry fence and the
 /// checker's clock uncertainty are sized for it.
-pub const MAX_SKEW: Duration = Duration::from_millis(200);
+pub const MAX_SKEW: Duration = Duration::from_millis(450);
 
 /// The faults a seed enables and how often it injects them.
 #[derive(Clone, Debug)]

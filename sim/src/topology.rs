@@ -116,12 +116,11 @@ pub struct Latency {
 impl Latency {
     pub fn draw(datacenters: usize, rng: &mut impl madsim::rand::Rng) -> Self {
         let mut between = vec![vec![Duration::ZERO; datacenters]; datacenters];
-        for a in 0..datacenters {
-            for b in a + 1..datacenters {
-                let d = Duration::from_millis(rng.gen_range(10..=60));
-                between[a][b] = d;
-                between[b][a] = d;
-            }
+        let pairs = (0..datacenters).flat_map(|a| (a + 1..datacenters).map(move |b| (a, b)));
+        for (a, b) in pairs {
+            let d = Duration::from_millis(rng.gen_range(10..=60));
+            between[a][b] = d;
+            between[b][a] = d;
         }
         Latency { between }
     }
