@@ -62,6 +62,14 @@ impl Quorum {
     }
 }
 
+/// A record of its own a request sent.
+struct Sent {
+    record: Record,
+    /// The originator of the version it was built on.
+    base: Option<[u8; 16]>,
+    ballot: Ballot,
+}
+
 /// What became of a request's earlier attempt.
 enum Attempt {
     Applied(Record),
@@ -104,7 +112,9 @@ pub struct Coordinator {
     /// Every record of its own this request sent (any may have taken effect, at most
     /// one can), each with the originator of the version it was built on. Each attempt
     /// has an originator of its own, so that the one that took effect can be told.
-    wrote: Vec<(Record, Option<[u8; 16]>)>,
+    wrote: Vec<Sent>,
+    /// Records of its own this request made so far (their originators are numbered).
+    attempts: u32,
     /// Replicas that definitely refused (rejected) the accept round that sent it; if
     /// all did, it took no effect after all.
     write_refusals: usize,
@@ -133,6 +143,7 @@ impl Coordinator {
             outcome: None,
             replied: false,
             wrote: Vec::new(),
+            attempts: 0,
             write_refusals: 0,
             write_round: 0,
             sent_own_write: false,
@@ -302,8 +313,11 @@ impl Coordinator {
                     .iter()
                     .filter_map(|a| a.as_ref())
                     .max_by_key(|(b, _)| *b)
-                    .map(|(_, r)| r.clone());
-                self.decide(highest, agreed)
+                    .cloned();
+                if agreed {
+                    self.forget_lost_attempts(highest.as_ref());
+                }
+                self.decide(highest.map(|(_, r)| r), agreed)
             }
             Phase::Accepting { acks, refused } => {
                 match reply {
@@ -356,8 +370,9 @@ impl Coordinator {
             // not necessarily the chosen one, so an earlier attempt of ours may still
             // win. Keep looking for it in later rounds until a round is accepted.
             Attempt::NotApplied => {
+                self.attempts += 1;
                 let mut ctx = self.ctx;
-                ctx.request_id = attempt_originator(self.ctx.request_id, self.wrote.len());
+                ctx.request_id = attempt_originator(self.ctx.request_id, self.attempts);
                 apply(&self.op, current.as_ref(), &ctx)
             }
         };
@@ -366,7 +381,11 @@ impl Coordinator {
                 self.sent_own_write = true;
                 if self.op.writes_originator() {
                     let base = current.as_ref().map(|r| r.originator);
-                    self.wrote.push((new.clone(), base));
+                    self.wrote.push(Sent {
+                        record: new.clone(),
+                        base,
+                        ballot: self.ballot,
+                    });
                     self.write_refusals = 0;
                     self.write_round = self.round + 1;
                 }
@@ -414,14 +433,14 @@ impl Coordinator {
             // than a request lives, so it cannot have come and gone).
             return Attempt::NotApplied;
         };
-        if let Some((mine, _)) = self
+        if let Some(mine) = self
             .wrote
             .iter()
-            .find(|(mine, _)| current.descends_from(&mine.originator))
+            .find(|sent| current.descends_from(&sent.record.originator))
         {
-            return Attempt::Applied(mine.clone());
+            return Attempt::Applied(mine.record.clone());
         }
-        let all_absent = self.wrote.iter().all(|(_, base)| match base {
+        let all_absent = self.wrote.iter().all(|sent| match &sent.base {
             Some(b) => current.descends_from(b),
             None => current.lineage.len() < crate::record::LINEAGE,
         });
@@ -430,6 +449,16 @@ impl Coordinator {
         } else {
             Attempt::Unknown
         }
+    }
+
+    /// A quorum agreeing on `chosen` means it is chosen: an attempt of ours sent at a
+    /// lower ballot and not in its history can never take effect any more.
+    fn forget_lost_attempts(&mut self, chosen: Option<&Accepted>) {
+        let Some((ballot, record)) = chosen else {
+            return;
+        };
+        self.wrote
+            .retain(|sent| sent.ballot > *ballot || record.descends_from(&sent.record.originator));
     }
 
     fn prepare(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
@@ -505,11 +534,12 @@ impl Coordinator {
     }
 }
 
-/// The originator of a request's `attempt`-th record: the request id, made distinct
-/// per attempt.
-fn attempt_originator(request_id: [u8; 16], attempt: usize) -> [u8; 16] {
+/// The originator of a request's `attempt`-th record (from 1): the request id, made
+/// distinct per attempt. The request id itself is left to the expiry fences it writes,
+/// which must never pass for one of its attempts.
+fn attempt_originator(request_id: [u8; 16], attempt: u32) -> [u8; 16] {
     let mut id = request_id;
-    for (b, a) in id[12..].iter_mut().zip((attempt as u32).to_be_bytes()) {
+    for (b, a) in id[12..].iter_mut().zip(attempt.to_be_bytes()) {
         *b ^= a;
     }
     id

@@ -241,9 +241,9 @@ pub async fn run(args: &Workload, origin: Instant) -> Result<Vec<Event>, String>
                     continue;
                 };
                 n += 1;
-                // Skewed popularity (the least of three draws): hot keys collide all
+                // Skewed popularity (the least of two draws): hot keys collide all
                 // the time; cold ones sit long enough to expire and be purged.
-                let k = (0..3).map(|_| rng.gen_range(0..keys)).min().unwrap_or(0);
+                let k = rng.gen_range(0..keys).min(rng.gen_range(0..keys));
                 let key = format!("k{k}");
                 // Short TTLs often, so that records expire while others use them.
                 let ttl = match rng.gen_range(0..10) {

@@ -35,6 +35,8 @@ pub struct Plan {
     pub duration: Duration,
     pub clients_per_node: u64,
     pub keys: u64,
+    /// The proxies' request deadline.
+    pub request_ms: u64,
 }
 
 /// What one seed produced.
@@ -156,9 +158,10 @@ async fn simulate(plan: Plan) -> Run {
         for addr in topo.proxies(dc) {
             let clock = Clock::default();
             let mut config = ProxyConfig::new(addr.to_string(), map.clone());
-            // Purge within the run, so that purging is tested: still far longer than a
-            // request lives (1 s) plus twice the clock skew.
-            config.timeouts.purge_grace_secs = 2;
+            // Purge within the run, so that purging is tested: still longer than a
+            // request lives (the deadline) plus twice the clock skew.
+            config.timeouts.purge_grace_secs = 4;
+            config.timeouts.request_ms = plan.request_ms;
             let node_clock = clock.clone();
             let node = handle
                 .create_node()

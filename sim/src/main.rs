@@ -49,6 +49,10 @@ struct Args {
     /// Zones per datacentre, comma-separated.
     #[arg(long, default_value = "2,2,1", value_delimiter = ',')]
     zones: Vec<usize>,
+    /// The proxies' request deadline, in milliseconds (at most 3 s less the clock skew:
+    /// records are purged 4 s after they die).
+    #[arg(long, default_value_t = 1000)]
+    request_ms: u64,
     #[arg(long, default_value_t = 2)]
     nodes_per_zone: usize,
     #[arg(long, default_value_t = 1)]
@@ -107,6 +111,7 @@ fn main() -> std::process::ExitCode {
         duration: std::time::Duration::from_secs_f64(args.duration),
         clients_per_node: args.clients,
         keys: args.keys,
+        request_ms: args.request_ms,
     };
     let wall = std::time::Instant::now();
     let outcome = cluster::run_seed(&plan);
