@@ -11,8 +11,6 @@
 /// one on ([`set_bugs`]); production builds never can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
-    /// A replica answers a Prepare before its promise is durable.
-    PromiseNotDurable,
     /// A plain get is answered from the first replica that replies.
     ReadOneReplica,
     /// A replica accepts a ballot lower than the one it promised.
@@ -30,8 +28,7 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
-        Bug::PromiseNotDurable,
+    pub const ALL: [Bug; 6] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -43,7 +40,6 @@ impl Bug {
     /// The name the simulator's `--bug` flag takes.
     pub fn name(self) -> &'static str {
         match self {
-            Bug::PromiseNotDurable => "promise-not-durable",
             Bug::ReadOneReplica => "read-one-replica",
             Bug::AcceptLowerBallot => "accept-lower-ballot",
             Bug::PurgeBeforeAllReplicas => "purge-before-all-replicas",

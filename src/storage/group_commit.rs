@@ -92,7 +92,7 @@ async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Resul
 #[cfg(madsim)]
 async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Result<()> {
     use madsim::rand::Rng;
-    let sync = madsim::rand::thread_rng().gen_range(500..5000);
+    let sync = madsim::rand::thread_rng().gen_range(1000..10_000);
     tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
     engine.write(&batch, true)
 }

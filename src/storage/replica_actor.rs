@@ -4,7 +4,6 @@
 
 use super::group_commit::GroupCommit;
 use crate::engine::{Change, Engine};
-use crate::fault::{bug, Bug};
 use crate::record::{Ballot, Slot};
 use crate::replica::{step, ReplicaReply, ReplicaRequest, Write};
 use crate::rpc::encode_frame;
@@ -102,9 +101,6 @@ impl Replica {
             Some(w) => self.persist(key, w),
             None => loaded.1, // the reply may describe a write not yet durable
         };
-        let promise_early =
-            bug(Bug::PromiseNotDurable) && matches!(req, ReplicaRequest::Prepare { .. });
-        let wait_for = if promise_early { 0 } else { wait_for };
         if wait_for <= self.commit.durable() {
             reply_to.send(&reply);
         } else {
