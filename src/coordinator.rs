@@ -70,6 +70,19 @@ struct Sent {
     ballot: Ballot,
 }
 
+impl Sent {
+    /// Whether `current`'s history provably lacks this record: the version it was
+    /// built on is in `current`'s lineage and it is not. (Lineage is bounded: a record
+    /// too far back cannot be told either way.)
+    fn provably_not_in(&self, current: &Record) -> bool {
+        let base_in_history = match &self.base {
+            Some(b) => current.descends_from(b),
+            None => current.lineage.len() < crate::record::LINEAGE,
+        };
+        base_in_history && !current.descends_from(&self.record.originator)
+    }
+}
+
 /// What became of a request's earlier attempt.
 enum Attempt {
     Applied(Record),
@@ -440,11 +453,7 @@ impl Coordinator {
         {
             return Attempt::Applied(mine.record.clone());
         }
-        let all_absent = self.wrote.iter().all(|sent| match &sent.base {
-            Some(b) => current.descends_from(b),
-            None => current.lineage.len() < crate::record::LINEAGE,
-        });
-        if all_absent {
+        if self.wrote.iter().all(|sent| sent.provably_not_in(current)) {
             Attempt::NotApplied
         } else {
             Attempt::Unknown
@@ -458,7 +467,7 @@ impl Coordinator {
             return;
         };
         self.wrote
-            .retain(|sent| sent.ballot > *ballot || record.descends_from(&sent.record.originator));
+            .retain(|sent| sent.ballot > *ballot || !sent.provably_not_in(record));
     }
 
     fn prepare(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
