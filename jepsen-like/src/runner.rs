@@ -280,9 +280,11 @@ pub async fn run(args: &Workload, origin: Instant) -> Result<Vec<Event>, String>
                 }
                 if done.kind == EventType::Info {
                     // After an info a process never invokes again: go on as a new one,
-                    // on a fresh connection (this one may be broken or stuck).
+                    // on a fresh connection (this one may be broken or stuck), after a
+                    // pause (a proxy that is down must not turn into a busy loop).
                     process += clients;
                     conn.client = None;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
             }
         }));

@@ -1,0 +1,249 @@
+//! The cluster under test: real `junokv storage` and `junokv proxy` processes on
+//! loopback, each with its own config, data directory and log, and a relay in front of
+//! every link — each proxy reaches each storage node through a relay of its own, and
+//! clients reach each proxy through one — so that any link can be cut or slowed.
+
+use crate::relay::{Link, Relay};
+use junokv::cluster::{ShardMap, Zone};
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// One `junokv` process.
+pub struct Process {
+    pub name: String,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Process {
+    pub fn start(&mut self, bin: &Path) -> std::io::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9`: no clean shutdown, whatever was not synced is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    /// SIGSTOP (`stop`) or SIGCONT.
+    pub fn pause(&mut self, stop: bool) {
+        if let Some(child) = &self.child {
+            let signal = if stop { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            self.paused = stop;
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}
+
+/// The shape of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub zones: usize,
+    pub nodes_per_zone: usize,
+    pub proxies: usize,
+}
+
+/// A running cluster and the relays in front of it.
+pub struct Cluster {
+    pub storage: Vec<Process>,
+    pub proxies: Vec<Process>,
+    /// `links[p][s]`: proxy `p`'s way to storage node `s`.
+    pub links: Vec<Vec<Relay>>,
+    /// Clients' way to each proxy.
+    pub entries: Vec<Relay>,
+    /// The map with the storage nodes' own addresses (for checking replicas directly).
+    pub map: ShardMap,
+    bin: PathBuf,
+}
+
+/// A free loopback port (bound, then released for the process that will use it).
+fn free_addr() -> std::io::Result<SocketAddr> {
+    StdListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl Cluster {
+    /// Writes every config under `dir` and starts every process and relay.
+    pub async fn start(bin: &Path, dir: &Path, shape: Shape) -> std::io::Result<Cluster> {
+        let mut storage = Vec::new();
+        let mut zones = Vec::new();
+        for z in 0..shape.zones {
+            let mut nodes = Vec::new();
+            for n in 0..shape.nodes_per_zone {
+                let name = format!("storage-z{z}-{n}");
+                let addr = free_addr()?;
+                let data = dir.join(&name);
+                let config = dir.join(format!("{name}.toml"));
+                fs::write(
+                    &config,
+                    format!("listen = \"{addr}\"\ndata_dir = \"{}\"\n", data.display()),
+                )?;
+                storage.push(process(&name, addr, "storage", &config, dir));
+                nodes.push(addr.to_string());
+            }
+            zones.push(Zone {
+                datacenter: format!("dc{}", z % 3),
+                nodes,
+            });
+        }
+        let map = ShardMap {
+            epoch: 1,
+            num_shards: 64,
+            zones,
+        };
+        let mut proxies = Vec::new();
+        let mut links = Vec::new();
+        let mut entries = Vec::new();
+        for p in 0..shape.proxies {
+            let name = format!("proxy-{p}");
+            // This proxy's own relays to every storage node, in the map's place.
+            let mut relays = Vec::new();
+            let mut own = map.clone();
+            for zone in &mut own.zones {
+                for node in &mut zone.nodes {
+                    let target: SocketAddr = node.parse().expect("written above");
+                    let relay = Relay::start(TcpListener::bind("127.0.0.1:0").await?, target)?;
+                    *node = relay.listen.to_string();
+                    relays.push(relay);
+                }
+            }
+            let addr = free_addr()?;
+            let config = dir.join(format!("{name}.toml"));
+            let mut file = toml::Table::new();
+            file.insert("listen".into(), toml::Value::String(addr.to_string()));
+            let own = toml::Value::try_from(&own).map_err(std::io::Error::other)?;
+            file.insert("cluster".into(), own);
+            fs::write(
+                &config,
+                toml::to_string(&file).map_err(std::io::Error::other)?,
+            )?;
+            proxies.push(process(&name, addr, "proxy", &config, dir));
+            entries.push(Relay::start(TcpListener::bind("127.0.0.1:0").await?, addr)?);
+            links.push(relays);
+        }
+        let mut cluster = Cluster {
+            storage,
+            proxies,
+            links,
+            entries,
+            map,
+            bin: bin.to_path_buf(),
+        };
+        for p in cluster.storage.iter_mut().chain(cluster.proxies.iter_mut()) {
+            p.start(bin)?;
+        }
+        for p in cluster.storage.iter().chain(cluster.proxies.iter()) {
+            wait_listening(p.addr, Duration::from_secs(60)).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn restart(&mut self, which: Which) -> std::io::Result<()> {
+        let bin = self.bin.clone();
+        self.process(which).start(&bin)
+    }
+
+    pub fn process(&mut self, which: Which) -> &mut Process {
+        match which {
+            Which::Storage(i) => &mut self.storage[i],
+            Which::Proxy(i) => &mut self.proxies[i],
+        }
+    }
+
+    /// Undoes every fault: relays up, paused processes resumed, dead ones restarted.
+    pub fn heal(&mut self) -> std::io::Result<()> {
+        for relay in self.links.iter().flatten().chain(&self.entries) {
+            relay.set(Link::Up);
+        }
+        let bin = self.bin.clone();
+        for p in self.storage.iter_mut().chain(self.proxies.iter_mut()) {
+            if p.is_paused() {
+                p.pause(false);
+            }
+            if !p.is_running() {
+                p.start(&bin)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process (SIGKILL: the run is over, nothing needs a clean stop).
+    pub fn stop(&mut self) {
+        for p in self.storage.iter_mut().chain(self.proxies.iter_mut()) {
+            p.pause(false);
+            p.kill();
+        }
+    }
+}
+
+/// A process of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub enum Which {
+    Storage(usize),
+    Proxy(usize),
+}
+
+fn process(name: &str, addr: SocketAddr, role: &str, config: &Path, dir: &Path) -> Process {
+    Process {
+        name: name.to_string(),
+        addr,
+        args: vec![
+            role.to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ],
+        log: dir.join(format!("{name}.log")),
+        child: None,
+        paused: false,
+    }
+}
+
+/// Waits (bounded) until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr, limit: Duration) -> std::io::Result<()> {
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(std::io::Error::other(format!("nothing listens on {addr}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
