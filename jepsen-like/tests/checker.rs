@@ -226,6 +226,26 @@ fn an_indeterminate_write_may_appear_later_but_not_flicker() {
 }
 
 #[test]
+fn an_indeterminate_write_nobody_read_may_still_explain_a_version() {
+    // "y" is never read, but the update's version 3 needs it to have taken effect:
+    // the search that first leaves unread unknown writes out must fall back.
+    let rows = [
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+        (2, "invoke", "set", Some("y"), None, None, 3),
+        (2, "info", "set", None, None, Some("timeout"), 4),
+        (1, "invoke", "update", Some("z"), None, None, 5),
+        (1, "ok", "update", None, Some(3), None, 6),
+        (1, "invoke", "get", None, None, None, 7),
+        (1, "ok", "get", Some("z"), Some(3), None, 8),
+    ];
+    assert!(is_valid(&h(&rows)));
+    // Without the unknown write, version 3 cannot be explained.
+    let without: Vec<Row> = rows.iter().filter(|r| r.0 != 2).copied().collect();
+    assert!(!is_valid(&h(&without)));
+}
+
+#[test]
 fn an_invalid_report_names_the_key_prefix_and_operation() {
     let text = h(&[
         (0, "invoke", "create", Some("a"), None, None, 1),

@@ -40,8 +40,9 @@ struct Args {
     /// Simulated seconds of workload.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
-    /// Client processes per client node.
-    #[arg(long, default_value_t = 3)]
+    /// Client processes per client node (more make more collisions, and histories
+    /// the checker may not finish with).
+    #[arg(long, default_value_t = 2)]
     clients: u64,
     /// Keys (few, so that operations collide; the workload favours the first ones).
     #[arg(long, default_value_t = 8)]
