@@ -188,12 +188,9 @@ impl Coordinator {
     }
 
     /// After a backoff, at wall-clock `now_ns`: a new phase 1 with a higher ballot.
+    /// (A repair round after the answer retries too; the caller's deadline bounds it.)
     pub fn retry(&mut self, ballots: &dyn BallotSource, now_ns: u64) -> Vec<Action> {
         self.advance_clock(now_ns);
-        if self.replied {
-            self.phase = Phase::Finished;
-            return Vec::new();
-        }
         if self.write_refusals == self.q.replicas {
             self.wrote.pop(); // every replica rejected it: it never took effect
         }
@@ -511,9 +508,13 @@ impl Coordinator {
             && died.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs()
     }
 
-    /// What an operation that changes nothing still writes (see [`Self::decide`]).
+    /// What an operation that changes nothing still writes (see [`Self::decide`]). A
+    /// repair round (after the answer) writes back even when its quorum agreed: the
+    /// straggler it was started for need not be in that quorum.
     fn write_back(&self, current: Option<Record>, agreed: bool) -> Option<Record> {
-        expiry_fence(current.as_ref(), &self.ctx, &self.q).or_else(|| current.filter(|_| !agreed))
+        let repairing = self.replied;
+        expiry_fence(current.as_ref(), &self.ctx, &self.q)
+            .or_else(|| current.filter(|_| !agreed || repairing))
     }
 
     /// Every replica answered the read. If all hold the same record, long dead, it is
