@@ -49,6 +49,30 @@ impl Process {
         self.paused = false;
     }
 
+    /// SIGTERM, then (bounded) wait for a clean exit; SIGKILL if there is none.
+    /// Returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-CONT", &child.id().to_string()])
+            .status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// SIGSTOP (`stop`) or SIGCONT.
     pub fn pause(&mut self, stop: bool) {
         if let Some(child) = &self.child {
@@ -203,12 +227,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops every process (SIGKILL: the run is over, nothing needs a clean stop).
-    pub fn stop(&mut self) {
-        for p in self.storage.iter_mut().chain(self.proxies.iter_mut()) {
-            p.pause(false);
-            p.kill();
-        }
+    /// Stops every process cleanly (SIGTERM); names those that did not exit cleanly
+    /// within 10 s (they are killed).
+    pub fn stop(&mut self) -> Vec<String> {
+        self.proxies
+            .iter_mut()
+            .chain(self.storage.iter_mut())
+            .filter_map(|p| (!p.terminate()).then(|| p.name.clone()))
+            .collect()
     }
 }
 

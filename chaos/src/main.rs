@@ -131,7 +131,11 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
         }
     }
     problems.extend(diverged);
-    cluster.lock().await.stop();
+    for name in cluster.lock().await.stop() {
+        problems.push(format!(
+            "{name} did not exit cleanly on SIGTERM within 10 s"
+        ));
+    }
 
     events.sort_by_key(|e| e.time);
     let history: String = events.iter().map(|e| to_json_line(e) + "\n").collect();
