@@ -563,14 +563,12 @@ fn expiry_fence(current: Option<&Record>, ctx: &Context, q: &Quorum) -> Option<R
     let fresh = !r.tombstone
         && r.expires_at <= now
         && now < r.expires_at.saturating_add(q.expiry_fence_secs);
-    (fresh && !bug(Bug::ExpiryUnfenced)).then(|| Record {
-        last_modified_ns: u64::from(r.expires_at) * 1_000_000_000,
-        originator: ctx.request_id,
-        lineage: Record::lineage_after(Some(r)),
-        tombstone: true,
-        payload_kind: 0,
-        value: Vec::new(),
-        ..r.clone()
+    (fresh && !bug(Bug::ExpiryUnfenced)).then(|| {
+        r.buried(
+            r.version,
+            u64::from(r.expires_at) * 1_000_000_000,
+            ctx.request_id,
+        )
     })
 }
 

@@ -53,6 +53,20 @@ impl Record {
 pub const LINEAGE: usize = 8;
 
 impl Record {
+    /// The tombstone that follows `self`: a destroy's, or an expiry made durable.
+    pub fn buried(&self, version: u32, died_ns: u64, originator: [u8; 16]) -> Record {
+        Record {
+            version,
+            last_modified_ns: died_ns,
+            originator,
+            lineage: Record::lineage_after(Some(self)),
+            tombstone: true,
+            payload_kind: 0,
+            value: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The lineage of a version built on `base`.
     pub fn lineage_after(base: Option<&Record>) -> Vec<[u8; 16]> {
         match base {

@@ -145,16 +145,11 @@ pub fn apply(op: &Op, current: Option<&Record>, ctx: &Context) -> Result<Effect,
         }
         (Op::Set { value, ttl }, Some(r)) => Ok(Effect::Write(next(r, value, *ttl))),
         (Op::Destroy, None) => Ok(Effect::Unchanged(None)),
-        (Op::Destroy, Some(r)) => Ok(Effect::Write(Record {
-            version: r.version.wrapping_add(1),
-            last_modified_ns: ctx.now_ns,
-            originator: ctx.request_id,
-            lineage: Record::lineage_after(Some(r)),
-            tombstone: true,
-            payload_kind: 0,
-            value: Vec::new(),
-            ..r.clone()
-        })),
+        (Op::Destroy, Some(r)) => Ok(Effect::Write(r.buried(
+            r.version.wrapping_add(1),
+            ctx.now_ns,
+            ctx.request_id,
+        ))),
     }
 }
 

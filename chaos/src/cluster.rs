@@ -55,12 +55,8 @@ impl Process {
         let Some(mut child) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .args(["-CONT", &child.id().to_string()])
-            .status();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        signal(&child, "-CONT");
+        signal(&child, "-TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -76,10 +72,7 @@ impl Process {
     /// SIGSTOP (`stop`) or SIGCONT.
     pub fn pause(&mut self, stop: bool) {
         if let Some(child) = &self.child {
-            let signal = if stop { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status();
+            signal(child, if stop { "-STOP" } else { "-CONT" });
             self.paused = stop;
         }
     }
@@ -87,6 +80,13 @@ impl Process {
     pub fn is_paused(&self) -> bool {
         self.paused
     }
+}
+
+/// Sends `sig` (as `kill` spells it) to `child`; a process already gone is no error.
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
 }
 
 impl Drop for Process {
