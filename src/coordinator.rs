@@ -135,6 +135,9 @@ pub struct Coordinator {
     write_round: u32,
     /// Whether any round sent a record this request made (so it may have taken effect).
     sent_own_write: bool,
+    /// A replica answered that its slot is damaged: a full round must write the key
+    /// back to it (above the ballot it named) before this request is done.
+    damaged_seen: bool,
 }
 
 impl Coordinator {
@@ -160,6 +163,7 @@ impl Coordinator {
             write_refusals: 0,
             write_round: 0,
             sent_own_write: false,
+            damaged_seen: false,
         }
     }
 
@@ -242,13 +246,21 @@ impl Coordinator {
         if round != self.round || from >= self.q.replicas {
             return Vec::new();
         }
-        if let ReplicaReply::Rejected { promised } = &reply {
-            self.highest_seen = self.highest_seen.max(promised.counter);
+        if let ReplicaReply::Rejected { promised } | ReplicaReply::Damaged { promised } = &reply {
+            if !bug(Bug::BallotNotRaised) {
+                self.highest_seen = self.highest_seen.max(promised.counter);
+            }
+        }
+        if matches!(reply, ReplicaReply::Damaged { .. }) {
+            self.damaged_seen = true;
         }
         let quorum = self.quorum();
         match &mut self.phase {
             Phase::Reading { seen, chosen } => {
                 let ReplicaReply::Value { accepted } = reply else {
+                    if self.damaged_seen && chosen.is_some() {
+                        return self.prepare(ballots); // the client has its answer: repair
+                    }
                     return Vec::new(); // a failed replica: wait for the others or time out
                 };
                 if seen[from].is_some() {
@@ -260,6 +272,26 @@ impl Coordinator {
                 if let Some(decided) = chosen.clone() {
                     let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
                     if ballot_of(&accepted) != ballot_of(&decided) {
+                        if let (true, Some((b, r)), Some(theirs)) = (
+                            bug(Bug::RepairOverwritesNewer),
+                            &decided,
+                            ballot_of(&accepted),
+                        ) {
+                            let (ballot, record) = ((*b).max(theirs), r.clone());
+                            self.phase = Phase::Finished;
+                            let key = self.key.clone();
+                            let msg = ReplicaRequest::Accept {
+                                key,
+                                ballot,
+                                record,
+                            };
+                            let round = self.round;
+                            return vec![Action::Send {
+                                round,
+                                to: from,
+                                msg,
+                            }];
+                        }
                         // A replica that answered after the quorum differs: it lags, or
                         // holds a write that reached too few replicas. The client has
                         // its answer; a full round now settles the key everywhere.
@@ -291,6 +323,8 @@ impl Coordinator {
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
                     actions.extend(self.finish_read(&got));
+                } else if self.damaged_seen {
+                    actions.extend(self.prepare(ballots));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
                     if let Some((ballot, r)) = &got[0] {
                         if r.tombstone || !r.is_live(self.ctx.now_secs()) {
@@ -495,26 +529,18 @@ impl Coordinator {
         Action::Reply(outcome)
     }
 
-    /// Dead (destroyed or expired) for longer than the grace period. The grace
-    /// outlasts any request (so a retry always finds the history it looks for) and
-    /// any plausible clock skew between proxies.
-    fn long_dead(&self, r: &Record) -> bool {
-        let died = if r.tombstone {
-            (r.last_modified_ns / 1_000_000_000) as u32
-        } else {
-            r.expires_at
-        };
-        (r.tombstone || !r.is_live(self.ctx.now_secs()))
-            && died.saturating_add(self.q.purge_grace_secs) < self.ctx.now_secs()
-    }
-
     /// What an operation that changes nothing still writes (see [`Self::decide`]). A
-    /// repair round (after the answer) writes back even when its quorum agreed: the
-    /// straggler it was started for need not be in that quorum.
+    /// repair round (after the answer, or for a damaged replica) writes back even when
+    /// its quorum agreed: the replica it was started for need not be in that quorum. A
+    /// damaged replica of a key nobody holds is repaired with a tombstone.
     fn write_back(&self, current: Option<Record>, agreed: bool) -> Option<Record> {
-        let repairing = self.replied;
+        let repairing = self.replied || self.damaged_seen;
         expiry_fence(current.as_ref(), &self.ctx, &self.q)
             .or_else(|| current.filter(|_| !agreed || repairing))
+            .or_else(|| {
+                self.damaged_seen
+                    .then(|| Record::absence(self.ctx.now_ns, self.ctx.request_id))
+            })
     }
 
     /// Every replica answered the read. If all hold the same record, long dead, it is
@@ -525,7 +551,7 @@ impl Coordinator {
             return Vec::new();
         }
         match &got[0] {
-            Some((ballot, r)) if self.long_dead(r) => {
+            Some((ballot, r)) if r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs) => {
                 let ballot = *ballot;
                 self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
             }
@@ -581,7 +607,7 @@ fn all_same_ballot<A: std::borrow::Borrow<Option<Accepted>>>(got: &[A]) -> bool 
 mod tests {
     use super::*;
     use crate::record::Slot;
-    use crate::replica::{step, Write};
+    use crate::replica::{step, Bounds, Stored, Write};
     use crate::semantics::{Condition, Value};
     use proptest::prelude::*;
     use std::cell::Cell;
@@ -691,7 +717,11 @@ mod tests {
             match msg {
                 Msg::Request { c, round, to, req } => {
                     let (slot, floor) = &mut self.replicas[to];
-                    let (w, reply) = step(slot.as_ref(), *floor, &req);
+                    let bounds = Bounds {
+                        floor: *floor,
+                        ceiling: u64::MAX,
+                    };
+                    let (w, reply) = step(Stored::Slot(slot.as_ref()), bounds, &req);
                     match w {
                         Some(Write::Put(s)) => *slot = Some(s),
                         Some(Write::Purge(b)) => {

@@ -2,10 +2,11 @@
 //! simulator (`sim/`) drives them; in every build without `--cfg madsim` they are
 //! constants that the compiler removes.
 //!
-//! Two kinds: *link delay*, which gives each proxy↔storage connection the latency of
-//! the datacentres it joins (madsim's network has one latency range for every link),
-//! and *bugs*, deliberately broken protocol variants that exist only so that a test can
-//! show the simulator catches them.
+//! Three kinds: *link delay*, which gives each proxy↔storage connection the latency of
+//! the datacentres it joins (madsim's network has one latency range for every link);
+//! *crash points*, places inside the storage server where the simulator may crash the
+//! node (mid group commit); and *bugs*, deliberately broken protocol variants that
+//! exist only so that a test can show the simulator catches them.
 
 /// A deliberately broken variant of the protocol. Only a simulator build can switch
 /// one on ([`set_bugs`]); production builds never can.
@@ -25,16 +26,43 @@ pub enum Bug {
     QuorumOneShort,
     /// A retried write does not look for its earlier attempt and may apply twice.
     RetryReapplies,
+    /// Group commit tells the replies waiting on a batch that it is durable before
+    /// its fsync has happened.
+    AckBeforeFsync,
+    /// A promise is answered before it is durable.
+    PromiseBeforeDurable,
+    /// A proxy does not raise its ballot above the one a rejection names.
+    BallotNotRaised,
+    /// A record is still live in the second it expires.
+    ExpiryOffByOne,
+    /// A purge raises the replica-wide ballot floor in memory only.
+    FloorNotPersisted,
+    /// The sweeper purges a long-dead record it holds without asking the other
+    /// replicas whether they hold the same one.
+    SweeperPurgesAlone,
+    /// Read repair forces the agreed record onto a straggler at the straggler's own
+    /// (higher) ballot, overwriting whatever newer record it held.
+    RepairOverwritesNewer,
+    /// A damaged slot accepts a repair at any ballot, below promises it may have made.
+    RepairBelowCeiling,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 14] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
         Bug::ExpiryUnfenced,
         Bug::QuorumOneShort,
         Bug::RetryReapplies,
+        Bug::AckBeforeFsync,
+        Bug::PromiseBeforeDurable,
+        Bug::BallotNotRaised,
+        Bug::ExpiryOffByOne,
+        Bug::FloorNotPersisted,
+        Bug::SweeperPurgesAlone,
+        Bug::RepairOverwritesNewer,
+        Bug::RepairBelowCeiling,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -46,6 +74,14 @@ impl Bug {
             Bug::ExpiryUnfenced => "expiry-unfenced",
             Bug::QuorumOneShort => "quorum-one-short",
             Bug::RetryReapplies => "retry-reapplies",
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::PromiseBeforeDurable => "promise-before-durable",
+            Bug::BallotNotRaised => "ballot-not-raised",
+            Bug::ExpiryOffByOne => "expiry-off-by-one",
+            Bug::FloorNotPersisted => "floor-not-persisted",
+            Bug::SweeperPurgesAlone => "sweeper-purges-alone",
+            Bug::RepairOverwritesNewer => "repair-overwrites-newer",
+            Bug::RepairBelowCeiling => "repair-below-ceiling",
         }
     }
 
@@ -54,9 +90,18 @@ impl Bug {
     }
 }
 
+/// Where inside a storage server the simulator may crash it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// A group-commit batch is being synced: its replies are computed, none is sent.
+    DuringSync,
+    /// A batch is durable, its replies not yet released.
+    AfterSync,
+}
+
 #[cfg(madsim)]
 mod sim {
-    use super::Bug;
+    use super::{Bug, CrashPoint};
     use std::net::IpAddr;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::{Arc, RwLock};
@@ -87,10 +132,26 @@ mod sim {
     pub(crate) fn link_delay() -> Option<LinkDelay> {
         LINK_DELAY.read().unwrap().clone()
     }
+
+    /// Decides whether the storage server named by the first argument crashes at a
+    /// crash point, and if so crashes it (the node's tasks stop at their next await).
+    pub type CrashHook = Arc<dyn Fn(&str, CrashPoint) -> bool + Send + Sync>;
+
+    static CRASH_HOOK: RwLock<Option<CrashHook>> = RwLock::new(None);
+
+    pub fn set_crash_hook(f: CrashHook) {
+        *CRASH_HOOK.write().unwrap() = Some(f);
+    }
+
+    /// A crash point: true if the simulator crashed this server here.
+    pub fn crash_point(server: &str, point: CrashPoint) -> bool {
+        let hook = CRASH_HOOK.read().unwrap().clone();
+        hook.is_some_and(|h| h(server, point))
+    }
 }
 
 #[cfg(madsim)]
-pub use sim::{bug, set_bugs, set_link_delay, LinkDelay};
+pub use sim::{bug, crash_point, set_bugs, set_crash_hook, set_link_delay, CrashHook, LinkDelay};
 
 /// Whether a deliberately broken variant is on: never, outside the simulator.
 #[cfg(not(madsim))]

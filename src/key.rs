@@ -29,6 +29,17 @@ impl StoreKey {
         out.extend_from_slice(&self.key);
         out
     }
+
+    /// Reads back an engine key written by [`StoreKey::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Option<StoreKey> {
+        let (&[hi, lo, ns_len], rest) = bytes.split_first_chunk::<3>()?;
+        let ns_len = usize::from(ns_len);
+        (rest.len() >= ns_len).then(|| StoreKey {
+            shard: u16::from_be_bytes([hi, lo]),
+            namespace: rest[..ns_len].to_vec(),
+            key: rest[ns_len..].to_vec(),
+        })
+    }
 }
 
 /// `hash(namespace, key) mod num_shards`, with 64-bit FNV-1a: stable across builds,
@@ -48,6 +59,13 @@ pub fn shard_of(namespace: &[u8], key: &[u8], num_shards: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_keys_read_back() {
+        let k = StoreKey::new(b"ns", b"key", 1024);
+        assert_eq!(StoreKey::from_bytes(&k.to_bytes()), Some(k));
+        assert_eq!(StoreKey::from_bytes(&[0, 1, 5, b'x']), None);
+    }
 
     #[test]
     fn shard_function_is_stable_and_spreads() {

@@ -40,7 +40,29 @@ pub struct Record {
 impl Record {
     /// Whether a client may see this record at `now` (unix seconds).
     pub fn is_live(&self, now_secs: u32) -> bool {
-        !self.tombstone && self.expires_at > now_secs
+        let expired = if crate::fault::bug(crate::fault::Bug::ExpiryOffByOne) {
+            self.expires_at < now_secs
+        } else {
+            self.expires_at <= now_secs
+        };
+        !self.tombstone && !expired
+    }
+
+    /// When the record died (was destroyed, or expired), if it is dead at `now`.
+    pub fn died_at(&self, now_secs: u32) -> Option<u32> {
+        if self.tombstone {
+            Some((self.last_modified_ns / 1_000_000_000) as u32)
+        } else {
+            (!self.is_live(now_secs)).then_some(self.expires_at)
+        }
+    }
+
+    /// Dead for longer than `grace_secs` at `now`: once every replica holds it, it may
+    /// be purged. The grace outlasts any request (so a retry always finds the history
+    /// it looks for) and any plausible clock skew between nodes.
+    pub fn long_dead(&self, now_secs: u32, grace_secs: u32) -> bool {
+        self.died_at(now_secs)
+            .is_some_and(|died| died.saturating_add(grace_secs) < now_secs)
     }
 
     /// Seconds left to live at `now`, 0 when expired.
@@ -64,6 +86,23 @@ impl Record {
             payload_kind: 0,
             value: Vec::new(),
             ..self.clone()
+        }
+    }
+
+    /// A tombstone standing for "no record": what repairs a damaged replica of a key
+    /// that no sound replica holds (a damaged slot may not be left as it is).
+    pub fn absence(died_ns: u64, originator: [u8; 16]) -> Record {
+        let secs = (died_ns / 1_000_000_000) as u32;
+        Record {
+            version: 0,
+            creation_time: secs,
+            expires_at: secs,
+            last_modified_ns: died_ns,
+            originator,
+            lineage: Vec::new(),
+            tombstone: true,
+            payload_kind: 0,
+            value: Vec::new(),
         }
     }
 

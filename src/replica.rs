@@ -1,6 +1,14 @@
 //! The acceptor of the per-key protocol, as a pure function from (stored slot, message)
 //! to (write, reply). The storage server loads the slot, calls [`step`], persists the
 //! write durably and only then sends the reply.
+//!
+//! A slot whose bytes fail their checksum is *damaged*: the replica no longer knows
+//! what it promised or accepted for that key. It must neither promise (its answer
+//! would hide an accepted record a chosen value may depend on) nor accept below any
+//! promise it may have made. It knows a bound on the latter — the replica-wide
+//! [`Bounds::ceiling`] — so it accepts only above that bound; such an accept comes from
+//! a proposer that completed phase 1 with a quorum of sound replicas, and leaves the
+//! slot in a state a sound acceptor could be in. That is how a read repairs it.
 
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
@@ -22,6 +30,10 @@ pub enum ReplicaRequest {
     },
     /// Every replica holds the dead record accepted at `ballot`: it may be removed.
     Purge { key: StoreKey, ballot: Ballot },
+    /// The slot holds nothing but the promise of `promised` (a key prepared, never
+    /// written): fold that promise into the floor and drop the slot. Sent by the
+    /// replica's own sweeper.
+    Forget { key: StoreKey, promised: Ballot },
 }
 
 impl ReplicaRequest {
@@ -30,7 +42,8 @@ impl ReplicaRequest {
             ReplicaRequest::Read { key }
             | ReplicaRequest::Prepare { key, .. }
             | ReplicaRequest::Accept { key, .. }
-            | ReplicaRequest::Purge { key, .. } => key,
+            | ReplicaRequest::Purge { key, .. }
+            | ReplicaRequest::Forget { key, .. } => key,
         }
     }
 }
@@ -46,10 +59,13 @@ pub enum ReplicaReply {
     Accepted,
     /// A Prepare or Accept below what this replica promised.
     Rejected { promised: Ballot },
-    /// Answer to Purge, whether or not the record was removed.
+    /// Answer to Purge and Forget, whether or not the slot was removed.
     Purged,
-    /// The replica could not serve the key (engine error, corrupt record).
+    /// The replica could not serve the key (engine error).
     Failed { reason: String },
+    /// The key's slot is damaged (see the module doc): the replica accepts a repair
+    /// only at a ballot above `promised`, and promises nothing until then.
+    Damaged { promised: Ballot },
 }
 
 /// What [`step`] asks the storage server to persist before replying.
@@ -61,13 +77,42 @@ pub enum Write {
     Purge(Ballot),
 }
 
-/// Applies one message to a key's stored slot. `floor` is the replica-wide lowest
-/// ballot still allowed (raised by purges); a missing slot behaves as promised at it.
-pub fn step(
-    slot: Option<&Slot>,
-    floor: Ballot,
-    req: &ReplicaRequest,
-) -> (Option<Write>, ReplicaReply) {
+/// Replica-wide ballot bounds, persisted beside the slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// The lowest ballot still allowed for any key (raised by purges): a missing slot
+    /// behaves as promised at it.
+    pub floor: Ballot,
+    /// No ballot this replica ever promised or accepted has a higher counter: what a
+    /// damaged slot must assume it promised.
+    pub ceiling: u64,
+}
+
+impl Bounds {
+    /// The promise a damaged slot must assume.
+    pub fn damaged_promise(&self) -> Ballot {
+        Ballot {
+            counter: self.ceiling,
+            proposer: u64::MAX,
+        }
+    }
+}
+
+/// What the storage server found for a key.
+#[derive(Clone, Copy, Debug)]
+pub enum Stored<'a> {
+    Slot(Option<&'a Slot>),
+    /// The stored bytes failed their checksum.
+    Damaged,
+}
+
+/// Applies one message to a key's stored slot.
+pub fn step(stored: Stored, bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
+    let slot = match stored {
+        Stored::Slot(slot) => slot,
+        Stored::Damaged => return step_damaged(bounds, req),
+    };
+    let floor = bounds.floor;
     let current = slot.cloned().unwrap_or_default();
     let promised = current.promised.max(floor);
     match req {
@@ -101,12 +146,46 @@ pub fn step(
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
         ReplicaRequest::Purge { ballot, .. } => {
-            // Only the exact state every replica was seen to hold may go: nothing
-            // promised since, nothing accepted since.
-            let removable = matches!(&current.accepted, Some((b, _)) if b == ballot)
-                && current.promised == *ballot;
-            let write = removable.then_some(Write::Purge(*ballot));
+            // Only the exact record every replica was seen to hold may go: nothing
+            // accepted since. A promise made since (a request that found the record
+            // dead and wrote nothing) lives on in the floor, so the replica refuses
+            // exactly what it refused before.
+            let removable = matches!(&current.accepted, Some((b, _)) if b == ballot);
+            let write = removable.then_some(Write::Purge(current.promised.max(*ballot)));
             (write, ReplicaReply::Purged)
+        }
+        ReplicaRequest::Forget { promised, .. } => {
+            // Nothing accepted since the sweeper looked: the floor keeps the promise.
+            let removable =
+                slot.is_some() && current.accepted.is_none() && current.promised == *promised;
+            (
+                removable.then_some(Write::Purge(*promised)),
+                ReplicaReply::Purged,
+            )
+        }
+    }
+}
+
+/// [`step`] for a damaged slot: only an accept above every promise it may have made
+/// is taken, and it repairs the slot.
+fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
+    let promised = bounds.damaged_promise();
+    match req {
+        ReplicaRequest::Accept { ballot, record, .. }
+            if *ballot > promised || bug(Bug::RepairBelowCeiling) =>
+        {
+            let slot = Slot {
+                promised: *ballot,
+                accepted: Some((*ballot, record.clone())),
+            };
+            (Some(Write::Put(slot)), ReplicaReply::Accepted)
+        }
+        ReplicaRequest::Accept { .. } => (None, ReplicaReply::Rejected { promised }),
+        ReplicaRequest::Purge { .. } | ReplicaRequest::Forget { .. } => {
+            (None, ReplicaReply::Purged)
+        }
+        ReplicaRequest::Read { .. } | ReplicaRequest::Prepare { .. } => {
+            (None, ReplicaReply::Damaged { promised })
         }
     }
 }
@@ -142,7 +221,11 @@ mod tests {
     }
 
     fn apply(slot: &mut Option<Slot>, floor: &mut Ballot, req: &ReplicaRequest) -> ReplicaReply {
-        let (w, reply) = step(slot.as_ref(), *floor, req);
+        let bounds = Bounds {
+            floor: *floor,
+            ceiling: u64::MAX,
+        };
+        let (w, reply) = step(Stored::Slot(slot.as_ref()), bounds, req);
         match w {
             Some(Write::Put(s)) => *slot = Some(s),
             Some(Write::Purge(f)) => {
@@ -266,6 +349,77 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_damaged_slot_promises_nothing_and_is_repaired_only_above_the_ceiling() {
+        let bounds = Bounds {
+            floor: b(1),
+            ceiling: 7,
+        };
+        let above = Ballot {
+            counter: 8,
+            proposer: 0,
+        };
+        let prepare = ReplicaRequest::Prepare {
+            key: key(),
+            ballot: above,
+        };
+        let (w, reply) = step(Stored::Damaged, bounds, &prepare);
+        assert_eq!(w, None);
+        assert_eq!(
+            reply,
+            ReplicaReply::Damaged {
+                promised: bounds.damaged_promise()
+            }
+        );
+        let accept = |ballot| ReplicaRequest::Accept {
+            key: key(),
+            ballot,
+            record: rec(3),
+        };
+        // At the ceiling it may have promised (to another proposer): refused.
+        let (w, reply) = step(Stored::Damaged, bounds, &accept(b(7)));
+        assert_eq!(w, None);
+        assert!(matches!(reply, ReplicaReply::Rejected { .. }));
+        let (w, reply) = step(Stored::Damaged, bounds, &accept(above));
+        assert_eq!(reply, ReplicaReply::Accepted);
+        assert_eq!(
+            w,
+            Some(Write::Put(Slot {
+                promised: above,
+                accepted: Some((above, rec(3)))
+            }))
+        );
+    }
+
+    #[test]
+    fn a_slot_holding_only_a_promise_can_be_folded_into_the_floor() {
+        let (mut s, mut f) = (None, Ballot::default());
+        let prepare = ReplicaRequest::Prepare {
+            key: key(),
+            ballot: b(4),
+        };
+        apply(&mut s, &mut f, &prepare);
+        let forget = |c| ReplicaRequest::Forget {
+            key: key(),
+            promised: b(c),
+        };
+        apply(&mut s, &mut f, &forget(3));
+        assert!(s.is_some(), "naming another promise does nothing");
+        apply(&mut s, &mut f, &forget(4));
+        assert!(s.is_none());
+        assert_eq!(f, b(4), "the promise lives on in the floor");
+        // Once something is accepted, the slot is no longer the sweeper's to drop.
+        apply(&mut s, &mut f, &prepare);
+        let accept = ReplicaRequest::Accept {
+            key: key(),
+            ballot: b(4),
+            record: rec(1),
+        };
+        assert_eq!(apply(&mut s, &mut f, &accept), ReplicaReply::Accepted);
+        apply(&mut s, &mut f, &forget(4));
+        assert!(s.is_some());
+    }
+
     fn arb_req() -> impl Strategy<Value = ReplicaRequest> {
         prop_oneof![
             Just(ReplicaRequest::Read { key: key() }),
@@ -281,6 +435,10 @@ mod tests {
             (0u64..8).prop_map(|c| ReplicaRequest::Purge {
                 key: key(),
                 ballot: b(c)
+            }),
+            (0u64..8).prop_map(|c| ReplicaRequest::Forget {
+                key: key(),
+                promised: b(c)
             }),
         ]
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Store, TestCluster};
+use common::{eventually, Store, TestCluster};
 use junokv::client::ClientError;
 use junokv::key::StoreKey;
 use junokv::protocol::Status;
@@ -175,5 +175,111 @@ async fn a_conditional_update_race_has_exactly_one_winner() {
         let now = a.get(&key).await.unwrap();
         assert_eq!((now.version, now.value.as_slice()), (v + 1, winners[0]));
     }
+    cluster.stop().await;
+}
+
+/// A clock two hours ahead: past the default grace period of every record that died
+/// in the test.
+fn two_hours_on() -> junokv::clock::Clock {
+    let clock = junokv::clock::Clock::default();
+    clock.set_skew_ns(2 * 3600 * 1_000_000_000);
+    clock
+}
+
+#[tokio::test]
+async fn dead_records_are_purged_by_reads_and_by_the_sweeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::rocks(3, dir.path()).await;
+    let c = cluster.client().await;
+    for k in [&b"read"[..], b"unread", b"live"] {
+        c.create(k, b"v", 0).await.unwrap();
+    }
+    c.destroy(b"read").await.unwrap();
+    c.destroy(b"unread").await.unwrap();
+    // An update of a key nobody ever wrote leaves only promises behind.
+    assert_eq!(status(c.update(b"never", b"x", 0).await), Status::NoKey);
+    let everywhere =
+        |key: &[u8], present: bool| (0..3).all(|z| cluster.stored(z, key).is_some() == present);
+    eventually("every replica has the tombstone and the promise", || {
+        everywhere(b"read", true) && everywhere(b"never", true)
+    })
+    .await;
+
+    // A read, long after the destroy, removes the tombstone from every replica.
+    cluster.clock.set_skew_ns(2 * 3600 * 1_000_000_000);
+    assert_eq!(status(c.get(b"read").await), Status::NoKey);
+    eventually("the read purges the tombstone", || {
+        everywhere(b"read", false)
+    })
+    .await;
+    assert!(everywhere(b"unread", true), "nobody read it");
+
+    // The sweeper finds what nobody reads: the other tombstone and the bare promises.
+    let swept = cluster.sweep(0, two_hours_on()).await;
+    assert_eq!((swept.resolved, swept.forgotten), (1, 1), "{swept:?}");
+    eventually("the sweeper purges the tombstone", || {
+        everywhere(b"unread", false)
+    })
+    .await;
+    eventually("the promise-only slot goes", || {
+        cluster.stored(0, b"never").is_none()
+    })
+    .await;
+    assert!(everywhere(b"live", true));
+    cluster.clock.set_skew_ns(0);
+    assert_eq!(c.get(b"live").await.unwrap().value, b"v");
+    // A purged key is an absent key: it can be created afresh.
+    assert_eq!(c.create(b"unread", b"again", 0).await.unwrap().version, 1);
+    cluster.stop().await;
+}
+
+/// Overwrites zone `z`'s stored slot of `key` with bytes that fail their checksum.
+async fn damage(cluster: &mut TestCluster, z: usize, key: &[u8]) {
+    let bytes = cluster.stored(z, key).expect("stored");
+    cluster.kill(z).await;
+    let Store::Rocks(dir) = &cluster.stores[z] else {
+        unreachable!("a RocksDB cluster")
+    };
+    let engine = junokv::engine::RocksEngine::open(dir).unwrap();
+    let mut bad = bytes;
+    bad[2] ^= 0x40;
+    let k = StoreKey::new(b"test", key, 64).to_bytes();
+    junokv::engine::Engine::write(&engine, &[(k, Some(bad))], true).unwrap();
+    drop(engine);
+    cluster.restart(z).await;
+}
+
+#[tokio::test]
+async fn a_damaged_replica_is_repaired_by_a_read_or_by_the_sweeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::rocks(3, dir.path()).await;
+    let c = cluster.client().await;
+    c.create(b"read", b"one", 0).await.unwrap();
+    c.create(b"unread", b"two", 0).await.unwrap();
+    drop(c);
+    damage(&mut cluster, 0, b"read").await;
+    damage(&mut cluster, 0, b"unread").await;
+    let sound = |cluster: &TestCluster, key: &[u8]| {
+        cluster.stored(0, key).is_some_and(|b| {
+            Slot::decode(&b).is_ok_and(|s| s.accepted.is_some_and(|(_, r)| r.value.len() == 3))
+        })
+    };
+    assert!(!sound(&cluster, b"read") && !sound(&cluster, b"unread"));
+
+    let c = cluster.client().await;
+    assert_eq!(c.get(b"read").await.unwrap().value, b"one");
+    eventually("the read repairs the damaged replica", || {
+        sound(&cluster, b"read")
+    })
+    .await;
+    let swept = cluster.sweep(0, junokv::clock::Clock::default()).await;
+    assert_eq!(swept.resolved, 1, "{swept:?}");
+    eventually("the sweeper repairs the damaged replica", || {
+        sound(&cluster, b"unread")
+    })
+    .await;
+    // The repaired replica serves: with the other two down, it and one more answer.
+    cluster.kill(2).await;
+    assert_eq!(c.get(b"unread").await.unwrap().value, b"two");
     cluster.stop().await;
 }

@@ -117,6 +117,10 @@ pub struct Cluster {
     bin: PathBuf,
 }
 
+/// How long dead records are kept before purging: short, so that purges (by reads and
+/// by the storage servers' sweepers) happen during a run, under its faults.
+const PURGE_GRACE_SECS: i64 = 8;
+
 /// A free loopback port (bound, then released for the process that will use it).
 fn free_addr() -> std::io::Result<SocketAddr> {
     StdListener::bind("127.0.0.1:0")?.local_addr()
@@ -125,22 +129,11 @@ fn free_addr() -> std::io::Result<SocketAddr> {
 impl Cluster {
     /// Writes every config under `dir` and starts every process and relay.
     pub async fn start(bin: &Path, dir: &Path, shape: Shape) -> std::io::Result<Cluster> {
-        let mut storage = Vec::new();
         let mut zones = Vec::new();
         for z in 0..shape.zones {
-            let mut nodes = Vec::new();
-            for n in 0..shape.nodes_per_zone {
-                let name = format!("storage-z{z}-{n}");
-                let addr = free_addr()?;
-                let data = dir.join(&name);
-                let config = dir.join(format!("{name}.toml"));
-                fs::write(
-                    &config,
-                    format!("listen = \"{addr}\"\ndata_dir = \"{}\"\n", data.display()),
-                )?;
-                storage.push(process(&name, addr, "storage", &config, dir));
-                nodes.push(addr.to_string());
-            }
+            let nodes = (0..shape.nodes_per_zone)
+                .map(|_| free_addr().map(|a| a.to_string()))
+                .collect::<std::io::Result<Vec<String>>>()?;
             zones.push(Zone {
                 datacenter: format!("dc{}", z % 3),
                 nodes,
@@ -151,6 +144,31 @@ impl Cluster {
             num_shards: 64,
             zones,
         };
+        // Storage servers get the map (their own addresses, past the relays) so that
+        // their sweepers run, with a grace period short enough to purge within a run.
+        let mut storage = Vec::new();
+        for (z, zone) in map.zones.iter().enumerate() {
+            for (n, addr) in zone.nodes.iter().enumerate() {
+                let name = format!("storage-z{z}-{n}");
+                let config = dir.join(format!("{name}.toml"));
+                let mut file = toml::Table::new();
+                file.insert("listen".into(), toml::Value::String(addr.clone()));
+                let data = dir.join(&name).display().to_string();
+                file.insert("data_dir".into(), toml::Value::String(data));
+                let cluster = toml::Value::try_from(&map).map_err(std::io::Error::other)?;
+                file.insert("cluster".into(), cluster);
+                let mut sweeper = toml::Table::new();
+                sweeper.insert("interval_ms".into(), toml::Value::Integer(2000));
+                sweeper.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
+                file.insert("sweeper".into(), toml::Value::Table(sweeper));
+                fs::write(
+                    &config,
+                    toml::to_string(&file).map_err(std::io::Error::other)?,
+                )?;
+                let addr = addr.parse().expect("a free address");
+                storage.push(process(&name, addr, "storage", &config, dir));
+            }
+        }
         let mut proxies = Vec::new();
         let mut links = Vec::new();
         let mut entries = Vec::new();
@@ -173,6 +191,9 @@ impl Cluster {
             file.insert("listen".into(), toml::Value::String(addr.to_string()));
             let own = toml::Value::try_from(&own).map_err(std::io::Error::other)?;
             file.insert("cluster".into(), own);
+            let mut timeouts = toml::Table::new();
+            timeouts.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
+            file.insert("timeouts".into(), toml::Value::Table(timeouts));
             fs::write(
                 &config,
                 toml::to_string(&file).map_err(std::io::Error::other)?,

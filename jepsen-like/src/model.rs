@@ -68,6 +68,9 @@ pub struct Model {
     pub default_ttl_ns: u64,
     /// How far the store's expiry clock may be from the history's clock.
     pub clock_uncertainty_ns: u64,
+    /// How much earlier than its TTL a record may expire because the store keeps
+    /// expiry times in whole seconds, rounded down (JunoKV: 1 s).
+    pub expiry_rounding_ns: u64,
 }
 
 impl Default for Model {
@@ -75,6 +78,7 @@ impl Default for Model {
         Model {
             default_ttl_ns: 3600 * 1_000_000_000,
             clock_uncertainty_ns: 1_500_000_000,
+            expiry_rounding_ns: 0,
         }
     }
 }
@@ -103,7 +107,7 @@ impl Model {
                 if earliest < exp_hi.saturating_add(u) {
                     v.push((s.key, s.not_before));
                 }
-                let expired_from = exp_lo.saturating_sub(u);
+                let expired_from = exp_lo.saturating_sub(u + self.expiry_rounding_ns);
                 if op.end >= expired_from {
                     v.push((
                         KeyState::Absent,

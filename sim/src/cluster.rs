@@ -2,7 +2,7 @@
 //! nemesis, heal, read every key back, and check the history and the replicas.
 
 use crate::engine::SimEngine;
-use crate::nemesis::{Nemesis, ProxyNode, StorageNode, Swarm, Targets, MAX_SKEW};
+use crate::nemesis::{Nemesis, ProxyNode, StorageNode, Swarm, Targets};
 use crate::topology::{Latency, Topology};
 use jepsen_like::history::{parse, to_json_line, Event};
 use jepsen_like::runner::{read_back, run, Workload};
@@ -10,7 +10,7 @@ use jepsen_like::{checker, model::Model, report};
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
-use junokv::storage::{is_record_key, StorageServer};
+use junokv::storage::{is_record_key, StorageServer, SweepConfig};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, Runtime};
 use std::collections::BTreeMap;
@@ -21,6 +21,19 @@ use tokio::net::TcpListener;
 
 /// Read-back passes before replicas that still differ count as diverged.
 const READ_BACK_PASSES: usize = 3;
+
+/// How long dead records are kept: short, so that purging happens within a run, but
+/// longer than a request lives (the deadline) plus twice the clock skew.
+const PURGE_GRACE_SECS: u32 = 4;
+
+/// The storage servers' sweeper: a pass every second.
+fn sweep_config() -> SweepConfig {
+    SweepConfig {
+        interval_ms: 1000,
+        purge_grace_secs: PURGE_GRACE_SECS,
+        concurrency: 8,
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -37,6 +50,8 @@ pub struct Plan {
     pub keys: u64,
     /// The proxies' request deadline.
     pub request_ms: u64,
+    /// The share of operations after the heal allowed to end without an answer.
+    pub max_unavailable: f64,
 }
 
 /// What one seed produced.
@@ -81,13 +96,15 @@ pub fn run_seed(plan: &Plan) -> Outcome {
     events.sort_by_key(|e| e.time);
     let history: String = events.iter().map(|e| to_json_line(e) + "\n").collect();
     let ops = parse(&history).expect("the workload writes well-formed histories");
-    // Record expiry is judged by proxies' clocks (skewed by up to MAX_SKEW each) in
-    // whole seconds: the checker allows for both.
+    // Record expiry is judged by proxies' clocks in whole seconds, rounded down: the
+    // checker allows for the rounding and for the skew the nemesis actually applied
+    // (a record written by one proxy and read by another: twice it), and no more.
     let model = Model {
-        clock_uncertainty_ns: (Duration::from_secs(1) + 2 * MAX_SKEW).as_nanos() as u64
-            + 100_000_000,
+        clock_uncertainty_ns: 2 * run.max_skew.as_nanos() as u64,
+        expiry_rounding_ns: 1_000_000_000,
         ..Model::default()
     };
+    problems.extend(crate::liveness::check(&ops, &run.availability));
     let verdict = checker::check(&ops, model, Duration::from_secs(60));
     match &verdict {
         checker::Verdict::Valid => {}
@@ -115,6 +132,9 @@ struct Run {
     problems: Vec<String>,
     simulated: Duration,
     swarm: Swarm,
+    /// The largest clock skew the nemesis applied.
+    max_skew: Duration,
+    availability: crate::liveness::Expect,
 }
 
 async fn simulate(plan: Plan) -> Run {
@@ -133,15 +153,16 @@ async fn simulate(plan: Plan) -> Run {
     for spot in topo.storage() {
         let engine = Arc::new(SimEngine::default());
         let disk = engine.clone();
+        let node_map = map.clone();
         let node = handle
             .create_node()
             .name(format!("storage-z{}-{}", spot.zone, spot.addr.ip()))
             .ip(spot.addr.ip())
             .init(move || {
-                let engine = disk.clone();
+                let (engine, map) = (disk.clone(), node_map.clone());
                 async move {
                     engine.crash(); // a (re)start after a crash finds only synced data
-                    serve_storage(spot.addr, engine).await;
+                    serve_storage(spot.addr, engine, map).await;
                 }
             })
             .build();
@@ -158,9 +179,7 @@ async fn simulate(plan: Plan) -> Run {
         for addr in topo.proxies(dc) {
             let clock = Clock::default();
             let mut config = ProxyConfig::new(addr.to_string(), map.clone());
-            // Purge within the run, so that purging is tested: still longer than a
-            // request lives (the deadline) plus twice the clock skew.
-            config.timeouts.purge_grace_secs = 4;
+            config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
             config.timeouts.request_ms = plan.request_ms;
             let node_clock = clock.clone();
             let node = handle
@@ -216,9 +235,14 @@ async fn simulate(plan: Plan) -> Run {
         zones,
     };
     let nemesis = Nemesis::new(targets, swarm.clone());
+    if plan.faults {
+        let n = nemesis.clone();
+        junokv::fault::set_crash_hook(Arc::new(move |server, point| n.crash_point(server, point)));
+    }
+    let fault_period = plan.duration.mul_f64(0.6);
     let nemesis_task = plan
         .faults
-        .then(|| tokio::spawn(nemesis.clone().run(plan.duration.mul_f64(0.6))));
+        .then(|| tokio::spawn(nemesis.clone().run(fault_period)));
 
     let mut problems = Vec::new();
     let mut events: Vec<Event> = Vec::new();
@@ -262,23 +286,86 @@ async fn simulate(plan: Plan) -> Run {
         }
     }
     problems.extend(diverged);
+    // Wait out the grace period and a few sweeps: nothing that should be gone may
+    // remain on any replica, and nothing damaged may be left unrepaired.
+    // (Sweepers of different replicas race on a key, so a slot may come and go; only
+    // one that stays through three more sweeps counts.)
+    tokio::time::sleep(Duration::from_secs(u64::from(PURGE_GRACE_SECS) + 3)).await;
+    let first = unswept_records(&nemesis);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    problems.extend(
+        unswept_records(&nemesis)
+            .into_iter()
+            .filter(|p| first.contains(p)),
+    );
     let simulated = std::time::Instant::now() - origin;
+    // After the heal (and once requests caught in it have run out), operations must
+    // succeed: every fault is gone.
+    let settle = 2 * Duration::from_millis(plan.request_ms);
+    let availability = crate::liveness::Expect {
+        from_ns: (fault_period + settle).as_nanos() as u64,
+        deadline: Duration::from_millis(plan.request_ms),
+        faults: plan.faults,
+        max_unavailable: plan.max_unavailable,
+    };
     Run {
         events,
         problems,
         simulated,
         swarm,
+        max_skew: nemesis.max_skew(),
+        availability,
     }
 }
 
-async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>) {
+async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>, map: junokv::cluster::ShardMap) {
     match TcpListener::bind(addr).await {
         Ok(listener) => match StorageServer::start(listener, engine) {
-            Ok(_server) => std::future::pending::<()>().await,
+            Ok(mut server) => {
+                let clock = Clock::default();
+                match StorageServer::sweeping_proxy(map, &sweep_config(), clock.clone()) {
+                    Ok(proxy) => server.start_sweeper(proxy, clock, sweep_config()),
+                    Err(e) => tracing::error!(error = %e, "sweeper did not start"),
+                }
+                std::future::pending::<()>().await
+            }
             Err(e) => tracing::error!(error = %e, "storage server did not start"),
         },
         Err(e) => tracing::error!(error = %e, "storage bind"),
     }
+}
+
+/// Slots the sweeper should have removed or repaired by now: records dead for longer
+/// than the grace period plus two sweeps, slots holding only a promise, damaged slots.
+fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as u32;
+    let mut problems = Vec::new();
+    for s in &nemesis.targets().storage {
+        for (key, bytes) in s.engine.durable().iter().filter(|(k, _)| is_record_key(k)) {
+            let what = match Slot::decode(bytes) {
+                Err(_) => "a damaged slot",
+                Ok(Slot { accepted: None, .. }) => "a slot holding only a promise",
+                Ok(Slot {
+                    accepted: Some((_, r)),
+                    ..
+                }) if r.long_dead(now, PURGE_GRACE_SECS + 2) => "a long-dead record",
+                Ok(_) => continue,
+            };
+            problems.push(format!(
+                "{} still holds {what} for {:?} after the sweeps: {:?}",
+                s.addr,
+                String::from_utf8_lossy(key),
+                Slot::decode(bytes).map(|s| (
+                    s.promised,
+                    s.accepted.map(|(b, r)| (b, r.version, r.tombstone))
+                ))
+            ));
+        }
+    }
+    problems
 }
 
 async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
@@ -292,8 +379,8 @@ async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
     }
 }
 
-/// Keys whose sound replicas hold different accepted records. Replicas whose record
-/// was corrupted are left out (they refuse the key until repaired by an operator).
+/// Keys whose replicas hold different accepted records (a damaged replica differs
+/// from every sound one: read repair must have fixed it).
 fn divergent_replicas(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec<String> {
     let t = nemesis.targets();
     let by_addr: BTreeMap<String, usize> = t
@@ -317,13 +404,15 @@ fn divergent_replicas(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec
         let mut states = Vec::new();
         for addr in map.replicas(shard) {
             let disk = &disks[by_addr[addr]];
-            match disk.get(key).map(|b| Slot::decode(b)) {
-                None => states.push(None),
-                Some(Ok(slot)) => {
-                    states.push(slot.accepted.map(|(b, r)| (b, r.version, r.tombstone)))
-                }
-                Some(Err(_)) => {} // corrupted
-            }
+            states.push(match disk.get(key).map(|b| Slot::decode(b)) {
+                // (A slot holding only a promise holds no record either.)
+                None | Some(Ok(Slot { accepted: None, .. })) => "none".to_string(),
+                Some(Ok(slot)) => format!(
+                    "{:?}",
+                    slot.accepted.map(|(b, r)| (b, r.version, r.tombstone))
+                ),
+                Some(Err(_)) => "damaged".to_string(),
+            });
         }
         if states.windows(2).any(|w| w[0] != w[1]) {
             problems.push(format!(

@@ -3,7 +3,7 @@
 //! are lost in a crash, reads and writes can be made to fail, and stored records can
 //! be corrupted.
 
-use junokv::engine::{Change, Engine};
+use junokv::engine::{scan_map, Change, Engine, Entry};
 use madsim::rand::Rng;
 use std::collections::BTreeMap;
 use std::io;
@@ -95,6 +95,15 @@ impl Engine for SimEngine {
             apply(&mut st.durable, &pending);
         }
         Ok(())
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
+        let st = self.state.lock().unwrap();
+        if !st.unsynced.is_empty() {
+            // Every write the servers make is synced: nothing to merge.
+            return Err(io::Error::other("scan with unsynced writes pending"));
+        }
+        Ok(scan_map(&st.durable, after, limit))
     }
 }
 

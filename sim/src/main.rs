@@ -9,6 +9,8 @@ mod cluster;
 #[cfg(madsim)]
 mod engine;
 #[cfg(madsim)]
+mod liveness;
+#[cfg(madsim)]
 mod nemesis;
 #[cfg(madsim)]
 mod topology;
@@ -56,6 +58,10 @@ struct Args {
     request_ms: u64,
     #[arg(long, default_value_t = 2)]
     nodes_per_zone: usize,
+    /// Percent of operations after the heal allowed to end without a definite answer
+    /// (the default is derived from fault-free runs of the default workload).
+    #[arg(long, default_value_t = liveness::MAX_UNAVAILABLE_SHARE * 100.0)]
+    max_unavailable: f64,
     #[arg(long, default_value_t = 1)]
     proxies_per_dc: usize,
     #[arg(long, default_value_t = 1)]
@@ -113,6 +119,7 @@ fn main() -> std::process::ExitCode {
         clients_per_node: args.clients,
         keys: args.keys,
         request_ms: args.request_ms,
+        max_unavailable: args.max_unavailable / 100.0,
     };
     let wall = std::time::Instant::now();
     let outcome = cluster::run_seed(&plan);

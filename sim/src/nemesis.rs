@@ -8,11 +8,13 @@
 
 use crate::engine::SimEngine;
 use junokv::clock::Clock;
+use junokv::fault::CrashPoint;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,10 +50,19 @@ pub enum Kind {
     DiskErrors,
     /// A stored record on one zone's nodes is damaged (detected by its checksum).
     Corruption,
+    /// Every storage node of one zone crashes at once (losing unsynced writes).
+    CrashZone,
+    /// Every storage node of one datacentre crashes at once.
+    CrashDatacenter,
+    /// Every storage node crashes at once: a power loss.
+    PowerLoss,
+    /// Up to a quorum of storage nodes crash at a crash point inside group commit:
+    /// while a batch is being synced (its replies computed, none sent), or just after.
+    CrashMidCommit,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 17] = [
         Kind::PartitionNode,
         Kind::PartitionZone,
         Kind::PartitionDatacenter,
@@ -65,6 +76,10 @@ impl Kind {
         Kind::ClockSkew,
         Kind::DiskErrors,
         Kind::Corruption,
+        Kind::CrashZone,
+        Kind::CrashDatacenter,
+        Kind::PowerLoss,
+        Kind::CrashMidCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +97,10 @@ impl Kind {
             Kind::ClockSkew => "clock-skew",
             Kind::DiskErrors => "disk-errors",
             Kind::Corruption => "corruption",
+            Kind::CrashZone => "crash-zone",
+            Kind::CrashDatacenter => "crash-dc",
+            Kind::PowerLoss => "power-loss",
+            Kind::CrashMidCommit => "crash-mid-commit",
         }
     }
 }
@@ -174,6 +193,9 @@ pub struct Targets {
 enum Heal {
     Links(Vec<(NodeId, NodeId)>),
     Restart(NodeId),
+    RestartAll(Vec<NodeId>),
+    /// Crash points disarmed; the nodes that crashed at one restart.
+    Disarm(Vec<NodeId>),
     Resume(NodeId),
     NetConfig,
     Clock(usize),
@@ -186,6 +208,10 @@ struct Held {
     links: BTreeMap<(NodeId, NodeId), u32>,
     down: BTreeMap<NodeId, u32>,
     paused: BTreeMap<NodeId, u32>,
+    /// Storage nodes that crash at their next crash point of this kind.
+    armed: BTreeMap<NodeId, CrashPoint>,
+    /// Nodes that crashed at a crash point and are still down for it.
+    crashed_at_point: Vec<NodeId>,
 }
 
 /// The fault injector of one run.
@@ -193,6 +219,8 @@ pub struct Nemesis {
     targets: Targets,
     swarm: Swarm,
     held: Mutex<Held>,
+    /// The largest clock offset set on any proxy, in ns: what the checker must allow.
+    max_skew_ns: AtomicU64,
 }
 
 impl Nemesis {
@@ -201,11 +229,48 @@ impl Nemesis {
             targets,
             swarm,
             held: Mutex::default(),
+            max_skew_ns: AtomicU64::new(0),
         })
     }
 
     pub fn targets(&self) -> &Targets {
         &self.targets
+    }
+
+    /// The largest clock offset any proxy had during the run (zero without skew).
+    pub fn max_skew(&self) -> Duration {
+        Duration::from_nanos(self.max_skew_ns.load(Ordering::Relaxed))
+    }
+
+    /// The simulator's crash hook (see `junokv::fault::crash_point`): crashes an armed
+    /// storage node when it reaches the point it is armed for.
+    pub fn crash_point(&self, server: &str, point: CrashPoint) -> bool {
+        let Some(node) = self
+            .targets
+            .storage
+            .iter()
+            .find(|s| s.addr.to_string() == server)
+        else {
+            return false;
+        };
+        let mut held = self.held.lock().unwrap();
+        if held.armed.get(&node.id) != Some(&point) {
+            return false;
+        }
+        held.armed.remove(&node.id);
+        held.crashed_at_point.push(node.id);
+        drop(held);
+        tracing::info!(node = ?node.id, ?point, "crash at a crash point");
+        self.take_down(node.id, &Handle::current());
+        true
+    }
+
+    /// Takes down every one of `nodes` at the same instant.
+    fn crash_together(&self, nodes: Vec<NodeId>, handle: &Handle) -> Heal {
+        for &n in &nodes {
+            self.take_down(n, handle);
+        }
+        Heal::RestartAll(nodes)
     }
 
     /// Injects faults for `period`, from `swarm.loops` concurrent loops, then heals
@@ -234,6 +299,12 @@ impl Nemesis {
                 return;
             }
             let kind = self.swarm.kinds[rng.gen_range(0..self.swarm.kinds.len())];
+            // A process that dies at a crash point is restarted at once (as a
+            // supervisor would), while requests it was part of are still in flight.
+            let length = match kind {
+                Kind::CrashMidCommit => Duration::from_millis(rng.gen_range(20..300)),
+                _ => length,
+            };
             let heal = self.inject(kind, &mut rng);
             tokio::time::sleep(length).await;
             self.heal(heal);
@@ -342,8 +413,42 @@ impl Nemesis {
             Kind::ClockSkew => {
                 let i = rng.gen_range(0..t.proxies.len());
                 let max = MAX_SKEW.as_nanos() as i64;
-                t.proxies[i].clock.set_skew_ns(rng.gen_range(-max..=max));
+                let skew = rng.gen_range(-max..=max);
+                t.proxies[i].clock.set_skew_ns(skew);
+                self.max_skew_ns
+                    .fetch_max(skew.unsigned_abs(), Ordering::Relaxed);
                 Heal::Clock(i)
+            }
+            Kind::CrashZone => {
+                let z = rng.gen_range(0..t.zones);
+                let zone = t.storage.iter().filter(|s| s.zone == z).map(|s| s.id);
+                self.crash_together(zone.collect(), &handle)
+            }
+            Kind::CrashDatacenter => {
+                let dc = rng.gen_range(0..=t.storage.iter().map(|s| s.dc).max().unwrap_or(0));
+                let inside = t.storage.iter().filter(|s| s.dc == dc).map(|s| s.id);
+                self.crash_together(inside.collect(), &handle)
+            }
+            Kind::PowerLoss => {
+                self.crash_together(t.storage.iter().map(|s| s.id).collect(), &handle)
+            }
+            Kind::CrashMidCommit => {
+                let point = if rng.gen_bool(0.7) {
+                    CrashPoint::DuringSync
+                } else {
+                    CrashPoint::AfterSync
+                };
+                let count = rng.gen_range(1..=t.zones / 2 + 1);
+                let mut nodes: Vec<NodeId> = Vec::new();
+                let mut held = self.held.lock().unwrap();
+                for _ in 0..count {
+                    let s = &t.storage[rng.gen_range(0..t.storage.len())];
+                    if let std::collections::btree_map::Entry::Vacant(e) = held.armed.entry(s.id) {
+                        e.insert(point);
+                        nodes.push(s.id);
+                    }
+                }
+                Heal::Disarm(nodes)
             }
             Kind::DiskErrors => {
                 let i = rng.gen_range(0..t.storage.len());
@@ -420,12 +525,19 @@ impl Nemesis {
                     }
                 }
             }
-            Heal::Restart(node) => {
-                let count = held.down.get_mut(&node).expect("a node taken down");
-                *count -= 1;
-                if *count == 0 {
-                    held.down.remove(&node);
-                    handle.restart(node);
+            Heal::Restart(node) => Self::bring_up(&mut held, node, &handle),
+            Heal::RestartAll(nodes) => {
+                for node in nodes {
+                    Self::bring_up(&mut held, node, &handle);
+                }
+            }
+            Heal::Disarm(nodes) => {
+                for node in nodes {
+                    held.armed.remove(&node);
+                    if let Some(i) = held.crashed_at_point.iter().position(|n| *n == node) {
+                        held.crashed_at_point.swap_remove(i);
+                        Self::bring_up(&mut held, node, &handle);
+                    }
                 }
             }
             Heal::Resume(node) => {
@@ -452,6 +564,16 @@ impl Nemesis {
             Heal::Nothing => {}
         }
         tracing::info!("heal");
+    }
+
+    /// Drops one hold on a downed node; the last one restarts it.
+    fn bring_up(held: &mut Held, node: NodeId, handle: &Handle) {
+        let count = held.down.get_mut(&node).expect("a node taken down");
+        *count -= 1;
+        if *count == 0 {
+            held.down.remove(&node);
+            handle.restart(node);
+        }
     }
 
     /// Undoes whatever is still held (every loop has stopped).

@@ -6,7 +6,7 @@ use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::RocksEngine;
 use junokv::proxy::{Proxy, ProxyConfig};
-use junokv::storage::{StorageConfig, StorageServer};
+use junokv::storage::{StorageConfig, StorageServer, SweepConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +23,12 @@ pub struct DevArgs {
     /// Number of zones (replicas).
     #[arg(long, default_value_t = 3)]
     zones: usize,
+    /// How long destroyed and expired records are kept before they are purged.
+    #[arg(long, default_value_t = 3600)]
+    purge_grace_secs: u32,
+    /// Pause between the storage servers' sweeps for dead records.
+    #[arg(long, default_value_t = 60_000)]
+    sweep_interval_ms: u64,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -55,7 +61,16 @@ async fn shutdown_signal() {
 
 pub async fn run_storage(config: &Path) -> CliResult {
     let cfg: StorageConfig = read_toml(config)?;
-    let server = start_storage(&cfg.listen, &cfg.data_dir).await?;
+    let mut server = start_storage(&cfg.listen, &cfg.data_dir).await?;
+    match cfg.cluster {
+        Some(map) => {
+            let proxy = StorageServer::sweeping_proxy(map, &cfg.sweeper, Clock::default())?;
+            server.start_sweeper(proxy, Clock::default(), cfg.sweeper);
+        }
+        None => tracing::warn!(
+            "no [cluster] in the storage config: no sweeper, dead records go only when read"
+        ),
+    }
     shutdown_signal().await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -86,7 +101,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         });
         storages.push(server);
     }
-    let cfg = ProxyConfig::new(
+    let mut cfg = ProxyConfig::new(
         a.listen.clone(),
         ShardMap {
             epoch: 1,
@@ -94,10 +109,18 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
             zones,
         },
     );
+    cfg.timeouts.purge_grace_secs = a.purge_grace_secs;
     let listener = bind(&a.listen).await?;
-    let proxy = Proxy::new(cfg, Clock::default())?
-        .serve(listener)
-        .map_err(|e| e.to_string())?;
+    let shared = Proxy::new(cfg, Clock::default())?;
+    let sweep = SweepConfig {
+        interval_ms: a.sweep_interval_ms,
+        purge_grace_secs: a.purge_grace_secs,
+        ..SweepConfig::default()
+    };
+    for s in &mut storages {
+        s.start_sweeper(shared.clone(), Clock::default(), sweep.clone());
+    }
+    let proxy = shared.serve(listener).map_err(|e| e.to_string())?;
     println!(
         "junokv dev: {} zones, data in {}, clients connect to {}",
         a.zones,

@@ -1,6 +1,6 @@
 //! An in-memory engine for tests and the simulator.
 
-use super::{Change, Engine};
+use super::{Change, Engine, Entry};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Mutex;
@@ -27,4 +27,22 @@ impl Engine for MemoryEngine {
         }
         Ok(())
     }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
+        Ok(scan_map(&self.map.lock().unwrap(), after, limit))
+    }
+}
+
+/// [`Engine::scan`] over an ordered map (shared with the simulator's engine).
+pub fn scan_map(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Vec<Entry> {
+    use std::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
+    map.range((from, Bound::Unbounded))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

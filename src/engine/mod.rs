@@ -5,7 +5,7 @@ mod memory;
 #[cfg(not(madsim))]
 mod rocks;
 
-pub use memory::MemoryEngine;
+pub use memory::{scan_map, MemoryEngine};
 #[cfg(not(madsim))]
 pub use rocks::RocksEngine;
 
@@ -21,4 +21,32 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies every change or none. With `sync`, the batch survives a crash of the
     /// machine once this returns; this is the call group commit amortises.
     fn write(&self, batch: &[Change], sync: bool) -> io::Result<()>;
+
+    /// Up to `limit` entries in key order, starting after `after` (from the first key
+    /// when `None`): how the sweeper walks the store without holding it still.
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>>;
+
+    /// Gives the space of deleted entries back to the file system (RocksDB: a manual
+    /// compaction). Called after a sweep that removed records.
+    fn reclaim(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Calls `f` on every entry, in key order, a page at a time.
+pub fn for_each(engine: &dyn Engine, mut f: impl FnMut(&[u8], &[u8])) -> io::Result<()> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = engine.scan(after.as_deref(), 1024)?;
+        for (k, v) in &page {
+            f(k, v);
+        }
+        match page.into_iter().last() {
+            Some((k, _)) => after = Some(k),
+            None => return Ok(()),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The production engine: RocksDB with its write-ahead log on.
 
-use super::{Change, Engine};
+use super::{Change, Engine, Entry};
 use std::io;
 use std::path::Path;
 
@@ -41,5 +41,29 @@ impl Engine for RocksEngine {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(to_io)
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
+        let mode = match after {
+            Some(a) => rocksdb::IteratorMode::From(a, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator(mode) {
+            let (k, v) = item.map_err(to_io)?;
+            if after.is_some_and(|a| *k == *a) {
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn reclaim(&self) -> io::Result<()> {
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
     }
 }

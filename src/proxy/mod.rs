@@ -2,6 +2,7 @@
 //! [`Coordinator`] against the key's replicas. Holds no data.
 
 pub mod config;
+mod key_turns;
 mod translate;
 
 pub use config::{Limits, ProxyConfig, Timeouts};
@@ -62,6 +63,7 @@ pub struct Proxy {
     ballots: Ballots,
     clock: Clock,
     quorum: Quorum,
+    turns: key_turns::KeyTurns,
 }
 
 /// A running proxy listener.
@@ -111,6 +113,7 @@ impl Proxy {
             ballots,
             clock,
             quorum,
+            turns: key_turns::KeyTurns::default(),
         }))
     }
 
@@ -201,23 +204,48 @@ impl Proxy {
             request_id: madsim::rand::random(),
             default_ttl: self.config.limits.default_ttl,
         };
-        let coordinator = Coordinator::new(key, op, ctx, self.quorum);
         let deadline = Instant::now() + self.config.timeouts.request();
+        let turn = match tokio::time::timeout(self.config.timeouts.request(), self.turns.wait(&key))
+            .await
+        {
+            Ok(turn) => turn,
+            // Its turn never came: it sent nothing, so it certainly did not happen.
+            Err(_) => return Err(Status::NoStorageServer),
+        };
+        let coordinator = Coordinator::new(key, op, ctx, self.quorum);
         // The coordinator may linger after answering (to remove a tombstone): let it,
-        // without holding up the client.
-        tokio::spawn(drive(coordinator, peers, self.clone(), deadline, tx));
+        // without holding up the client or the next request on the key.
+        tokio::spawn(drive(
+            coordinator,
+            peers,
+            self.clone(),
+            deadline,
+            (tx, turn),
+        ));
         rx.await.unwrap_or(Err(Status::Timeout))
     }
 }
 
+/// How long a request waits before retrying with a higher ballot: random, up to a
+/// quarter of the longest round trip to any replica it has seen (how long a competing
+/// proposer's round may take) doubled with every attempt, to twice that round trip. A
+/// back-off measured in round trips, not fixed milliseconds, lets one of several
+/// proposers that pre-empt each other complete both phases even across datacentres.
+fn backoff_delay(attempt: u32, round_trip: Duration) -> Duration {
+    let unit = round_trip.clamp(Duration::from_millis(1), Duration::from_millis(250)) / 4;
+    let cap = unit * (1u32 << attempt.min(3));
+    let micros = cap.as_micros() as u64;
+    Duration::from_micros(madsim::rand::random::<u64>() % (micros + 1))
+}
+
 /// Carries out a coordinator's actions until it is finished, sending its answer (or
-/// Timeout at `deadline`) on `answer`.
+/// Timeout at `deadline`) on `answer`, and ending the request's turn on its key then.
 async fn drive(
     mut co: Coordinator,
     peers: Vec<Arc<Peer>>,
     proxy: Arc<Proxy>,
     deadline: Instant,
-    answer: oneshot::Sender<Outcome>,
+    answer: (oneshot::Sender<Outcome>, key_turns::Turn),
 ) {
     let ballots = &proxy.ballots;
     let round_timeout = proxy.config.timeouts.round();
@@ -225,6 +253,9 @@ async fn drive(
     let mut inflight = FuturesUnordered::new();
     let mut round_deadline = Instant::now() + round_timeout;
     let mut backoff: Option<Instant> = None;
+    // The longest any replica took to answer this request so far: how long a round
+    // of a proposer competing for the key may take.
+    let mut slowest = Duration::ZERO;
     let mut actions = co.start(ballots);
     loop {
         for action in actions.drain(..) {
@@ -233,32 +264,37 @@ async fn drive(
                     let peer = peers[to].clone();
                     round_deadline = Instant::now() + round_timeout;
                     inflight.push(async move {
+                        let sent = Instant::now();
                         let reply = peer.call(&msg, round_timeout).await.unwrap_or_else(|e| {
                             ReplicaReply::Failed {
                                 reason: e.to_string(),
                             }
                         });
-                        (round, to, reply)
+                        (round, to, reply, sent.elapsed())
                     });
                 }
                 Action::Backoff { attempt } => {
-                    let cap_ms = 1u64 << attempt.min(6);
-                    let delay =
-                        Duration::from_micros(madsim::rand::random::<u64>() % (cap_ms * 1000 + 1));
-                    backoff = Some(Instant::now() + delay);
+                    backoff = Some(Instant::now() + backoff_delay(attempt, slowest));
                 }
                 Action::Reply(outcome) => {
-                    if let Some(tx) = answer.take() {
+                    if let Some((tx, _turn)) = answer.take() {
                         let _ = tx.send(outcome);
                     }
                 }
             }
         }
         if co.is_finished() {
+            // What the coordinator sent as it finished (purges, a last repair) still
+            // goes out: the calls are driven to their replies, each bounded by its
+            // round timeout.
+            while inflight.next().await.is_some() {}
             return;
         }
         tokio::select! {
-            Some((round, from, reply)) = inflight.next(), if !inflight.is_empty() => {
+            Some((round, from, reply, took)) = inflight.next(), if !inflight.is_empty() => {
+                if !matches!(reply, ReplicaReply::Failed { .. }) {
+                    slowest = slowest.max(took);
+                }
                 actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
             }
             _ = sleep_until(backoff.unwrap_or(deadline)), if backoff.is_some() => {
@@ -270,7 +306,7 @@ async fn drive(
                 actions = co.on_round_timeout(co.round());
             }
             _ = sleep_until(deadline) => {
-                if let Some(tx) = answer.take() {
+                if let Some((tx, _turn)) = answer.take() {
                     let _ = tx.send(Err(co.timeout_status()));
                 }
                 return;

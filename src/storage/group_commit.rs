@@ -2,6 +2,7 @@
 //! While one batch is being synced, the next one collects.
 
 use crate::engine::{Change, Engine};
+use crate::fault::{bug, Bug};
 use std::io;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -24,8 +25,13 @@ pub enum Durable {
 
 impl GroupCommit {
     /// Starts the committing task, which ends (releasing the engine) once every
-    /// handle is dropped. `max_batch` bounds the changes synced at once.
-    pub fn start(engine: Arc<dyn Engine>, max_batch: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    /// handle is dropped. `max_batch` bounds the changes synced at once; `server` names
+    /// the storage server (for logs and the simulator's crash points).
+    pub fn start(
+        engine: Arc<dyn Engine>,
+        max_batch: usize,
+        server: String,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
         let task = tokio::spawn(async move {
@@ -39,10 +45,13 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
-                let state = match write_durably(engine.clone(), batch).await {
+                if bug(Bug::AckBeforeFsync) {
+                    let _ = durable_tx.send(Durable::UpTo(last));
+                }
+                let state = match write_durably(engine.clone(), batch, &server).await {
                     Ok(()) => Durable::UpTo(last),
                     Err(e) => {
-                        tracing::error!(error = %e, "durable write failed; replica stops serving");
+                        tracing::error!(%server, error = %e, "durable write failed; replica stops serving");
                         Durable::Failed
                     }
                 };
@@ -81,18 +90,32 @@ impl GroupCommit {
 
 /// The fsync blocks: off the async workers in production.
 #[cfg(not(madsim))]
-async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Result<()> {
+async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>, _: &str) -> io::Result<()> {
     tokio::task::spawn_blocking(move || engine.write(&batch, true))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
 }
 
 /// In the simulator a sync takes simulated time; a crash meanwhile loses the batch,
-/// as a real crash loses writes that were not yet synced.
+/// as a real crash loses writes that were not yet synced. Two crash points: while the
+/// batch is being synced (its replies computed, none sent: the batch is lost whole, as
+/// RocksDB drops a torn WAL record), and just after it is durable (kept, but nobody
+/// was told).
 #[cfg(madsim)]
-async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>) -> io::Result<()> {
+async fn write_durably(
+    engine: Arc<dyn Engine>,
+    batch: Vec<Change>,
+    server: &str,
+) -> io::Result<()> {
+    use crate::fault::{crash_point, CrashPoint};
     use madsim::rand::Rng;
     let sync = madsim::rand::thread_rng().gen_range(1000..10_000);
+    crash_point(server, CrashPoint::DuringSync);
     tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
-    engine.write(&batch, true)
+    engine.write(&batch, true)?;
+    if crash_point(server, CrashPoint::AfterSync) {
+        // The node is dead: let the runtime drop this task before anyone hears of it.
+        tokio::task::yield_now().await;
+    }
+    Ok(())
 }

@@ -3,11 +3,16 @@
 
 mod group_commit;
 mod replica_actor;
+mod sweeper;
 
 pub use replica_actor::is_record_key;
+pub use sweeper::{SweepConfig, Swept};
 
+use crate::clock::Clock;
+use crate::cluster::ShardMap;
 use crate::engine::Engine;
 use crate::listener::serve_until_stopped;
+use crate::proxy::Proxy;
 use crate::replica::ReplicaRequest;
 use crate::rpc::{read_frame, write_frames};
 use serde::Deserialize;
@@ -25,41 +30,108 @@ pub struct StorageConfig {
     pub listen: String,
     /// Where RocksDB keeps its files.
     pub data_dir: PathBuf,
+    /// The cluster map (as the proxies have it). Without it the server cannot ask
+    /// the other replicas of its keys, so it runs no sweeper: dead records are then
+    /// removed only when clients read them.
+    #[serde(default)]
+    pub cluster: Option<ShardMap>,
+    #[serde(default)]
+    pub sweeper: SweepConfig,
 }
 
 /// A running storage server.
 pub struct StorageServer {
     addr: SocketAddr,
+    engine: Arc<dyn Engine>,
+    inbox: mpsc::UnboundedSender<replica_actor::Envelope>,
     stop: watch::Sender<bool>,
     accepting: tokio::task::JoinHandle<()>,
     replica: tokio::task::JoinHandle<()>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl StorageServer {
     /// Serves `engine` on `listener` until [`StorageServer::stop`].
     pub fn start(listener: TcpListener, engine: Arc<dyn Engine>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let (inbox, replica) = replica_actor::start(engine)?;
+        let (inbox, replica) = replica_actor::start(engine.clone(), addr.to_string())?;
         let (stop, stopped) = watch::channel(false);
+        let connections = inbox.clone();
         let accepting = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
-            serve_connection(stream, inbox.clone())
+            serve_connection(stream, connections.clone())
         }));
         tracing::info!(%addr, "storage server listening");
         Ok(StorageServer {
             addr,
+            engine,
+            inbox,
             stop,
             accepting,
             replica,
+            sweeper: None,
         })
+    }
+
+    /// Starts the background sweeper, which resolves keys through `proxy`'s read
+    /// path (see `sweeper.rs`). `clock` judges how long records have been dead.
+    pub fn start_sweeper(&mut self, proxy: Arc<Proxy>, clock: Clock, config: SweepConfig) {
+        let sweeper = self.make_sweeper(proxy, clock, config);
+        if let Some(old) = self.sweeper.replace(tokio::spawn(sweeper.run())) {
+            old.abort();
+        }
+    }
+
+    /// One sweep pass right now, through `proxy`'s read path (what the background
+    /// sweeper does every interval). The removals and repairs it starts land
+    /// shortly after it returns.
+    pub async fn sweep_once(
+        &self,
+        proxy: Arc<Proxy>,
+        clock: Clock,
+        config: SweepConfig,
+    ) -> std::io::Result<Swept> {
+        self.make_sweeper(proxy, clock, config).pass().await
+    }
+
+    fn make_sweeper(
+        &self,
+        proxy: Arc<Proxy>,
+        clock: Clock,
+        config: SweepConfig,
+    ) -> sweeper::Sweeper {
+        sweeper::Sweeper {
+            engine: self.engine.clone(),
+            replica: self.inbox.clone(),
+            proxy,
+            clock,
+            config,
+        }
+    }
+
+    /// The proxy a sweeper of this server's own uses: the cluster's map, default
+    /// limits, and the sweeper's grace period.
+    pub fn sweeping_proxy(
+        map: ShardMap,
+        config: &SweepConfig,
+        clock: Clock,
+    ) -> Result<Arc<Proxy>, String> {
+        let mut proxy = crate::proxy::ProxyConfig::new(String::new(), map);
+        proxy.timeouts.purge_grace_secs = config.purge_grace_secs;
+        Proxy::new(proxy, clock)
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting, closes every connection and waits until the engine is
-    /// released (so that its files can be reopened).
+    /// Stops the sweeper and accepting, closes every connection and waits until the
+    /// engine is released (so that its files can be reopened).
     pub async fn stop(self) {
+        if let Some(sweeper) = self.sweeper {
+            sweeper.abort();
+            let _ = sweeper.await;
+        }
+        drop(self.inbox);
         let _ = self.stop.send(true);
         let _ = self.accepting.await;
         let _ = self.replica.await;

@@ -4,20 +4,28 @@
 
 use super::group_commit::GroupCommit;
 use crate::engine::{Change, Engine};
+use crate::fault::{bug, Bug};
 use crate::record::{Ballot, Slot};
-use crate::replica::{step, ReplicaReply, ReplicaRequest, Write};
+use crate::replica::{step, Bounds, ReplicaReply, ReplicaRequest, Stored, Write};
 use crate::rpc::encode_frame;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Engine key of the replica-wide ballot floor (shards use the first two bytes, and
-/// never reach 0xFFFF).
+/// Engine keys of the replica's own state start with this (shards use the first two
+/// bytes, and never reach 0xFFFF).
+const META_PREFIX: &[u8] = b"\xff\xff\x00";
+/// Engine key of the replica-wide ballot floor.
 const FLOOR_KEY: &[u8] = b"\xff\xff\x00floor";
+/// Engine key of the replica-wide ballot ceiling.
+const CEILING_KEY: &[u8] = b"\xff\xff\x00ceiling";
+/// How far the persisted ceiling runs ahead of the highest ballot stored, so that it
+/// is rewritten once in this many ballots rather than with every write.
+const CEILING_STEP: u64 = 1 << 16;
 
 /// Whether an engine key holds a key's slot (rather than the replica's own state).
 pub fn is_record_key(key: &[u8]) -> bool {
-    key != FLOOR_KEY
+    !key.starts_with(META_PREFIX)
 }
 
 /// Where a reply goes: the request's id and its connection's outgoing frames.
@@ -39,7 +47,7 @@ pub type Envelope = (ReplicaRequest, ReplyTo);
 struct Replica {
     engine: Arc<dyn Engine>,
     commit: GroupCommit,
-    floor: Ballot,
+    bounds: Bounds,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
@@ -51,17 +59,15 @@ struct Replica {
 /// engine, once every sender is dropped.
 pub fn start(
     engine: Arc<dyn Engine>,
+    name: String,
 ) -> std::io::Result<(mpsc::UnboundedSender<Envelope>, tokio::task::JoinHandle<()>)> {
-    let floor = match engine.get(FLOOR_KEY)? {
-        Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
-        None => Ballot::default(),
-    };
-    let (commit, committer) = GroupCommit::start(engine.clone(), 4096);
+    let bounds = load_bounds(&*engine)?;
+    let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name);
     let mut durable = commit.subscribe();
     let mut replica = Replica {
         engine,
         commit,
-        floor,
+        bounds,
         dirty: HashMap::new(),
         seq: 0,
         held: BTreeMap::new(),
@@ -88,6 +94,31 @@ pub fn start(
     Ok((tx, task))
 }
 
+/// The replica-wide bounds as persisted. A store without a ceiling (written before
+/// there was one) gets one from the highest ballot it holds.
+fn load_bounds(engine: &dyn Engine) -> std::io::Result<Bounds> {
+    let ballot = |key| -> std::io::Result<Option<Ballot>> {
+        engine
+            .get(key)?
+            .map(|b| bincode::deserialize(&b).map_err(std::io::Error::other))
+            .transpose()
+    };
+    let floor = ballot(FLOOR_KEY)?.unwrap_or_default();
+    let ceiling = match ballot(CEILING_KEY)? {
+        Some(c) => c.counter,
+        None => {
+            let mut highest = floor.counter;
+            crate::engine::for_each(engine, |key, value| {
+                if let (true, Ok(slot)) = (is_record_key(key), Slot::decode(value)) {
+                    highest = highest.max(slot.promised.counter);
+                }
+            })?;
+            highest.saturating_add(CEILING_STEP)
+        }
+    };
+    Ok(Bounds { floor, ceiling })
+}
+
 impl Replica {
     fn handle(&mut self, req: ReplicaRequest, reply_to: ReplyTo) {
         let key = req.key().to_bytes();
@@ -95,13 +126,18 @@ impl Replica {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
-        let (write, reply) = step(loaded.0.as_ref(), self.floor, &req);
-        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?loaded.0.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone)))), "replica step");
+        let stored = match &loaded.0 {
+            Ok(slot) => Stored::Slot(slot.as_ref()),
+            Err(()) => Stored::Damaged,
+        };
+        let (write, reply) = step(stored, self.bounds, &req);
+        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?loaded.0.as_ref().map(|s| s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), "replica step");
         let wait_for = match write {
             Some(w) => self.persist(key, w),
             None => loaded.1, // the reply may describe a write not yet durable
         };
-        if wait_for <= self.commit.durable() {
+        let promise = matches!(reply, ReplicaReply::Promise { .. });
+        if wait_for <= self.commit.durable() || (promise && bug(Bug::PromiseBeforeDurable)) {
             reply_to.send(&reply);
         } else {
             self.held
@@ -112,10 +148,12 @@ impl Replica {
     }
 
     /// Sends the replies whose writes are now durable (or, after a failed write, a
-    /// failure to every held reply).
+    /// failure to every held reply), and stops caching slots that are durable (reads
+    /// of them go to the engine, so that what is on disk is what is served).
     fn release(&mut self) {
         let failed = self.commit.has_failed();
         let durable = self.commit.durable();
+        self.dirty.retain(|_, (_, seq)| *seq > durable);
         let still_held = if failed {
             BTreeMap::new()
         } else {
@@ -135,45 +173,57 @@ impl Replica {
         }
     }
 
-    /// The slot for `key` and the sequence number it must be durable up to.
-    fn load(&mut self, key: &[u8]) -> Result<(Option<Slot>, u64), String> {
+    /// The slot for `key` (`Err(())` when damaged) and the sequence number it must be
+    /// durable up to.
+    #[allow(clippy::type_complexity)]
+    fn load(&mut self, key: &[u8]) -> Result<(Result<Option<Slot>, ()>, u64), String> {
         if self.commit.has_failed() {
             return Err("replica stopped after a failed durable write".into());
         }
         if let Some((slot, seq)) = self.dirty.get(key) {
-            return Ok((slot.clone(), *seq));
+            return Ok((Ok(slot.clone()), *seq));
         }
         match self.engine.get(key) {
-            Ok(None) => Ok((None, 0)),
-            Ok(Some(bytes)) => Slot::decode(&bytes)
-                .map(|s| (Some(s), 0))
-                .map_err(|e| e.to_string()),
+            Ok(None) => Ok((Ok(None), 0)),
+            Ok(Some(bytes)) => Ok((
+                Slot::decode(&bytes).map(Some).map_err(|e| {
+                    tracing::warn!(key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
+                }),
+                0,
+            )),
             Err(e) => Err(format!("engine read: {e}")),
         }
     }
 
     fn persist(&mut self, key: Vec<u8>, write: Write) -> u64 {
         self.seq += 1;
-        let (slot, changes): (Option<Slot>, Vec<Change>) = match write {
+        let encode = |b: Ballot| bincode::serialize(&b).expect("a ballot serialises");
+        let (slot, mut changes): (Option<Slot>, Vec<Change>) = match write {
             Write::Put(slot) => {
                 let bytes = slot.encode();
                 (Some(slot), vec![(key.clone(), Some(bytes))])
             }
             Write::Purge(ballot) => {
-                self.floor = self.floor.max(ballot);
-                let floor = bincode::serialize(&self.floor).expect("a ballot serialises");
-                (
-                    None,
-                    vec![(key.clone(), None), (FLOOR_KEY.to_vec(), Some(floor))],
-                )
+                self.bounds.floor = self.bounds.floor.max(ballot);
+                let mut changes = vec![(key.clone(), None)];
+                if !bug(Bug::FloorNotPersisted) {
+                    changes.push((FLOOR_KEY.to_vec(), Some(encode(self.bounds.floor))));
+                }
+                (None, changes)
             }
         };
+        // The ceiling is durable no later than any ballot it must cover.
+        let highest = slot.as_ref().map_or(0, |s| s.promised.counter);
+        if highest > self.bounds.ceiling {
+            self.bounds.ceiling = highest.saturating_add(CEILING_STEP);
+            let ceiling = Ballot {
+                counter: self.bounds.ceiling,
+                proposer: 0,
+            };
+            changes.push((CEILING_KEY.to_vec(), Some(encode(ceiling))));
+        }
         self.commit.submit(self.seq, changes);
         self.dirty.insert(key, (slot, self.seq));
-        if self.dirty.len() > 4096 {
-            let durable = self.commit.durable();
-            self.dirty.retain(|_, (_, seq)| *seq > durable);
-        }
         self.seq
     }
 }

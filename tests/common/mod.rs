@@ -6,7 +6,7 @@ use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::{Engine, MemoryEngine, RocksEngine};
 use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
-use junokv::storage::StorageServer;
+use junokv::storage::{StorageServer, SweepConfig, Swept};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ impl Store {
 
 pub struct TestCluster {
     pub stores: Vec<Store>,
+    /// Each zone's open engine (replaced on restart), to look at what replicas hold.
+    pub engines: Vec<Arc<dyn Engine>>,
     pub addrs: Vec<SocketAddr>,
     pub storages: Vec<Option<StorageServer>>,
     pub proxy: Option<ProxyServer>,
@@ -56,15 +58,21 @@ impl TestCluster {
     pub async fn start(stores: Vec<Store>) -> Self {
         let mut storages = Vec::new();
         let mut addrs = Vec::new();
+        let mut engines = Vec::new();
         for s in &stores {
-            let server =
-                StorageServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), s.open())
-                    .unwrap();
+            let engine = s.open();
+            let server = StorageServer::start(
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                engine.clone(),
+            )
+            .unwrap();
             addrs.push(server.addr());
             storages.push(Some(server));
+            engines.push(engine);
         }
         let mut cluster = TestCluster {
             stores,
+            engines,
             addrs,
             storages,
             proxy: None,
@@ -75,7 +83,8 @@ impl TestCluster {
         cluster
     }
 
-    pub async fn start_proxy(&mut self) {
+    /// The cluster's map: one node per zone.
+    pub fn map(&self) -> ShardMap {
         let zones = self
             .addrs
             .iter()
@@ -84,14 +93,29 @@ impl TestCluster {
                 nodes: vec![a.to_string()],
             })
             .collect();
-        let config = ProxyConfig::new(
-            "127.0.0.1:0",
-            ShardMap {
-                epoch: 1,
-                num_shards: 64,
-                zones,
-            },
-        );
+        ShardMap {
+            epoch: 1,
+            num_shards: 64,
+            zones,
+        }
+    }
+
+    /// What zone `i`'s replica holds for `key` (in the client's namespace).
+    pub fn stored(&self, i: usize, key: &[u8]) -> Option<Vec<u8>> {
+        let k = junokv::key::StoreKey::new(b"test", key, 64);
+        self.engines[i].get(&k.to_bytes()).unwrap()
+    }
+
+    /// One sweep of zone `i`'s storage server, judging death by `clock`.
+    pub async fn sweep(&self, i: usize, clock: Clock) -> Swept {
+        let config = SweepConfig::default();
+        let proxy = StorageServer::sweeping_proxy(self.map(), &config, clock.clone()).unwrap();
+        let server = self.storages[i].as_ref().expect("running");
+        server.sweep_once(proxy, clock, config).await.unwrap()
+    }
+
+    pub async fn start_proxy(&mut self) {
+        let config = ProxyConfig::new("127.0.0.1:0", self.map());
         let server = Proxy::new(config, self.clock.clone())
             .unwrap()
             .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
@@ -108,17 +132,22 @@ impl TestCluster {
 
     /// Stops storage server `i`: its connections close and its engine is released.
     pub async fn kill(&mut self, i: usize) {
-        self.storages[i].take().expect("running").stop().await;
+        let server = self.storages[i].take().expect("running");
+        // Let go of the engine first: RocksDB's files unlock when its last user goes.
+        self.engines[i] = Arc::new(MemoryEngine::default());
+        server.stop().await;
     }
 
     /// Starts storage server `i` again, on its old address, over its old data.
     pub async fn restart(&mut self, i: usize) {
         let listener = TcpListener::bind(self.addrs[i]).await.unwrap();
-        self.storages[i] = Some(StorageServer::start(listener, self.stores[i].open()).unwrap());
+        self.engines[i] = self.stores[i].open();
+        self.storages[i] = Some(StorageServer::start(listener, self.engines[i].clone()).unwrap());
     }
 
     /// Stops everything, releasing every engine.
     pub async fn stop(mut self) -> Vec<Store> {
+        self.engines.clear();
         if let Some(p) = self.proxy.take() {
             p.stop().await;
         }
@@ -126,5 +155,18 @@ impl TestCluster {
             s.stop().await;
         }
         self.stores
+    }
+}
+
+/// Waits until `cond` holds, for at most five seconds (for effects that land after
+/// the request that caused them has been answered, such as purges and repairs).
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,161 @@
+//! The sweeper: a background pass over one storage server's slots that removes what
+//! nobody may read again, and repairs what is damaged, even for keys no client reads.
+//!
+//! It decides nothing itself. A long-dead record (tombstone or expired, older than the
+//! grace period) or a damaged slot is handed to the proxy's own read path, which
+//! purges a record only when every replica holds the very same dead record, and
+//! writes the key back to replicas that lag or are damaged. The one thing the sweeper
+//! does alone is fold a slot that holds nothing but a promise into the replica-wide
+//! floor, which keeps that promise. Freed space goes back to the file system through
+//! [`Engine::reclaim`] after a pass that removed many records.
+
+use super::replica_actor::{is_record_key, Envelope, ReplyTo};
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::fault::{bug, Bug};
+use crate::key::StoreKey;
+use crate::proxy::Proxy;
+use crate::record::Slot;
+use crate::replica::ReplicaRequest;
+use crate::semantics::Op;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// `[sweeper]` in a storage server's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Pause between passes.
+    pub interval_ms: u64,
+    /// How long a dead record is kept; the same as the proxies' `purge_grace_secs`.
+    pub purge_grace_secs: u32,
+    /// Keys resolved through the read path at once.
+    pub concurrency: usize,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            interval_ms: 60_000,
+            purge_grace_secs: 3600,
+            concurrency: 32,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Record slots looked at.
+    pub seen: u64,
+    /// Long-dead or damaged keys handed to the read path.
+    pub resolved: u64,
+    /// Promise-only slots folded into the floor.
+    pub forgotten: u64,
+}
+
+/// Everything a sweeper needs: the engine to walk, the replica to send its own
+/// requests to, and a proxy (the read path) for keys that need every replica.
+pub struct Sweeper {
+    pub engine: Arc<dyn Engine>,
+    pub replica: mpsc::UnboundedSender<Envelope>,
+    pub proxy: Arc<Proxy>,
+    pub clock: Clock,
+    pub config: SweepConfig,
+}
+
+impl Sweeper {
+    /// Sweeps every `interval` until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(self.config.interval_ms)).await;
+            match self.pass().await {
+                Ok(swept) => {
+                    tracing::debug!(?swept, "sweep pass");
+                    // A pass that removed many records compacts, so that the space
+                    // really comes back (RocksDB keeps deleted entries until then).
+                    if swept.resolved >= 1000.max(swept.seen / 10) {
+                        if let Err(e) = self.engine.reclaim() {
+                            tracing::warn!(error = %e, "reclaiming space after a sweep");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "sweep pass failed"),
+            }
+        }
+    }
+
+    /// One pass over every slot, a page at a time.
+    pub async fn pass(&self) -> std::io::Result<Swept> {
+        let mut swept = Swept::default();
+        let mut after: Option<Vec<u8>> = None;
+        // Replies to the sweeper's own requests: nobody waits for them.
+        let (ignored, _) = mpsc::unbounded_channel();
+        let mut resolving = FuturesUnordered::new();
+        loop {
+            let page = self.engine.scan(after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (raw, bytes) in page.iter().filter(|(k, _)| is_record_key(k)) {
+                let Some(key) = StoreKey::from_bytes(raw) else {
+                    continue;
+                };
+                swept.seen += 1;
+                let now_ns = self.clock.now_ns();
+                let now = (now_ns / 1_000_000_000) as u32;
+                let resolve = match Slot::decode(bytes) {
+                    Err(_) => true,
+                    Ok(Slot {
+                        promised,
+                        accepted: None,
+                    }) => {
+                        swept.forgotten += 1;
+                        let key = key.clone();
+                        self.send(ReplicaRequest::Forget { key, promised }, &ignored);
+                        false
+                    }
+                    Ok(Slot {
+                        accepted: Some((ballot, record)),
+                        ..
+                    }) if record.long_dead(now, self.config.purge_grace_secs) => {
+                        if bug(Bug::SweeperPurgesAlone) {
+                            let key = key.clone();
+                            self.send(ReplicaRequest::Purge { key, ballot }, &ignored);
+                            continue;
+                        }
+                        true
+                    }
+                    Ok(_) => false,
+                };
+                if resolve {
+                    swept.resolved += 1;
+                    let proxy = self.proxy.clone();
+                    resolving.push(async move {
+                        // The answer does not matter: the read path purges or repairs.
+                        let _ = proxy.execute(key, Op::Get { extend_ttl: 0 }, now_ns).await;
+                    });
+                    while resolving.len() >= self.config.concurrency.max(1) {
+                        resolving.next().await;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        while resolving.next().await.is_some() {}
+        Ok(swept)
+    }
+
+    fn send(&self, req: ReplicaRequest, ignored: &mpsc::UnboundedSender<Vec<u8>>) {
+        let reply_to = ReplyTo {
+            id: 0,
+            out: ignored.clone(),
+        };
+        // A replica that has stopped has nothing left to sweep.
+        let _ = self.replica.send((req, reply_to));
+    }
+}
