@@ -178,11 +178,11 @@ async fn a_conditional_update_race_has_exactly_one_winner() {
     cluster.stop().await;
 }
 
-/// A clock two hours ahead: past the default grace period of every record that died
-/// in the test.
-fn two_hours_on() -> junokv::clock::Clock {
+/// A clock three hours ahead: past twice the default grace period of every record
+/// that died in the test (when any replica's sweeper takes over).
+fn three_hours_on() -> junokv::clock::Clock {
     let clock = junokv::clock::Clock::default();
-    clock.set_skew_ns(2 * 3600 * 1_000_000_000);
+    clock.set_skew_ns(3 * 3600 * 1_000_000_000);
     clock
 }
 
@@ -215,7 +215,7 @@ async fn dead_records_are_purged_by_reads_and_by_the_sweeper() {
     assert!(everywhere(b"unread", true), "nobody read it");
 
     // The sweeper finds what nobody reads: the other tombstone and the bare promises.
-    let swept = cluster.sweep(0, two_hours_on()).await;
+    let swept = cluster.sweep(0, three_hours_on()).await;
     assert_eq!((swept.resolved, swept.forgotten), (1, 1), "{swept:?}");
     eventually("the sweeper purges the tombstone", || {
         everywhere(b"unread", false)

@@ -35,6 +35,9 @@ pub struct BenchArgs {
     duration: u64,
     #[arg(long, default_value = "bench")]
     namespace: String,
+    /// TTL in seconds of every record the benchmark writes (0: the proxy's default).
+    #[arg(long, default_value_t = 0)]
+    ttl: u32,
     /// Set every key once before measuring, so that gets find data.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     preload: bool,
@@ -94,7 +97,7 @@ pub async fn run(a: BenchArgs) -> CliResult {
     }
     let value = vec![b'x'; a.value_size];
     if a.preload {
-        preload(&clients, a.keys, &value).await?;
+        preload(&clients, a.keys, &value, a.ttl).await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -113,7 +116,7 @@ pub async fn run(a: BenchArgs) -> CliResult {
             mix.clone(),
             value.clone(),
         );
-        let keys = a.keys.max(1);
+        let (keys, ttl) = (a.keys.max(1), a.ttl);
         workers.push(tokio::spawn(async move {
             let mut rng = madsim::rand::rngs::SmallRng::seed_from_u64(w as u64);
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -135,10 +138,10 @@ pub async fn run(a: BenchArgs) -> CliResult {
                     .unwrap();
                 let t = Instant::now();
                 let r: Result<(), ClientError> = match kind {
-                    Kind::Create => client.create(&key, &value, 0).await.map(drop),
+                    Kind::Create => client.create(&key, &value, ttl).await.map(drop),
                     Kind::Get => client.get(&key).await.map(drop),
-                    Kind::Update => client.update(&key, &value, 0).await.map(drop),
-                    Kind::Set => client.set(&key, &value, 0).await.map(drop),
+                    Kind::Update => client.update(&key, &value, ttl).await.map(drop),
+                    Kind::Set => client.set(&key, &value, ttl).await.map(drop),
                     Kind::Destroy => client.destroy(&key).await,
                 };
                 let _ = hist.record(t.elapsed().as_micros() as u64);
@@ -198,7 +201,7 @@ pub async fn run(a: BenchArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn preload(clients: &[Client], keys: u64, value: &[u8]) -> Result<(), String> {
+async fn preload(clients: &[Client], keys: u64, value: &[u8], ttl: u32) -> Result<(), String> {
     let mut tasks = Vec::new();
     let lanes = 64u64;
     for lane in 0..lanes {
@@ -208,7 +211,7 @@ async fn preload(clients: &[Client], keys: u64, value: &[u8]) -> Result<(), Stri
             let mut k = lane;
             while k < keys {
                 client
-                    .set(format!("k{k}").as_bytes(), &value, 0)
+                    .set(format!("k{k}").as_bytes(), &value, ttl)
                     .await
                     .map_err(|e| format!("preload: {e}"))?;
                 k += lanes;

@@ -117,6 +117,11 @@ impl Proxy {
         }))
     }
 
+    /// The cluster map this proxy routes by.
+    pub fn map(&self) -> &crate::cluster::ShardMap {
+        &self.config.cluster
+    }
+
     /// Serves clients on `listener` until the returned server is stopped.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<ProxyServer> {
         let addr = listener.local_addr()?;

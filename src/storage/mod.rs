@@ -99,7 +99,11 @@ impl StorageServer {
         clock: Clock,
         config: SweepConfig,
     ) -> sweeper::Sweeper {
+        let map = proxy.map();
+        let me = self.addr.to_string();
         sweeper::Sweeper {
+            zone: map.zones.iter().position(|z| z.nodes.contains(&me)),
+            zones: map.zones.len(),
             engine: self.engine.clone(),
             replica: self.inbox.clone(),
             proxy,

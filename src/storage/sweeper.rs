@@ -60,6 +60,11 @@ pub struct Swept {
 /// Everything a sweeper needs: the engine to walk, the replica to send its own
 /// requests to, and a proxy (the read path) for keys that need every replica.
 pub struct Sweeper {
+    /// This server's zone in the map, if it is named there: the sweepers of a key's
+    /// replicas share the work by shard (the zone `shard % zones` resolves it), and
+    /// take over what is dead for twice the grace period (its sweeper may be down).
+    pub zone: Option<usize>,
+    pub zones: usize,
     pub engine: Arc<dyn Engine>,
     pub replica: mpsc::UnboundedSender<Envelope>,
     pub proxy: Arc<Proxy>,
@@ -123,6 +128,13 @@ impl Sweeper {
                         accepted: Some((ballot, record)),
                         ..
                     }) if record.long_dead(now, self.config.purge_grace_secs) => {
+                        let mine = self
+                            .zone
+                            .is_none_or(|z| usize::from(key.shard) % self.zones == z)
+                            || record.long_dead(now, 2 * self.config.purge_grace_secs);
+                        if !mine {
+                            continue;
+                        }
                         if bug(Bug::SweeperPurgesAlone) {
                             let key = key.clone();
                             self.send(ReplicaRequest::Purge { key, ballot }, &ignored);
