@@ -159,27 +159,58 @@ struct Frame {
     tried: usize,
 }
 
+/// What makes two unknown writes alike: kind, condition, TTL and (unread) value.
+type Alike = (F, Option<u32>, u64, u32);
+
+/// The interned value standing for every value of an unknown write that no read
+/// returned: such values cannot be told apart by any operation of the history, so
+/// states that differ only in them are one state to the search (and its memo).
+const UNREAD: u32 = u32::MAX;
+
 /// The key's operations in the model's terms, and the interned values (value `i` is
-/// `values[i - 1]`; 0 is no value).
+/// `values[i - 1]`; 0 is no value, [`UNREAD`] a value no read returned).
 fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
+    let read: FxHashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Ok { value, .. } => value.as_deref(),
+            _ => None,
+        })
+        .collect();
     let mut interned: FxHashMap<&str, u32> = FxHashMap::default();
     let mut values: Vec<&str> = Vec::new();
-    let mut intern = |v: Option<&'a String>| -> u32 {
+    let mut intern = |v: Option<&'a String>, unknown: bool| -> u32 {
         match v {
             None => 0,
+            Some(s) if unknown && !read.contains(s.as_str()) => UNREAD,
             Some(s) => *interned.entry(s.as_str()).or_insert_with(|| {
                 values.push(s.as_str());
                 values.len() as u32
             }),
         }
     };
+    // Values are unique per write, and a value keeps the version its write gave it:
+    // a read of (value, version) tells the version an unknown write produced, if it
+    // took effect at all (and that it did). The search then places it only where the
+    // key is at the version before — as Elle infers version orders — instead of
+    // anywhere after its invocation.
+    let read_version: FxHashMap<&str, u32> = ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Ok {
+                version: Some(v),
+                value: Some(x),
+            } => Some((x.as_str(), *v)),
+            _ => None,
+        })
+        .collect();
     let kops = ops
         .iter()
         .map(|op| {
             let observed = match &op.outcome {
                 Outcome::Ok { version, value } => Observed::Ok {
                     version: *version,
-                    value: value.as_ref().map(|v| intern(Some(v))),
+                    value: value.as_ref().map(|v| intern(Some(v), false)),
                 },
                 Outcome::Fail(e) => match e.as_str() {
                     "NoKey" => Observed::NoKey,
@@ -187,11 +218,17 @@ fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
                     "VersionConflict" => Observed::VersionConflict,
                     _ => Observed::OtherFailure,
                 },
-                Outcome::Info => Observed::Unknown,
+                Outcome::Info => match op.value.as_deref().and_then(|v| read_version.get(v)) {
+                    Some(&v) if op.f != F::Get => Observed::Ok {
+                        version: Some(v),
+                        value: None,
+                    },
+                    _ => Observed::Unknown,
+                },
             };
             KeyOp {
                 f: op.f,
-                value: intern(op.value.as_ref()),
+                value: intern(op.value.as_ref(), op.outcome == Outcome::Info),
                 ttl_ns: op.ttl.saturating_mul(1_000_000_000),
                 if_version: op.if_version.filter(|_| op.f == F::Update),
                 observed,
@@ -206,6 +243,34 @@ fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
 fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
     let (kops, values) = prepare(ops);
     let n = ops.len();
+    // Every finite time of the history is before `after`. Expiry times and
+    // linearization bounds past it are all alike ("after the history": only
+    // operations of unknown outcome can be placed there, and they always can), so they
+    // are clamped to it, and states that differ only there are one to the memo.
+    let after = kops
+        .iter()
+        .map(|k| if k.end == u64::MAX { k.start } else { k.end })
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let slack = model.clock_uncertainty_ns + model.expiry_rounding_ns;
+    let clamp = |s: State| State {
+        key: match s.key {
+            KeyState::Live {
+                value,
+                version,
+                exp_lo,
+                exp_hi,
+            } => KeyState::Live {
+                value,
+                version,
+                exp_lo: exp_lo.min(after + slack),
+                exp_hi: exp_hi.min(after + slack),
+            },
+            absent => absent,
+        },
+        not_before: s.not_before.min(after),
+    };
     // Calls and returns in history order; unknown operations return after everything.
     let mut events: Vec<(usize, Entry)> = Vec::with_capacity(2 * n);
     for (i, op) in ops.iter().enumerate() {
@@ -248,6 +313,29 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
         }
     };
 
+    // Symmetry: unknown writes whose value nobody read, whose own record outlives the
+    // history, and that agree in kind, condition and TTL are alike; see `twin_ahead`.
+    let class: Vec<Option<Alike>> = kops
+        .iter()
+        .map(|k| {
+            let ttl = if k.ttl_ns == 0 {
+                model.default_ttl_ns
+            } else {
+                k.ttl_ns
+            };
+            let outlives = k.f == F::Destroy || k.start.saturating_add(ttl) >= after + slack;
+            let alike = k.observed == Observed::Unknown
+                && k.f != F::Get
+                && matches!(k.value, 0 | UNREAD)
+                && outlives;
+            alike.then_some((k.f, k.if_version, k.ttl_ns, k.value))
+        })
+        .collect();
+    // A state no operation of the history can see expire.
+    let stable = |s: &State| match s.key {
+        KeyState::Absent => s.not_before < after,
+        KeyState::Live { exp_lo, .. } => s.not_before < after && exp_lo >= after + slack,
+    };
     let words = n.div_ceil(64).max(1);
     let mut linearized = vec![0u64; words];
     let mut cache: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
@@ -257,15 +345,37 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
     let mut best: (usize, Vec<usize>, usize, Vec<State>) = (0, Vec::new(), NONE, Vec::new());
     let mut steps: u64 = 0;
 
+    // Operations not yet linearized that completed (they must take effect before
+    // `after`), and that observed something (an unknown operation observed nothing,
+    // unless a read told its version, and can always be placed last).
+    let mut finite_left = kops.iter().filter(|k| k.end != u64::MAX).count();
+    let mut constrained_left = kops
+        .iter()
+        .filter(|k| k.observed != Observed::Unknown)
+        .count();
+    let count = |op: usize, sign: isize, finite: &mut usize, constrained: &mut usize| {
+        if kops[op].end != u64::MAX {
+            *finite = finite.wrapping_add_signed(sign);
+        }
+        if kops[op].observed != Observed::Unknown {
+            *constrained = constrained.wrapping_add_signed(sign);
+        }
+    };
+
     // Tries the candidates of a frame from `tried` on; true if one was taken.
     macro_rules! take_candidate {
         ($frame:expr) => {{
             let mut frame = $frame;
             let op = entries[frame.entry].op;
             let mut taken = false;
+            count(op, -1, &mut finite_left, &mut constrained_left);
             while frame.tried < frame.candidates.len() {
                 let cand = frame.candidates[frame.tried];
                 frame.tried += 1;
+                // Past the end of the history nothing that completed can be placed.
+                if cand.not_before >= after && finite_left > 0 {
+                    continue;
+                }
                 linearized[op / 64] |= 1 << (op % 64);
                 if cache.insert((linearized.clone().into_boxed_slice(), cand)) {
                     state = cand;
@@ -278,6 +388,8 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
             }
             if taken {
                 stack.push(frame);
+            } else {
+                count(op, 1, &mut finite_left, &mut constrained_left);
             }
             taken
         }};
@@ -288,7 +400,8 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
         if steps.is_multiple_of(4096) && Instant::now() > deadline {
             return KeyResult::TimedOut;
         }
-        if next[head] == NONE {
+        // What is left observed nothing: each can be placed last, in any order.
+        if next[head] == NONE || constrained_left == 0 {
             return KeyResult::Valid;
         }
         if cur == NONE {
@@ -296,8 +409,31 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
             unreachable!("ran off the end of the history");
         }
         let e = entries[cur];
+        // In a stable state, of alike operations that may all take effect now only the
+        // last invoked is tried: from a stable state they lead to the same state, and
+        // the one kept for later, invoked earlier, can do there whatever the other
+        // could (an earlier start only widens what it may see).
+        if e.call && stable(&state) && class[e.op].is_some() {
+            let mut ahead = next[cur];
+            let mut twin_ahead = false;
+            while ahead != NONE && entries[ahead].call {
+                if class[entries[ahead].op] == class[e.op] {
+                    twin_ahead = true;
+                    break;
+                }
+                ahead = next[ahead];
+            }
+            if twin_ahead {
+                cur = next[cur];
+                continue;
+            }
+        }
         if e.call {
-            let candidates = model.step(state, &kops[e.op]);
+            let candidates: Vec<State> = model
+                .step(state, &kops[e.op])
+                .into_iter()
+                .map(clamp)
+                .collect();
             let frame = Frame {
                 entry: cur,
                 before: state,
@@ -342,6 +478,7 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
         };
         let op = entries[frame.entry].op;
         state = frame.before;
+        count(op, 1, &mut finite_left, &mut constrained_left);
         linearized[op / 64] &= !(1 << (op % 64));
         relink(&mut next, &mut prev, ret_of[op]);
         relink(&mut next, &mut prev, frame.entry);
@@ -360,10 +497,13 @@ fn describe(s: &State, values: &[&str]) -> String {
         KeyState::Absent => "absent".to_string(),
         KeyState::Live { value, version, .. } => {
             let (value, version) = (&value, version);
-            let v = values
-                .get((*value as usize).wrapping_sub(1))
-                .copied()
-                .unwrap_or("?");
+            let v = match *value {
+                UNREAD => "(an unknown write's, never read)",
+                i => values
+                    .get((i as usize).wrapping_sub(1))
+                    .copied()
+                    .unwrap_or("?"),
+            };
             format!("value {v:?} version {version}")
         }
     }

@@ -400,3 +400,54 @@ proptest! {
         prop_assert_eq!(is_valid(&text), brute_force(&text), "{}", text);
     }
 }
+
+/// A key written by 30 unknown sets nobody read, then an update reporting the version
+/// that `taken` of them imply. Deciding it means finding which of the sets took
+/// effect: C(30, taken) subsets to a search that tells the sets apart.
+fn many_unknown_sets(taken: u32) -> String {
+    let owned: Vec<String> = (0..30).map(|i| format!("lost{i}")).collect();
+    let mut rows: Vec<Row> = vec![
+        (0, "invoke", "create", Some("a"), None, None, 1),
+        (0, "ok", "create", None, Some(1), None, 2),
+    ];
+    for (i, v) in owned.iter().enumerate() {
+        rows.push((
+            100 + i as u64,
+            "invoke",
+            "set",
+            Some(v.as_str()),
+            None,
+            None,
+            3,
+        ));
+    }
+    for i in 0..30 {
+        rows.push((100 + i, "info", "set", None, None, None, 4));
+    }
+    rows.push((1, "invoke", "update", Some("b"), None, None, 5));
+    rows.push((1, "ok", "update", None, Some(2 + taken), None, 6));
+    rows.push((2, "invoke", "get", None, None, None, 7));
+    rows.push((2, "ok", "get", Some("b"), Some(2 + taken), None, 8));
+    h(&rows)
+}
+
+#[test]
+fn many_alike_unknown_writes_are_decided_quickly() {
+    let decide = |text: &str| {
+        let ops = parse(text).unwrap();
+        let started = std::time::Instant::now();
+        let verdict = check(&ops, Model::default(), Duration::from_secs(20));
+        (verdict, started.elapsed())
+    };
+    let (verdict, took) = decide(&many_unknown_sets(17));
+    assert!(
+        matches!(verdict, Verdict::Valid),
+        "{verdict:?} after {took:?}"
+    );
+    // More than 30 sets would have to have taken effect: not linearizable.
+    let (verdict, took) = decide(&many_unknown_sets(31));
+    assert!(
+        matches!(verdict, Verdict::Invalid(_)),
+        "{verdict:?} after {took:?}"
+    );
+}
