@@ -45,7 +45,7 @@ pub fn text(verdict: &Verdict, ops: &[Op]) -> String {
         ),
         Verdict::Unknown { undecided } => {
             format!(
-                "unknown\ntime limit reached with {} of {} keys undecided (first: {})\n",
+                "unknown\ntime or memory limit reached with {} of {} keys undecided (first: {})\n",
                 undecided.len(),
                 key_count(ops),
                 undecided.first().map(String::as_str).unwrap_or("-")
