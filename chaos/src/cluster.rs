@@ -121,6 +121,11 @@ pub struct Cluster {
 /// by the storage servers' sweepers) happen during a run, under its faults.
 const PURGE_GRACE_SECS: i64 = 8;
 
+/// Writes a config file.
+fn write_toml(path: &Path, table: &toml::Table) -> std::io::Result<()> {
+    fs::write(path, toml::to_string(table).map_err(std::io::Error::other)?)
+}
+
 /// A free loopback port (bound, then released for the process that will use it).
 fn free_addr() -> std::io::Result<SocketAddr> {
     StdListener::bind("127.0.0.1:0")?.local_addr()
@@ -161,10 +166,7 @@ impl Cluster {
                 sweeper.insert("interval_ms".into(), toml::Value::Integer(2000));
                 sweeper.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
                 file.insert("sweeper".into(), toml::Value::Table(sweeper));
-                fs::write(
-                    &config,
-                    toml::to_string(&file).map_err(std::io::Error::other)?,
-                )?;
+                write_toml(&config, &file)?;
                 let addr = addr.parse().expect("a free address");
                 storage.push(process(&name, addr, "storage", &config, dir));
             }
@@ -194,10 +196,7 @@ impl Cluster {
             let mut timeouts = toml::Table::new();
             timeouts.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
             file.insert("timeouts".into(), toml::Value::Table(timeouts));
-            fs::write(
-                &config,
-                toml::to_string(&file).map_err(std::io::Error::other)?,
-            )?;
+            write_toml(&config, &file)?;
             proxies.push(process(&name, addr, "proxy", &config, dir));
             entries.push(Relay::start(TcpListener::bind("127.0.0.1:0").await?, addr)?);
             links.push(relays);

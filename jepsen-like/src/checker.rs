@@ -117,13 +117,7 @@ fn check_key_unobserved_first(
     model: Model,
     deadline: Instant,
 ) -> KeyResult {
-    let seen: FxHashSet<&str> = ops
-        .iter()
-        .filter_map(|op| match &op.outcome {
-            Outcome::Ok { value, .. } => value.as_deref(),
-            _ => None,
-        })
-        .collect();
+    let seen = read_values(ops);
     let unobserved = |op: &&&Op| {
         op.outcome == Outcome::Info
             && op.f != F::Get
@@ -173,16 +167,20 @@ type Alike = (F, Option<u32>, u64, u32);
 /// states that differ only in them are one state to the search (and its memo).
 const UNREAD: u32 = u32::MAX;
 
-/// The key's operations in the model's terms, and the interned values (value `i` is
-/// `values[i - 1]`; 0 is no value, [`UNREAD`] a value no read returned).
-fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
-    let read: FxHashSet<&str> = ops
-        .iter()
+/// The values some operation returned.
+fn read_values<'a>(ops: &[&'a Op]) -> FxHashSet<&'a str> {
+    ops.iter()
         .filter_map(|op| match &op.outcome {
             Outcome::Ok { value, .. } => value.as_deref(),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The key's operations in the model's terms, and the interned values (value `i` is
+/// `values[i - 1]`; 0 is no value, [`UNREAD`] a value no read returned).
+fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
+    let read = read_values(ops);
     let mut interned: FxHashMap<&str, u32> = FxHashMap::default();
     let mut values: Vec<&str> = Vec::new();
     let mut intern = |v: Option<&'a String>, unknown: bool| -> u32 {
