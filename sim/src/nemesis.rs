@@ -200,6 +200,8 @@ enum Heal {
     NetConfig,
     Clock(usize),
     Disk(usize),
+    /// A corruption storm, stopped by clearing its flag.
+    Storm(Arc<std::sync::atomic::AtomicBool>),
     Nothing,
 }
 
@@ -467,6 +469,24 @@ impl Nemesis {
                     .iter()
                     .filter(|s| s.zone == t.corruptible_zone)
                     .collect();
+                if rng.gen_bool(0.5) {
+                    // A failing disk: records of the zone go bad every few milliseconds
+                    // while the fault lasts, so that some go bad mid-request.
+                    let storming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let engines: Vec<Arc<SimEngine>> =
+                        zone.iter().map(|s| s.engine.clone()).collect();
+                    let on = storming.clone();
+                    tokio::spawn(async move {
+                        let mut rng = madsim::rand::thread_rng();
+                        while on.load(Ordering::Relaxed) {
+                            let ms = rng.gen_range(2..20);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            let e = &engines[rng.gen_range(0..engines.len())];
+                            e.corrupt(junokv::storage::is_record_key, &mut rng);
+                        }
+                    });
+                    return Heal::Storm(storming);
+                }
                 let s = zone[rng.gen_range(0..zone.len())];
                 let damaged = s.engine.corrupt(junokv::storage::is_record_key, rng);
                 tracing::info!(node = ?s.id, key = ?damaged, "corrupted a record");
@@ -561,6 +581,7 @@ impl Nemesis {
                     handle.restart(s.id);
                 }
             }
+            Heal::Storm(on) => on.store(false, Ordering::Relaxed),
             Heal::Nothing => {}
         }
         tracing::info!("heal");
