@@ -721,7 +721,7 @@ mod tests {
                         floor: *floor,
                         ceiling: u64::MAX,
                     };
-                    let (w, reply) = step(Stored::Slot(slot.as_ref()), bounds, &req);
+                    let (w, reply) = step(&Stored::Slot(slot.clone()), bounds, &req);
                     match w {
                         Some(Write::Put(s)) => *slot = Some(s),
                         Some(Write::Purge(b)) => {

@@ -99,17 +99,21 @@ impl Bounds {
 }
 
 /// What the storage server found for a key.
-#[derive(Clone, Copy, Debug)]
-pub enum Stored<'a> {
-    Slot(Option<&'a Slot>),
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Slot(Option<Slot>),
     /// The stored bytes failed their checksum.
     Damaged,
 }
 
 /// Applies one message to a key's stored slot.
-pub fn step(stored: Stored, bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
+pub fn step(
+    stored: &Stored,
+    bounds: Bounds,
+    req: &ReplicaRequest,
+) -> (Option<Write>, ReplicaReply) {
     let slot = match stored {
-        Stored::Slot(slot) => slot,
+        Stored::Slot(slot) => slot.as_ref(),
         Stored::Damaged => return step_damaged(bounds, req),
     };
     let floor = bounds.floor;
@@ -225,7 +229,7 @@ mod tests {
             floor: *floor,
             ceiling: u64::MAX,
         };
-        let (w, reply) = step(Stored::Slot(slot.as_ref()), bounds, req);
+        let (w, reply) = step(&Stored::Slot(slot.clone()), bounds, req);
         match w {
             Some(Write::Put(s)) => *slot = Some(s),
             Some(Write::Purge(f)) => {
@@ -363,7 +367,7 @@ mod tests {
             key: key(),
             ballot: above,
         };
-        let (w, reply) = step(Stored::Damaged, bounds, &prepare);
+        let (w, reply) = step(&Stored::Damaged, bounds, &prepare);
         assert_eq!(w, None);
         assert_eq!(
             reply,
@@ -377,10 +381,10 @@ mod tests {
             record: rec(3),
         };
         // At the ceiling it may have promised (to another proposer): refused.
-        let (w, reply) = step(Stored::Damaged, bounds, &accept(b(7)));
+        let (w, reply) = step(&Stored::Damaged, bounds, &accept(b(7)));
         assert_eq!(w, None);
         assert!(matches!(reply, ReplicaReply::Rejected { .. }));
-        let (w, reply) = step(Stored::Damaged, bounds, &accept(above));
+        let (w, reply) = step(&Stored::Damaged, bounds, &accept(above));
         assert_eq!(reply, ReplicaReply::Accepted);
         assert_eq!(
             w,

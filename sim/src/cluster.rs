@@ -345,7 +345,8 @@ fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
     let mut problems = Vec::new();
     for s in &nemesis.targets().storage {
         for (key, bytes) in s.engine.durable().iter().filter(|(k, _)| is_record_key(k)) {
-            let what = match Slot::decode(bytes) {
+            let slot = Slot::decode(bytes);
+            let what = match &slot {
                 Err(_) => "a damaged slot",
                 Ok(Slot { accepted: None, .. }) => "a slot holding only a promise",
                 Ok(Slot {
@@ -354,14 +355,16 @@ fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
                 }) if r.long_dead(now, PURGE_GRACE_SECS + 2) => "a long-dead record",
                 Ok(_) => continue,
             };
+            let held = slot.map(|s| {
+                (
+                    s.promised,
+                    s.accepted.map(|(b, r)| (b, r.version, r.tombstone)),
+                )
+            });
             problems.push(format!(
-                "{} still holds {what} for {:?} after the sweeps: {:?}",
+                "{} still holds {what} for {:?} after the sweeps: {held:?}",
                 s.addr,
                 String::from_utf8_lossy(key),
-                Slot::decode(bytes).map(|s| (
-                    s.promised,
-                    s.accepted.map(|(b, r)| (b, r.version, r.tombstone))
-                ))
             ));
         }
     }

@@ -192,8 +192,8 @@ pub struct Targets {
 /// How to undo one injected fault.
 enum Heal {
     Links(Vec<(NodeId, NodeId)>),
-    Restart(NodeId),
-    RestartAll(Vec<NodeId>),
+    /// Nodes taken down together, restarted together.
+    Restart(Vec<NodeId>),
     /// Crash points disarmed; the nodes that crashed at one restart.
     Disarm(Vec<NodeId>),
     Resume(NodeId),
@@ -247,6 +247,9 @@ impl Nemesis {
     /// The simulator's crash hook (see `junokv::fault::crash_point`): crashes an armed
     /// storage node when it reaches the point it is armed for.
     pub fn crash_point(&self, server: &str, point: CrashPoint) -> bool {
+        if self.held.lock().unwrap().armed.is_empty() {
+            return false; // (the common case, checked at every sync)
+        }
         let Some(node) = self
             .targets
             .storage
@@ -272,7 +275,7 @@ impl Nemesis {
         for &n in &nodes {
             self.take_down(n, handle);
         }
-        Heal::RestartAll(nodes)
+        Heal::Restart(nodes)
     }
 
     /// Injects faults for `period`, from `swarm.loops` concurrent loops, then heals
@@ -394,13 +397,11 @@ impl Nemesis {
             }
             Kind::CrashStorage => {
                 let s = &t.storage[rng.gen_range(0..t.storage.len())];
-                self.take_down(s.id, &handle);
-                Heal::Restart(s.id)
+                self.crash_together(vec![s.id], &handle)
             }
             Kind::CrashProxy => {
                 let p = &t.proxies[rng.gen_range(0..t.proxies.len())];
-                self.take_down(p.id, &handle);
-                Heal::Restart(p.id)
+                self.crash_together(vec![p.id], &handle)
             }
             Kind::Pause => {
                 let n = all[rng.gen_range(0..all.len())];
@@ -472,6 +473,7 @@ impl Nemesis {
                 if rng.gen_bool(0.5) {
                     // A failing disk: records of the zone go bad every few milliseconds
                     // while the fault lasts, so that some go bad mid-request.
+                    tracing::info!(zone = t.corruptible_zone, "corruption storm");
                     let storming = Arc::new(std::sync::atomic::AtomicBool::new(true));
                     let engines: Vec<Arc<SimEngine>> =
                         zone.iter().map(|s| s.engine.clone()).collect();
@@ -485,12 +487,13 @@ impl Nemesis {
                             e.corrupt(junokv::storage::is_record_key, &mut rng);
                         }
                     });
-                    return Heal::Storm(storming);
+                    Heal::Storm(storming)
+                } else {
+                    let s = zone[rng.gen_range(0..zone.len())];
+                    let damaged = s.engine.corrupt(junokv::storage::is_record_key, rng);
+                    tracing::info!(node = ?s.id, key = ?damaged, "corrupted a record");
+                    Heal::Nothing
                 }
-                let s = zone[rng.gen_range(0..zone.len())];
-                let damaged = s.engine.corrupt(junokv::storage::is_record_key, rng);
-                tracing::info!(node = ?s.id, key = ?damaged, "corrupted a record");
-                Heal::Nothing
             }
         };
         tracing::info!(fault = kind.name(), "inject");
@@ -545,8 +548,7 @@ impl Nemesis {
                     }
                 }
             }
-            Heal::Restart(node) => Self::bring_up(&mut held, node, &handle),
-            Heal::RestartAll(nodes) => {
+            Heal::Restart(nodes) => {
                 for node in nodes {
                     Self::bring_up(&mut held, node, &handle);
                 }

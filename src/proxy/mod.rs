@@ -210,9 +210,8 @@ impl Proxy {
             default_ttl: self.config.limits.default_ttl,
         };
         let deadline = Instant::now() + self.config.timeouts.request();
-        let turn = match tokio::time::timeout(self.config.timeouts.request(), self.turns.wait(&key))
-            .await
-        {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let turn = match tokio::time::timeout(wait, self.turns.wait(&key)).await {
             Ok(turn) => turn,
             // Its turn never came: it sent nothing, so it certainly did not happen.
             Err(_) => return Err(Status::NoStorageServer),

@@ -126,12 +126,8 @@ impl Replica {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
-        let stored = match &loaded.0 {
-            Ok(slot) => Stored::Slot(slot.as_ref()),
-            Err(()) => Stored::Damaged,
-        };
-        let (write, reply) = step(stored, self.bounds, &req);
-        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?loaded.0.as_ref().map(|s| s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), "replica step");
+        let (write, reply) = step(&loaded.0, self.bounds, &req);
+        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
         let wait_for = match write {
             Some(w) => self.persist(key, w),
             None => loaded.1, // the reply may describe a write not yet durable
@@ -173,24 +169,23 @@ impl Replica {
         }
     }
 
-    /// The slot for `key` (`Err(())` when damaged) and the sequence number it must be
-    /// durable up to.
-    #[allow(clippy::type_complexity)]
-    fn load(&mut self, key: &[u8]) -> Result<(Result<Option<Slot>, ()>, u64), String> {
+    /// What is stored for `key` and the sequence number it must be durable up to.
+    fn load(&mut self, key: &[u8]) -> Result<(Stored, u64), String> {
         if self.commit.has_failed() {
             return Err("replica stopped after a failed durable write".into());
         }
         if let Some((slot, seq)) = self.dirty.get(key) {
-            return Ok((Ok(slot.clone()), *seq));
+            return Ok((Stored::Slot(slot.clone()), *seq));
         }
         match self.engine.get(key) {
-            Ok(None) => Ok((Ok(None), 0)),
-            Ok(Some(bytes)) => Ok((
-                Slot::decode(&bytes).map(Some).map_err(|e| {
+            Ok(None) => Ok((Stored::Slot(None), 0)),
+            Ok(Some(bytes)) => match Slot::decode(&bytes) {
+                Ok(slot) => Ok((Stored::Slot(Some(slot)), 0)),
+                Err(e) => {
                     tracing::warn!(key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
-                }),
-                0,
-            )),
+                    Ok((Stored::Damaged, 0))
+                }
+            },
             Err(e) => Err(format!("engine read: {e}")),
         }
     }
