@@ -3,12 +3,15 @@
 
 use crate::protocol::{read_frame, Frame, OpCode, OpMessage, Payload, Status};
 use crate::rpc::write_frames;
+use crate::transport::Connector;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+
+/// How long connecting (and a TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,10 +72,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a proxy; operations use namespace `ns` and a 5 s timeout.
+    /// Connects to a proxy's plain-text port; operations use namespace `ns` and a 5 s
+    /// timeout.
     pub async fn connect(addr: &str, ns: &str) -> std::io::Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
+        Self::connect_with(addr, ns, &Connector::Plain).await
+    }
+
+    /// Connects through `connector` (TLS to a proxy's TLS port).
+    pub async fn connect_with(
+        addr: &str,
+        ns: &str,
+        connector: &Connector,
+    ) -> std::io::Result<Client> {
+        let (stream, _) = connector.connect(addr, CONNECT_TIMEOUT).await?;
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();

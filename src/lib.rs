@@ -1,6 +1,8 @@
 //! JunoKV: a distributed key-value store that speaks JunoDB's wire protocol, with every
 //! single-key operation linearizable. See `README.md` and `../shared/DESIGN.md`.
 
+#[cfg(not(madsim))]
+pub mod certs;
 pub mod client;
 pub mod clock;
 pub mod cluster;
@@ -16,3 +18,6 @@ pub mod replica;
 pub mod rpc;
 pub mod semantics;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
+pub mod transport;

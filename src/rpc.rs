@@ -3,6 +3,7 @@
 //! allowed out of order.
 
 use crate::replica::{ReplicaReply, ReplicaRequest};
+use crate::transport::Connector;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::io;
@@ -10,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 /// Internal frames above this size are refused: no legitimate record comes near it.
@@ -84,6 +84,7 @@ struct Connection {
 /// connection, shared by every request.
 pub struct Peer {
     addr: String,
+    connector: Connector,
     connect_timeout: Duration,
     next_id: AtomicU64,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
@@ -101,9 +102,10 @@ pub enum CallError {
 }
 
 impl Peer {
-    pub fn new(addr: String, connect_timeout: Duration) -> Self {
+    pub fn new(addr: String, connector: Connector, connect_timeout: Duration) -> Self {
         Peer {
             addr,
+            connector,
             connect_timeout,
             next_id: AtomicU64::new(1),
             conn: tokio::sync::Mutex::new(None),
@@ -142,23 +144,14 @@ impl Peer {
                 return Ok(c.clone());
             }
         }
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&self.addr),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(CallError::Connect(self.addr.clone(), e.to_string())),
-            Err(_) => return Err(CallError::Connect(self.addr.clone(), "timed out".into())),
-        };
-        let _ = stream.set_nodelay(true);
-        let ends = (stream.local_addr(), stream.peer_addr());
+        let (stream, (local, peer)) = self
+            .connector
+            .connect(&self.addr, self.connect_timeout)
+            .await
+            .map_err(|e| CallError::Connect(self.addr.clone(), e.to_string()))?;
         let (mut rd, wr) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        if let (Ok(local), Ok(peer)) = ends {
-            rx = crate::fault::delayed(rx, local, peer);
-        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = crate::fault::delayed(rx, local, peer);
         let pending: Pending = Arc::default();
         let conn = Arc::new(Connection {
             tx,

@@ -4,7 +4,9 @@
 //! clients reach each proxy through one — so that any link can be cut or slowed.
 
 use crate::relay::{Link, Relay};
+use junokv::certs::DevCerts;
 use junokv::cluster::{ShardMap, Zone};
+use junokv::transport::TlsFiles;
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -114,6 +116,9 @@ pub struct Cluster {
     pub entries: Vec<Relay>,
     /// The map with the storage nodes' own addresses (for checking replicas directly).
     pub map: ShardMap,
+    /// The cluster's certificate (as every member has it) and CA: TLS everywhere,
+    /// through the relays.
+    pub tls: TlsFiles,
     bin: PathBuf,
 }
 
@@ -131,9 +136,21 @@ fn free_addr() -> std::io::Result<SocketAddr> {
     StdListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// A `[tls]`-style table of `files`.
+fn tls_table(files: &TlsFiles) -> std::io::Result<toml::Value> {
+    toml::Value::try_from(files).map_err(std::io::Error::other)
+}
+
 impl Cluster {
     /// Writes every config under `dir` and starts every process and relay.
     pub async fn start(bin: &Path, dir: &Path, shape: Shape) -> std::io::Result<Cluster> {
+        let tls = DevCerts::ensure(&dir.join("tls"))
+            .map_err(std::io::Error::other)?
+            .member();
+        let client_port = TlsFiles {
+            ca: None,
+            ..tls.clone()
+        };
         let mut zones = Vec::new();
         for z in 0..shape.zones {
             let nodes = (0..shape.nodes_per_zone)
@@ -166,6 +183,7 @@ impl Cluster {
                 sweeper.insert("interval_ms".into(), toml::Value::Integer(2000));
                 sweeper.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
                 file.insert("sweeper".into(), toml::Value::Table(sweeper));
+                file.insert("tls".into(), tls_table(&tls)?);
                 write_toml(&config, &file)?;
                 let addr = addr.parse().expect("a free address");
                 storage.push(process(&name, addr, "storage", &config, dir));
@@ -196,6 +214,8 @@ impl Cluster {
             let mut timeouts = toml::Table::new();
             timeouts.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
             file.insert("timeouts".into(), toml::Value::Table(timeouts));
+            file.insert("tls".into(), tls_table(&client_port)?);
+            file.insert("cluster_tls".into(), tls_table(&tls)?);
             write_toml(&config, &file)?;
             proxies.push(process(&name, addr, "proxy", &config, dir));
             entries.push(Relay::start(TcpListener::bind("127.0.0.1:0").await?, addr)?);
@@ -207,6 +227,7 @@ impl Cluster {
             links,
             entries,
             map,
+            tls,
             bin: bin.to_path_buf(),
         };
         for p in cluster.storage.iter_mut().chain(cluster.proxies.iter_mut()) {

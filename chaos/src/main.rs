@@ -16,6 +16,7 @@ use jepsen_like::{checker, model::Model, report};
 use junokv::key::StoreKey;
 use junokv::replica::{ReplicaReply, ReplicaRequest};
 use junokv::rpc::Peer;
+use junokv::transport::Connector;
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,8 +92,10 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
         seed,
         namespace: Some("chaos".into()),
         first_process: 0,
+        tls_ca: cluster.tls.ca.clone(),
     };
     let map = cluster.map.clone();
+    let member = Connector::member(Some(&cluster.tls)).map_err(std::io::Error::other)?;
     let cluster = tokio::sync::Mutex::new(cluster);
     let origin = Instant::now();
     let faults_end = origin + Duration::from_secs_f64(args.duration * 0.7);
@@ -125,7 +128,7 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
             Err(e) => problems.push(format!("read back: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        diverged = divergent_replicas(&map, &workload).await;
+        diverged = divergent_replicas(&map, &workload, &member).await;
         if diverged.is_empty() {
             break;
         }
@@ -200,14 +203,18 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
 }
 
 /// Keys whose replicas (asked directly, past the relays) hold different records.
-async fn divergent_replicas(map: &junokv::cluster::ShardMap, w: &Workload) -> Vec<String> {
+async fn divergent_replicas(
+    map: &junokv::cluster::ShardMap,
+    w: &Workload,
+    connector: &Connector,
+) -> Vec<String> {
     let ns = w.namespace.clone().unwrap_or_default();
     let mut problems = Vec::new();
     for k in 0..w.keys.max(1) {
         let key = StoreKey::new(ns.as_bytes(), format!("k{k}").as_bytes(), map.num_shards);
         let mut states = Vec::new();
         for addr in map.replicas(key.shard) {
-            let peer = Peer::new(addr.to_string(), Duration::from_secs(1));
+            let peer = Peer::new(addr.to_string(), connector.clone(), Duration::from_secs(1));
             let req = ReplicaRequest::Read { key: key.clone() };
             states.push(match peer.call(&req, Duration::from_secs(2)).await {
                 Ok(ReplicaReply::Value { accepted }) => {

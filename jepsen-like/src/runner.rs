@@ -6,6 +6,7 @@ use crate::history::{to_json_line, Event, EventType, F};
 use crate::{checker, model::Model, report};
 use junokv::client::{Client, ClientError, RecordInfo};
 use junokv::protocol::Status;
+use junokv::transport::Connector;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -51,6 +52,20 @@ pub struct Workload {
     /// Number of the first client process (several runners share one history).
     #[arg(long, default_value_t = 0)]
     pub first_process: u64,
+    /// Connect to the proxies' TLS port, trusting this CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Workload {
+    fn connection(&self, proxy: String, ns: &str) -> Result<Connection, String> {
+        Ok(Connection {
+            proxy,
+            ns: ns.to_string(),
+            connector: Connector::client(self.tls_ca.as_deref(), None)?,
+            client: None,
+        })
+    }
 }
 
 /// The history being recorded: one clock, one order.
@@ -186,6 +201,7 @@ async fn perform(
 struct Connection {
     proxy: String,
     ns: String,
+    connector: Connector,
     client: Option<Client>,
 }
 
@@ -193,7 +209,10 @@ impl Connection {
     /// The live client, or `None` after a failed attempt to connect (which waited).
     async fn get(&mut self) -> Option<Client> {
         if self.client.is_none() {
-            let connect = tokio::time::timeout(OP_TIMEOUT, Client::connect(&self.proxy, &self.ns));
+            let connect = tokio::time::timeout(
+                OP_TIMEOUT,
+                Client::connect_with(&self.proxy, &self.ns, &self.connector),
+            );
             match connect.await {
                 Ok(Ok(c)) => self.client = Some(c.with_timeout(OP_TIMEOUT)),
                 _ => tokio::time::sleep(RECONNECT_PAUSE).await,
@@ -222,11 +241,7 @@ pub async fn run(args: &Workload, origin: Instant) -> Result<Vec<Event>, String>
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let mut workers = Vec::new();
     for c in 0..args.clients {
-        let mut conn = Connection {
-            proxy: args.proxy[c as usize % args.proxy.len()].clone(),
-            ns: ns.clone(),
-            client: None,
-        };
+        let mut conn = args.connection(args.proxy[c as usize % args.proxy.len()].clone(), &ns)?;
         let (recorder, keys, seed) = (recorder.clone(), args.keys.max(1), args.seed);
         let clients = args.clients;
         let ns = ns.clone();
@@ -314,15 +329,8 @@ pub async fn read_back(
         start: origin,
         events: Arc::default(),
     };
-    let mut conn = Connection {
-        proxy: args
-            .proxy
-            .first()
-            .ok_or("no proxy to read back from")?
-            .clone(),
-        ns: ns.clone(),
-        client: None,
-    };
+    let first = args.proxy.first().ok_or("no proxy to read back from")?;
+    let mut conn = args.connection(first.clone(), &ns)?;
     let mut process = first_process;
     for k in 0..args.keys.max(1) {
         let req = Request {

@@ -11,6 +11,7 @@ use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
 use junokv::storage::{is_record_key, StorageServer, SweepConfig};
+use junokv::transport::Acceptor;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, Runtime};
 use std::collections::BTreeMap;
@@ -185,7 +186,7 @@ async fn simulate(plan: Plan) -> Run {
     for dc in 0..topo.datacenters() {
         for addr in topo.proxies(dc) {
             let clock = Clock::default();
-            let mut config = ProxyConfig::new(addr.to_string(), map.clone());
+            let mut config = ProxyConfig::new(map.clone());
             config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
             config.timeouts.request_ms = plan.request_ms;
             let node_clock = clock.clone();
@@ -215,6 +216,7 @@ async fn simulate(plan: Plan) -> Run {
         seed: plan.seed,
         namespace: Some("sim".into()),
         first_process: 0,
+        tls_ca: None,
     };
     let origin = std::time::Instant::now();
     let mut clients = Vec::new();
@@ -328,10 +330,10 @@ async fn simulate(plan: Plan) -> Run {
 
 async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>, map: junokv::cluster::ShardMap) {
     match TcpListener::bind(addr).await {
-        Ok(listener) => match StorageServer::start(listener, engine) {
+        Ok(listener) => match StorageServer::start(listener, engine, Acceptor::Plain) {
             Ok(mut server) => {
                 let clock = Clock::default();
-                match StorageServer::sweeping_proxy(map, &sweep_config(), clock.clone()) {
+                match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
                     Ok(proxy) => server.start_sweeper(proxy, clock, sweep_config()),
                     Err(e) => tracing::error!(error = %e, "sweeper did not start"),
                 }
@@ -382,7 +384,7 @@ fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
 async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
     let proxy = Proxy::new(config, clock).expect("the simulator's shard map is valid");
     match TcpListener::bind(addr).await {
-        Ok(listener) => match proxy.serve(listener) {
+        Ok(listener) => match proxy.serve(listener, Acceptor::Plain) {
             Ok(_server) => std::future::pending::<()>().await,
             Err(e) => tracing::error!(error = %e, "proxy did not start"),
         },

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    proxy: String,
+    #[command(flatten)]
+    proxy: super::ProxyArgs,
     /// Operation mix as weights, e.g. `create:10,get:60,update:20,destroy:10`.
     #[arg(long, default_value = "get:50,set:50")]
     mix: String,
@@ -90,10 +90,7 @@ pub async fn run(a: BenchArgs) -> CliResult {
     let total_weight: u32 = mix.iter().map(|(_, w)| w).sum();
     let mut clients = Vec::new();
     for _ in 0..a.connections.max(1) {
-        let c = Client::connect(&a.proxy, &a.namespace)
-            .await
-            .map_err(|e| format!("connect {}: {e}", a.proxy))?;
-        clients.push(c);
+        clients.push(a.proxy.connect(&a.namespace).await?);
     }
     let value = vec![b'x'; a.value_size];
     if a.preload {

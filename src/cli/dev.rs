@@ -2,11 +2,13 @@
 //! SIGTERM.
 
 use super::CliResult;
+use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::RocksEngine;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::storage::{StorageConfig, StorageServer, SweepConfig};
+use junokv::transport::{Acceptor, TlsFiles};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,12 +16,16 @@ use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// Where the storage servers keep their data (one directory per zone).
+    /// Where the storage servers keep their data (one directory per zone), and the
+    /// development certificates (`tls/`).
     #[arg(long, default_value = "junokv-data")]
     data_dir: PathBuf,
-    /// Client address of the proxy.
+    /// Plain-text client address of the proxy (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
+    /// TLS client address of the proxy.
+    #[arg(long, default_value = "127.0.0.1:5080")]
+    tls_listen: String,
     /// Number of zones (replicas).
     #[arg(long, default_value_t = 3)]
     zones: usize,
@@ -42,48 +48,101 @@ async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("listen on {addr}: {e}"))
 }
 
-async fn start_storage(listen: &str, dir: &Path) -> Result<StorageServer, String> {
+async fn start_storage(
+    listen: &str,
+    dir: &Path,
+    acceptor: Acceptor,
+) -> Result<StorageServer, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let engine = RocksEngine::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
-    StorageServer::start(bind(listen).await?, Arc::new(engine)).map_err(|e| e.to_string())
+    StorageServer::start(bind(listen).await?, Arc::new(engine), acceptor).map_err(|e| e.to_string())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Runs until Ctrl-C or SIGTERM; on SIGHUP calls `reload` (certificate files).
+async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match reload() {
+                Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: certificates not reloaded, the old ones stay"),
+            },
+        }
     }
     tracing::info!("shutting down");
 }
 
 pub async fn run_storage(config: &Path) -> CliResult {
     let cfg: StorageConfig = read_toml(config)?;
-    let mut server = start_storage(&cfg.listen, &cfg.data_dir).await?;
-    match cfg.cluster {
+    let acceptor = cfg
+        .acceptor()
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut server = start_storage(&cfg.listen, &cfg.data_dir, acceptor.clone()).await?;
+    let sweeping = match cfg.cluster {
         Some(map) => {
-            let proxy = StorageServer::sweeping_proxy(map, &cfg.sweeper, Clock::default())?;
-            server.start_sweeper(proxy, Clock::default(), cfg.sweeper);
+            let proxy = StorageServer::sweeping_proxy(
+                map,
+                &cfg.sweeper,
+                cfg.tls.as_ref(),
+                Clock::default(),
+            )?;
+            server.start_sweeper(proxy.clone(), Clock::default(), cfg.sweeper);
+            Some(proxy)
         }
-        None => tracing::warn!(
-            "no [cluster] in the storage config: no sweeper, dead records go only when read"
-        ),
-    }
-    shutdown_signal().await;
+        None => {
+            tracing::warn!(
+                "no [cluster] in the storage config: no sweeper, dead records go only when read"
+            );
+            None
+        }
+    };
+    run_until_shutdown(|| {
+        acceptor.reload()?;
+        sweeping.as_ref().map_or(Ok(()), |p| p.reload_tls())
+    })
+    .await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run_proxy(config: &Path) -> CliResult {
     let cfg: ProxyConfig = read_toml(config)?;
-    let listener = bind(&cfg.listen).await?;
-    let server = Proxy::new(cfg, Clock::default())?
-        .serve(listener)
-        .map_err(|e| e.to_string())?;
-    shutdown_signal().await;
-    server.stop().await;
+    let bad = |e: &str| format!("{}: {e}", config.display());
+    if cfg.listen.is_some() != cfg.tls.is_some() {
+        return Err(bad(
+            "`listen` (the TLS client port) and [tls] go together; a plain-text port is `plain_listen`",
+        ));
+    }
+    if cfg.listen.is_none() && cfg.plain_listen.is_none() {
+        return Err(bad(
+            "no client port: set `listen` with [tls], or `plain_listen`",
+        ));
+    }
+    let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
+    let tls = Acceptor::new(cfg.tls.as_ref()).map_err(|e| bad(&e))?;
+    let mut servers = Vec::new();
+    for (addr, acceptor) in [(&cfg.listen, &tls), (&cfg.plain_listen, &Acceptor::Plain)] {
+        if let Some(addr) = addr {
+            let listener = bind(addr).await?;
+            servers.push(
+                proxy
+                    .serve(listener, acceptor.clone())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    run_until_shutdown(|| {
+        tls.reload()?;
+        proxy.reload_tls()
+    })
+    .await;
+    for s in servers {
+        s.stop().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,26 +150,28 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     if a.zones == 0 {
         return Err("--zones must be at least 1".into());
     }
+    // Secure by default: a development CA and certificates, made on first start;
+    // mutual TLS between the proxy and the storage servers, TLS for clients.
+    let certs = DevCerts::ensure(&a.data_dir.join("tls"))?;
+    let member = certs.member();
     let mut storages = Vec::new();
     let mut zones = Vec::new();
     for z in 0..a.zones {
-        let server = start_storage("127.0.0.1:0", &a.data_dir.join(format!("zone-{z}"))).await?;
+        let dir = a.data_dir.join(format!("zone-{z}"));
+        let server = start_storage("127.0.0.1:0", &dir, Acceptor::new(Some(&member))?).await?;
         zones.push(Zone {
             datacenter: "dc1".into(),
             nodes: vec![server.addr().to_string()],
         });
         storages.push(server);
     }
-    let mut cfg = ProxyConfig::new(
-        a.listen.clone(),
-        ShardMap {
-            epoch: 1,
-            num_shards: 1024,
-            zones,
-        },
-    );
+    let mut cfg = ProxyConfig::new(ShardMap {
+        epoch: 1,
+        num_shards: 1024,
+        zones,
+    });
     cfg.timeouts.purge_grace_secs = a.purge_grace_secs;
-    let listener = bind(&a.listen).await?;
+    cfg.cluster_tls = Some(member.clone());
     let shared = Proxy::new(cfg, Clock::default())?;
     let sweep = SweepConfig {
         interval_ms: a.sweep_interval_ms,
@@ -120,15 +181,31 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     for s in &mut storages {
         s.start_sweeper(shared.clone(), Clock::default(), sweep.clone());
     }
-    let proxy = shared.serve(listener).map_err(|e| e.to_string())?;
+    // Clients need no certificate of their own here.
+    let client_port = TlsFiles {
+        ca: None,
+        ..member.clone()
+    };
+    let plain = shared
+        .serve(bind(&a.listen).await?, Acceptor::Plain)
+        .map_err(|e| e.to_string())?;
+    let tls = shared
+        .serve(
+            bind(&a.tls_listen).await?,
+            Acceptor::new(Some(&client_port))?,
+        )
+        .map_err(|e| e.to_string())?;
     println!(
-        "junokv dev: {} zones, data in {}, clients connect to {}",
+        "junokv dev: {} zones, data in {}, clients connect to {} (plain text) or {} (TLS, CA {})",
         a.zones,
         a.data_dir.display(),
-        proxy.addr()
+        plain.addr(),
+        tls.addr(),
+        certs.dir.join(CA_CERT).display()
     );
-    shutdown_signal().await;
-    proxy.stop().await;
+    run_until_shutdown(|| Ok(())).await;
+    plain.stop().await;
+    tls.stop().await;
     for s in storages {
         s.stop().await;
     }

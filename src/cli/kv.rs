@@ -1,16 +1,15 @@
 //! `junokv create|get|update|set|destroy`.
 
 use super::CliResult;
-use junokv::client::{Client, ClientError, RecordInfo};
+use junokv::client::{ClientError, RecordInfo};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct KvArgs {
     key: String,
     value: Option<String>,
-    /// Proxy client address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    proxy: String,
+    #[command(flatten)]
+    proxy: super::ProxyArgs,
     #[arg(long, short, default_value = "default")]
     namespace: String,
     /// Seconds to live (get: extend to at least this).
@@ -30,9 +29,7 @@ pub enum Kind {
 }
 
 pub async fn run(kind: Kind, a: KvArgs) -> CliResult {
-    let client = Client::connect(&a.proxy, &a.namespace)
-        .await
-        .map_err(|e| format!("connect {}: {e}", a.proxy))?;
+    let client = a.proxy.connect(&a.namespace).await?;
     let value = || {
         a.value
             .clone()

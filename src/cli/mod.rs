@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 mod bench;
+mod certs;
 mod dev;
 mod kv;
 
@@ -45,6 +46,9 @@ enum Command {
     Destroy(kv::KvArgs),
     /// Load generator.
     Bench(bench::BenchArgs),
+    /// Issue the cluster's certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -67,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Set(a) => kv::run(kv::Kind::Set, a).await,
             Command::Destroy(a) => kv::run(kv::Kind::Destroy, a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Certs(c) => certs::run(c),
         }
     });
     match result {
@@ -80,3 +85,59 @@ pub fn main() -> ExitCode {
 
 /// Errors of the CLI, printed as they are.
 pub type CliResult = Result<ExitCode, String>;
+
+/// Where and how a client command reaches a proxy.
+#[derive(clap::Args)]
+pub struct ProxyArgs {
+    /// Proxy client address [default: 127.0.0.1:8080, or 127.0.0.1:5080 with --tls].
+    #[arg(long)]
+    proxy: Option<String>,
+    /// Connect with TLS.
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate (PEM) that the proxy's certificate must chain to [default:
+    /// junokv dev's, junokv-data/tls/ca.crt].
+    #[arg(long, requires = "tls")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), for proxies that require one.
+    #[arg(long, requires = "tls", requires = "client_key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "key", id = "client_key", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    /// The proxy's address.
+    pub fn addr(&self) -> String {
+        let default = if self.tls {
+            "127.0.0.1:5080"
+        } else {
+            "127.0.0.1:8080"
+        };
+        self.proxy.clone().unwrap_or_else(|| default.into())
+    }
+
+    /// A connection in namespace `ns`.
+    pub async fn connect(&self, ns: &str) -> Result<junokv::client::Client, String> {
+        let ca = self.tls.then(|| {
+            self.ca
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("junokv-data/tls/ca.crt"))
+        });
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(junokv::transport::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: None,
+                crl: None,
+            }),
+            _ => None,
+        };
+        let connector = junokv::transport::Connector::client(ca.as_deref(), identity)?;
+        let addr = self.addr();
+        junokv::client::Client::connect_with(&addr, ns, &connector)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))
+    }
+}

@@ -1,6 +1,7 @@
 //! Proxy configuration, with JunoDB's shipped defaults.
 
 use crate::cluster::ShardMap;
+use crate::transport::TlsFiles;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -8,8 +9,22 @@ use std::time::Duration;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Client (JunoDB protocol) address.
-    pub listen: String,
+    /// The client (JunoDB protocol) port, TLS with the certificate in `[tls]`
+    /// (JunoDB's convention: 5080).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// A plain-text client port (JunoDB's 8080): only where it is set.
+    #[serde(default)]
+    pub plain_listen: Option<String>,
+    /// The client port's certificate; with `ca`, clients must present a certificate
+    /// from that CA.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Mutual TLS to the storage servers (this proxy's cluster certificate and the
+    /// cluster CA). Without it the proxy talks to them in plain text, which they
+    /// refuse unless they are configured `plaintext = true`.
+    #[serde(default)]
+    pub cluster_tls: Option<TlsFiles>,
     pub cluster: ShardMap,
     #[serde(default)]
     pub limits: Limits,
@@ -18,10 +33,13 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// A proxy on `listen` for `cluster`, with default limits and timeouts.
-    pub fn new(listen: impl Into<String>, cluster: ShardMap) -> Self {
+    /// A proxy for `cluster`, in plain text, with default limits and timeouts.
+    pub fn new(cluster: ShardMap) -> Self {
         ProxyConfig {
-            listen: listen.into(),
+            listen: None,
+            plain_listen: None,
+            tls: None,
+            cluster_tls: None,
             cluster,
             limits: Limits::default(),
             timeouts: Timeouts::default(),

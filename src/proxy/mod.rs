@@ -16,13 +16,14 @@ use crate::record::Ballot;
 use crate::replica::ReplicaReply;
 use crate::rpc::{write_frames, Peer};
 use crate::semantics::{Context, Op};
+use crate::transport::{Acceptor, BoxStream, Connector};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -59,6 +60,7 @@ impl BallotSource for Ballots {
 /// Shared state of a proxy.
 pub struct Proxy {
     config: ProxyConfig,
+    connector: Connector,
     peers: HashMap<String, Arc<Peer>>,
     ballots: Ballots,
     clock: Clock,
@@ -88,6 +90,7 @@ impl ProxyServer {
 impl Proxy {
     pub fn new(config: ProxyConfig, clock: Clock) -> Result<Arc<Self>, String> {
         config.cluster.validate()?;
+        let connector = Connector::member(config.cluster_tls.as_ref())?;
         let peers = config
             .cluster
             .nodes()
@@ -95,7 +98,11 @@ impl Proxy {
             .map(|a| {
                 (
                     a.to_string(),
-                    Arc::new(Peer::new(a.to_string(), config.timeouts.connect())),
+                    Arc::new(Peer::new(
+                        a.to_string(),
+                        connector.clone(),
+                        config.timeouts.connect(),
+                    )),
                 )
             })
             .collect();
@@ -109,6 +116,7 @@ impl Proxy {
         };
         Ok(Arc::new(Proxy {
             config,
+            connector,
             peers,
             ballots,
             clock,
@@ -117,27 +125,49 @@ impl Proxy {
         }))
     }
 
+    /// Reads its cluster certificate files again: connections opened from now on use
+    /// them.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        self.connector.reload()
+    }
+
     /// The cluster map this proxy routes by.
     pub fn map(&self) -> &crate::cluster::ShardMap {
         &self.config.cluster
     }
 
-    /// Serves clients on `listener` until the returned server is stopped.
-    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<ProxyServer> {
+    /// Serves clients on `listener` (through `acceptor`: plain or TLS) until the
+    /// returned server is stopped.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        acceptor: Acceptor,
+    ) -> std::io::Result<ProxyServer> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let proxy = self.clone();
+        let transport = match acceptor {
+            Acceptor::Plain => "plain text",
+            #[cfg(not(madsim))]
+            Acceptor::Tls(_) => "TLS",
+        };
         let task = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
-            proxy.clone().serve_client(stream)
+            let proxy = proxy.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    proxy.serve_client(stream).await;
+                }
+            }
         }));
-        tracing::info!(%addr, "proxy listening");
+        tracing::info!(%addr, transport, "proxy listening");
         Ok(ProxyServer { addr, stop, task })
     }
 
     /// One client connection: requests are handled concurrently and answered as they
     /// complete, each carrying its request's opaque. A stream that cannot be framed is
     /// closed; a frame that is not a valid request is answered BadMsg.
-    async fn serve_client(self: Arc<Self>, stream: TcpStream) {
+    async fn serve_client(self: Arc<Self>, stream: BoxStream) {
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_frames(wr, rx));

@@ -15,6 +15,7 @@ use crate::listener::serve_until_stopped;
 use crate::proxy::Proxy;
 use crate::replica::ReplicaRequest;
 use crate::rpc::{read_frame, write_frames};
+use crate::transport::{Acceptor, TlsFiles};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,14 @@ pub struct StorageConfig {
     /// removed only when clients read them.
     #[serde(default)]
     pub cluster: Option<ShardMap>,
+    /// Mutual TLS: this server's cluster certificate, and the cluster CA (`ca`,
+    /// required) whose certificates alone may connect. Revoked ones go in `crl`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Serve the internal port in plain text, to anyone who reaches it: only where
+    /// the network itself is trusted. Needed when there is no `[tls]`.
+    #[serde(default)]
+    pub plaintext: bool,
     #[serde(default)]
     pub sweeper: SweepConfig,
 }
@@ -50,15 +59,40 @@ pub struct StorageServer {
     sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl StorageConfig {
+    /// How the internal port accepts connections: mutual TLS, or plain text only when
+    /// asked for in so many words.
+    pub fn acceptor(&self) -> Result<Acceptor, String> {
+        match (&self.tls, self.plaintext) {
+            (Some(tls), false) if tls.ca.is_some() => Acceptor::new(Some(tls)),
+            (Some(_), false) => {
+                Err("[tls] needs `ca`: storage servers accept only cluster certificates".into())
+            }
+            (None, true) => Ok(Acceptor::Plain),
+            (Some(_), true) => Err("set either [tls] or plaintext = true, not both".into()),
+            (None, false) => Err(
+                "no [tls]: give the server a cluster certificate (mutual TLS), or set \
+                 plaintext = true to serve the internal port unauthenticated"
+                    .into(),
+            ),
+        }
+    }
+}
+
 impl StorageServer {
-    /// Serves `engine` on `listener` until [`StorageServer::stop`].
-    pub fn start(listener: TcpListener, engine: Arc<dyn Engine>) -> std::io::Result<Self> {
+    /// Serves `engine` on `listener` (through `acceptor`: mutual TLS or plain text)
+    /// until [`StorageServer::stop`].
+    pub fn start(
+        listener: TcpListener,
+        engine: Arc<dyn Engine>,
+        acceptor: Acceptor,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (inbox, replica) = replica_actor::start(engine.clone(), addr.to_string())?;
         let (stop, stopped) = watch::channel(false);
         let connections = inbox.clone();
         let accepting = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
-            serve_connection(stream, connections.clone())
+            serve_connection(stream, acceptor.clone(), connections.clone())
         }));
         tracing::info!(%addr, "storage server listening");
         Ok(StorageServer {
@@ -113,13 +147,15 @@ impl StorageServer {
     }
 
     /// The proxy a sweeper of this server's own uses: the cluster's map, default
-    /// limits, and the sweeper's grace period.
+    /// limits, the sweeper's grace period, and this server's cluster certificate.
     pub fn sweeping_proxy(
         map: ShardMap,
         config: &SweepConfig,
+        tls: Option<&TlsFiles>,
         clock: Clock,
     ) -> Result<Arc<Proxy>, String> {
-        let mut proxy = crate::proxy::ProxyConfig::new(String::new(), map);
+        let mut proxy = crate::proxy::ProxyConfig::new(map);
+        proxy.cluster_tls = tls.cloned();
         proxy.timeouts.purge_grace_secs = config.purge_grace_secs;
         Proxy::new(proxy, clock)
     }
@@ -144,9 +180,13 @@ impl StorageServer {
 
 async fn serve_connection(
     stream: TcpStream,
+    acceptor: Acceptor,
     replica: mpsc::UnboundedSender<replica_actor::Envelope>,
 ) {
     let ends = (stream.local_addr(), stream.peer_addr());
+    let Ok(stream) = acceptor.accept(stream).await else {
+        return;
+    };
     let (mut rd, wr) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     if let (Ok(local), Ok(peer)) = ends {

@@ -7,6 +7,7 @@ use junokv::cluster::{ShardMap, Zone};
 use junokv::engine::{Engine, MemoryEngine, RocksEngine};
 use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
 use junokv::storage::{StorageServer, SweepConfig, Swept};
+use junokv::transport::Acceptor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ impl TestCluster {
             let server = StorageServer::start(
                 TcpListener::bind("127.0.0.1:0").await.unwrap(),
                 engine.clone(),
+                Acceptor::Plain,
             )
             .unwrap();
             addrs.push(server.addr());
@@ -109,16 +111,20 @@ impl TestCluster {
     /// One sweep of zone `i`'s storage server, judging death by `clock`.
     pub async fn sweep(&self, i: usize, clock: Clock) -> Swept {
         let config = SweepConfig::default();
-        let proxy = StorageServer::sweeping_proxy(self.map(), &config, clock.clone()).unwrap();
+        let proxy =
+            StorageServer::sweeping_proxy(self.map(), &config, None, clock.clone()).unwrap();
         let server = self.storages[i].as_ref().expect("running");
         server.sweep_once(proxy, clock, config).await.unwrap()
     }
 
     pub async fn start_proxy(&mut self) {
-        let config = ProxyConfig::new("127.0.0.1:0", self.map());
+        let config = ProxyConfig::new(self.map());
         let server = Proxy::new(config, self.clock.clone())
             .unwrap()
-            .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .serve(
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                Acceptor::Plain,
+            )
             .unwrap();
         self.proxy_addr = server.addr();
         self.proxy = Some(server);
@@ -142,7 +148,8 @@ impl TestCluster {
     pub async fn restart(&mut self, i: usize) {
         let listener = TcpListener::bind(self.addrs[i]).await.unwrap();
         self.engines[i] = self.stores[i].open();
-        self.storages[i] = Some(StorageServer::start(listener, self.engines[i].clone()).unwrap());
+        self.storages[i] =
+            Some(StorageServer::start(listener, self.engines[i].clone(), Acceptor::Plain).unwrap());
     }
 
     /// Stops everything, releasing every engine.
