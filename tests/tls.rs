@@ -32,6 +32,28 @@ fn member(dir: &Path, ca: &Ca, name: &str, days: i64) -> TlsFiles {
     }
 }
 
+/// A temporary directory with a CA and its member certificate `node`.
+fn setup() -> (tempfile::TempDir, Ca, TlsFiles) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path());
+    let node = member(dir.path(), &ca, "node", 30);
+    (dir, ca, node)
+}
+
+/// `files` as a client port serving it to clients that present no certificate.
+fn server_only(files: &TlsFiles) -> TlsFiles {
+    TlsFiles {
+        ca: None,
+        ..files.clone()
+    }
+}
+
+/// Asserts that a write through `connector` succeeds.
+async fn assert_served(cluster: &Secure, connector: &Connector) {
+    let c = cluster.client(connector).await.unwrap();
+    c.set(b"k", b"v", 0).await.unwrap();
+}
+
 fn new_ca(dir: &Path) -> Ca {
     let ca = Ca::create("test CA", 30).unwrap();
     ca.save(dir).unwrap();
@@ -110,13 +132,8 @@ async fn storage_answers(storage: &StorageServer, connector: Connector) -> bool 
 
 #[tokio::test]
 async fn clients_use_tls_and_the_proxy_reaches_storage_over_mutual_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
-    let node = member(dir.path(), &ca, "node", 30);
-    let client_port = TlsFiles {
-        ca: None,
-        ..node.clone()
-    };
+    let (_dir, _ca, node) = setup();
+    let client_port = server_only(&node);
     let cluster = Secure::start(&node, &node, Acceptor::new(Some(&client_port)).unwrap()).await;
     let tls = Connector::client(node.ca.as_deref(), None).unwrap();
     let c = cluster.client(&tls).await.unwrap();
@@ -127,9 +144,7 @@ async fn clients_use_tls_and_the_proxy_reaches_storage_over_mutual_tls() {
 
 #[tokio::test]
 async fn storage_servers_refuse_peers_without_a_valid_cluster_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
-    let node = member(dir.path(), &ca, "node", 30);
+    let (dir, ca, node) = setup();
     let serial = issue_to(&ca, dir.path(), "revoked", &[], Usage::Member, 30).unwrap();
     let revoked = TlsFiles {
         cert: dir.path().join("revoked.crt"),
@@ -171,16 +186,13 @@ async fn storage_servers_refuse_peers_without_a_valid_cluster_certificate() {
         "other CA"
     );
     // The proxy, with its valid certificate, still gets through.
-    let c = cluster.client(&Connector::Plain).await.unwrap();
-    c.set(b"k", b"v", 0).await.unwrap();
+    assert_served(&cluster, &Connector::Plain).await;
     cluster.stop().await;
 }
 
 #[tokio::test]
 async fn the_client_port_can_require_client_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
-    let node = member(dir.path(), &ca, "node", 30);
+    let (dir, ca, node) = setup();
     issue_to(&ca, dir.path(), "app", &[], Usage::Client, 30).unwrap();
     let cluster = Secure::start(&node, &node, Acceptor::new(Some(&node)).unwrap()).await;
     let anonymous = Connector::client(node.ca.as_deref(), None).unwrap();
@@ -196,20 +208,14 @@ async fn the_client_port_can_require_client_certificates() {
         crl: None,
     };
     let with_cert = Connector::client(node.ca.as_deref(), Some(app)).unwrap();
-    let c = cluster.client(&with_cert).await.unwrap();
-    c.set(b"k", b"v", 0).await.unwrap();
+    assert_served(&cluster, &with_cert).await;
     cluster.stop().await;
 }
 
 #[tokio::test]
 async fn bad_input_at_the_tls_layer_closes_only_that_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
-    let node = member(dir.path(), &ca, "node", 30);
-    let client_port = TlsFiles {
-        ca: None,
-        ..node.clone()
-    };
+    let (_dir, _ca, node) = setup();
+    let client_port = server_only(&node);
     let cluster = Secure::start(&node, &node, Acceptor::new(Some(&client_port)).unwrap()).await;
     // Plain JunoDB frames, random bytes, and a handshake cut short: each connection is
     // closed by the proxy (read returns end of stream or an error), promptly.
@@ -261,16 +267,13 @@ async fn bad_input_at_the_tls_layer_closes_only_that_connection() {
         "a TLS handshake with a plain-text port succeeded"
     );
     plain.stop().await;
-    let c = cluster.client(&tls).await.unwrap();
-    c.set(b"k", b"v", 0).await.unwrap();
+    assert_served(&cluster, &tls).await;
     cluster.stop().await;
 }
 
 #[tokio::test]
 async fn certificates_reload_without_dropping_established_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
-    let node = member(dir.path(), &ca, "node", 30);
+    let (dir, _ca, node) = setup();
     let port_files = TlsFiles {
         cert: dir.path().join("port.crt"),
         key: dir.path().join("port.key"),
