@@ -65,15 +65,6 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, String> {
-    let ca = files.ca.as_ref().ok_or("a TLS client needs a CA (ca)")?;
-    let builder = ClientConfig::builder().with_root_certificates(read_roots(ca)?);
-    let config = builder
-        .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    Ok(Arc::new(config))
-}
-
 /// The TLS side of a listener.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -131,17 +122,14 @@ struct ClientFiles {
 
 impl ClientFiles {
     fn config(&self) -> Result<Arc<ClientConfig>, String> {
-        match &self.identity {
-            Some(files) => client_config(&TlsFiles {
-                ca: Some(self.ca.clone()),
-                ..files.clone()
-            }),
-            None => Ok(Arc::new(
-                ClientConfig::builder()
-                    .with_root_certificates(read_roots(&self.ca)?)
-                    .with_no_client_auth(),
-            )),
-        }
+        let builder = ClientConfig::builder().with_root_certificates(read_roots(&self.ca)?);
+        let config = match &self.identity {
+            Some(files) => builder
+                .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
+                .map_err(|e| format!("{}: {e}", files.cert.display()))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Arc::new(config))
     }
 }
 
