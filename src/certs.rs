@@ -4,12 +4,12 @@
 //! revocation lists. Keys are ECDSA P-256; private keys are written readable by their
 //! owner only.
 
+use crate::secret_file::write;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
     SerialNumber,
 };
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -34,20 +34,6 @@ pub struct Ca {
 
 fn err(what: impl std::fmt::Display) -> impl FnOnce(rcgen::Error) -> String {
     move |e| format!("{what}: {e}")
-}
-
-/// Writes `text` to `path`; `private` files are created mode 0600.
-fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Valid from an hour ago (slack for clocks behind the issuer's) for `days` (fewer

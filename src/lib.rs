@@ -1,6 +1,7 @@
 //! JunoKV: a distributed key-value store that speaks JunoDB's wire protocol, with every
 //! single-key operation linearizable. See `README.md` and `../shared/DESIGN.md`.
 
+pub mod at_rest;
 #[cfg(not(madsim))]
 pub mod certs;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod proxy;
 pub mod record;
 pub mod replica;
 pub mod rpc;
+pub mod secret_file;
 pub mod semantics;
 pub mod storage;
 #[cfg(not(madsim))]

@@ -134,7 +134,7 @@ pub struct Slot {
 }
 
 /// Why stored bytes could not be read back as a slot.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CorruptRecord {
     #[error("record checksum mismatch")]
     Checksum,
@@ -142,9 +142,13 @@ pub enum CorruptRecord {
     Format(u8),
     #[error("record body undecodable")]
     Body,
+    #[error("record fails its authentication tag")]
+    Tampered,
 }
 
-const FORMAT: u8 = 1;
+/// The first byte of a slot stored in clear; sealed slots (`crate::at_rest`) start
+/// with another.
+pub const FORMAT: u8 = 1;
 
 impl Slot {
     /// `[format][bincode body][crc32 of format and body]`.
@@ -168,7 +172,16 @@ impl Slot {
         if body[0] != FORMAT {
             return Err(CorruptRecord::Format(body[0]));
         }
-        bincode::deserialize(&body[1..]).map_err(|_| CorruptRecord::Body)
+        Slot::from_body(&body[1..])
+    }
+
+    /// The slot alone, without format byte or checksum (what a sealed slot seals).
+    pub fn body(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("serialising to a Vec cannot fail")
+    }
+
+    pub fn from_body(body: &[u8]) -> Result<Slot, CorruptRecord> {
+        bincode::deserialize(body).map_err(|_| CorruptRecord::Body)
     }
 }
 

@@ -2,6 +2,7 @@
 //! certificates from `junokv::certs`, the same code `junokv certs` and `junokv dev`
 //! use.
 
+use junokv::at_rest::SlotCodec;
 use junokv::certs::{issue_to, Ca, Usage, CA_CERT};
 use junokv::client::Client;
 use junokv::clock::Clock;
@@ -75,6 +76,7 @@ impl Secure {
             let s = StorageServer::start(
                 TcpListener::bind("127.0.0.1:0").await.unwrap(),
                 Arc::new(MemoryEngine::default()),
+                SlotCodec::clear(),
                 Acceptor::new(Some(storage_tls)).unwrap(),
             )
             .unwrap();

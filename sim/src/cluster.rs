@@ -7,6 +7,7 @@ use crate::topology::{Latency, Topology};
 use jepsen_like::history::{parse, to_json_line, Event};
 use jepsen_like::runner::{read_back, run, Workload};
 use jepsen_like::{checker, model::Model, report};
+use junokv::at_rest::{KeySource, Keyring, SlotCodec, KEY_LEN};
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
@@ -33,6 +34,25 @@ fn sweep_config() -> SweepConfig {
         interval_ms: 1000,
         purge_grace_secs: PURGE_GRACE_SECS,
         concurrency: 8,
+    }
+}
+
+/// Odd seeds seal every slot (encryption at rest), even ones store them in clear: both
+/// ways of storing run under every fault, and a tampered or torn sealed slot must be
+/// found and repaired like a damaged clear one.
+fn codec(seed: u64) -> SlotCodec {
+    struct SimKey;
+    impl KeySource for SimKey {
+        fn load(&self) -> Result<Keyring, String> {
+            Keyring::new(&[(1, [0x5e; KEY_LEN])].into())
+        }
+        fn describe(&self) -> String {
+            "the simulator's data key".into()
+        }
+    }
+    match seed % 2 {
+        1 => SlotCodec::sealed(Box::new(SimKey)).expect("a fixed key loads"),
+        _ => SlotCodec::clear(),
     }
 }
 
@@ -157,20 +177,22 @@ async fn simulate(plan: Plan) -> Run {
     }));
 
     let map = topo.shard_map();
+    let codec = codec(plan.seed);
     let mut storage = Vec::new();
     for spot in topo.storage() {
         let engine = Arc::new(SimEngine::default());
         let disk = engine.clone();
         let node_map = map.clone();
+        let node_codec = codec.clone();
         let node = handle
             .create_node()
             .name(format!("storage-z{}-{}", spot.zone, spot.addr.ip()))
             .ip(spot.addr.ip())
             .init(move || {
-                let (engine, map) = (disk.clone(), node_map.clone());
+                let (engine, map, codec) = (disk.clone(), node_map.clone(), node_codec.clone());
                 async move {
                     engine.crash(); // a (re)start after a crash finds only synced data
-                    serve_storage(spot.addr, engine, map).await;
+                    serve_storage(spot.addr, engine, codec, map).await;
                 }
             })
             .build();
@@ -293,7 +315,7 @@ async fn simulate(plan: Plan) -> Run {
         }
         // Let repairs land, then compare every key's replicas.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        diverged = divergent_replicas(&nemesis, &map);
+        diverged = divergent_replicas(&nemesis, &map, &codec);
         if diverged.is_empty() {
             break;
         }
@@ -304,10 +326,10 @@ async fn simulate(plan: Plan) -> Run {
     // (Sweepers of different replicas race on a key, so a slot may come and go; only
     // one that stays through three more sweeps counts.)
     tokio::time::sleep(Duration::from_secs(u64::from(PURGE_GRACE_SECS) + 3)).await;
-    let first = unswept_records(&nemesis);
+    let first = unswept_records(&nemesis, &codec);
     tokio::time::sleep(Duration::from_secs(3)).await;
     problems.extend(
-        unswept_records(&nemesis)
+        unswept_records(&nemesis, &codec)
             .into_iter()
             .filter(|p| first.contains(p)),
     );
@@ -328,9 +350,14 @@ async fn simulate(plan: Plan) -> Run {
     }
 }
 
-async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>, map: junokv::cluster::ShardMap) {
+async fn serve_storage(
+    addr: SocketAddr,
+    engine: Arc<SimEngine>,
+    codec: SlotCodec,
+    map: junokv::cluster::ShardMap,
+) {
     match TcpListener::bind(addr).await {
-        Ok(listener) => match StorageServer::start(listener, engine, Acceptor::Plain) {
+        Ok(listener) => match StorageServer::start(listener, engine, codec, Acceptor::Plain) {
             Ok(mut server) => {
                 let clock = Clock::default();
                 match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
@@ -347,7 +374,7 @@ async fn serve_storage(addr: SocketAddr, engine: Arc<SimEngine>, map: junokv::cl
 
 /// Slots the sweeper should have removed or repaired by now: records dead for longer
 /// than the grace period plus two sweeps, slots holding only a promise, damaged slots.
-fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
+fn unswept_records(nemesis: &Nemesis, codec: &SlotCodec) -> Vec<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
@@ -355,7 +382,7 @@ fn unswept_records(nemesis: &Nemesis) -> Vec<String> {
     let mut problems = Vec::new();
     for s in &nemesis.targets().storage {
         for (key, bytes) in s.engine.durable().iter().filter(|(k, _)| is_record_key(k)) {
-            let slot = Slot::decode(bytes);
+            let slot = codec.decode(key, bytes).map(|d| d.slot);
             let what = match &slot {
                 Err(_) => "a damaged slot",
                 Ok(Slot { accepted: None, .. }) => "a slot holding only a promise",
@@ -394,7 +421,11 @@ async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
 
 /// Keys whose replicas hold different accepted records (a damaged replica differs
 /// from every sound one: read repair must have fixed it).
-fn divergent_replicas(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec<String> {
+fn divergent_replicas(
+    nemesis: &Nemesis,
+    map: &junokv::cluster::ShardMap,
+    codec: &SlotCodec,
+) -> Vec<String> {
     let t = nemesis.targets();
     let by_addr: BTreeMap<String, usize> = t
         .storage
@@ -417,15 +448,17 @@ fn divergent_replicas(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec
         let mut states = Vec::new();
         for addr in map.replicas(shard) {
             let disk = &disks[by_addr[addr]];
-            states.push(match disk.get(key).map(|b| Slot::decode(b)) {
-                // (A slot holding only a promise holds no record either.)
-                None | Some(Ok(Slot { accepted: None, .. })) => "none".to_string(),
-                Some(Ok(slot)) => format!(
-                    "{:?}",
-                    slot.accepted.map(|(b, r)| (b, r.version, r.tombstone))
-                ),
-                Some(Err(_)) => "damaged".to_string(),
-            });
+            states.push(
+                match disk.get(key).map(|b| codec.decode(key, b).map(|d| d.slot)) {
+                    // (A slot holding only a promise holds no record either.)
+                    None | Some(Ok(Slot { accepted: None, .. })) => "none".to_string(),
+                    Some(Ok(slot)) => format!(
+                        "{:?}",
+                        slot.accepted.map(|(b, r)| (b, r.version, r.tombstone))
+                    ),
+                    Some(Err(_)) => "damaged".to_string(),
+                },
+            );
         }
         if states.windows(2).any(|w| w[0] != w[1]) {
             problems.push(format!(

@@ -2,6 +2,7 @@
 //! SIGTERM.
 
 use super::CliResult;
+use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
@@ -35,6 +36,10 @@ pub struct DevArgs {
     /// Pause between the storage servers' sweeps for dead records.
     #[arg(long, default_value_t = 60_000)]
     sweep_interval_ms: u64,
+    /// Store records in clear instead of sealed with the data key in `DATA_DIR/keys.toml`
+    /// (made on first start).
+    #[arg(long)]
+    clear_at_rest: bool,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -51,14 +56,16 @@ async fn bind(addr: &str) -> Result<TcpListener, String> {
 async fn start_storage(
     listen: &str,
     dir: &Path,
+    codec: SlotCodec,
     acceptor: Acceptor,
 ) -> Result<StorageServer, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let engine = RocksEngine::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
-    StorageServer::start(bind(listen).await?, Arc::new(engine), acceptor).map_err(|e| e.to_string())
+    StorageServer::start(bind(listen).await?, Arc::new(engine), codec, acceptor)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Runs until Ctrl-C or SIGTERM; on SIGHUP calls `reload` (certificate files).
+/// Runs until Ctrl-C or SIGTERM; on SIGHUP calls `reload` (certificate and key files).
 async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -68,8 +75,8 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => match reload() {
-                Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
-                Err(e) => tracing::warn!(error = %e, "SIGHUP: certificates not reloaded, the old ones stay"),
+                Ok(()) => tracing::info!("SIGHUP: certificates and keys reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: not reloaded, the old certificates and keys stay"),
             },
         }
     }
@@ -81,7 +88,8 @@ pub async fn run_storage(config: &Path) -> CliResult {
     let acceptor = cfg
         .acceptor()
         .map_err(|e| format!("{}: {e}", config.display()))?;
-    let mut server = start_storage(&cfg.listen, &cfg.data_dir, acceptor.clone()).await?;
+    let codec = cfg.codec()?;
+    let mut server = start_storage(&cfg.listen, &cfg.data_dir, codec, acceptor.clone()).await?;
     let sweeping = match cfg.cluster {
         Some(map) => {
             let proxy = StorageServer::sweeping_proxy(
@@ -102,6 +110,7 @@ pub async fn run_storage(config: &Path) -> CliResult {
     };
     run_until_shutdown(|| {
         acceptor.reload()?;
+        server.reload_data_keys()?;
         sweeping.as_ref().map_or(Ok(()), |p| p.reload_tls())
     })
     .await;
@@ -154,11 +163,23 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     // mutual TLS between the proxy and the storage servers, TLS for clients.
     let certs = DevCerts::ensure(&a.data_dir.join("tls"))?;
     let member = certs.member();
+    // Encrypted at rest by default too, with a data key made on first start.
+    let key_file = a.data_dir.join("keys.toml");
+    if !a.clear_at_rest && !key_file.exists() {
+        KeyFile::add_key(&key_file)?;
+    }
+    let codec = || match a.clear_at_rest {
+        true => Ok(SlotCodec::clear()),
+        false => SlotCodec::sealed(Box::new(KeyFile {
+            path: key_file.clone(),
+        })),
+    };
     let mut storages = Vec::new();
     let mut zones = Vec::new();
     for z in 0..a.zones {
         let dir = a.data_dir.join(format!("zone-{z}"));
-        let server = start_storage("127.0.0.1:0", &dir, Acceptor::new(Some(&member))?).await?;
+        let acceptor = Acceptor::new(Some(&member))?;
+        let server = start_storage("127.0.0.1:0", &dir, codec()?, acceptor).await?;
         zones.push(Zone {
             datacenter: "dc1".into(),
             nodes: vec![server.addr().to_string()],
@@ -203,7 +224,12 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         tls.addr(),
         certs.dir.join(CA_CERT).display()
     );
-    run_until_shutdown(|| Ok(())).await;
+    run_until_shutdown(|| {
+        storages
+            .iter()
+            .try_for_each(StorageServer::reload_data_keys)
+    })
+    .await;
     plain.stop().await;
     tls.stop().await;
     for s in storages {

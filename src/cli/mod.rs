@@ -49,6 +49,16 @@ enum Command {
     /// Issue the cluster's certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Manage the data keys that seal stored records (encryption at rest).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a fresh random key to FILE (made, mode 0600, if missing). Storage servers
+    /// seal new writes with it after a reload (SIGHUP) and re-seal older records.
+    Add { file: PathBuf },
 }
 
 pub fn main() -> ExitCode {
@@ -72,6 +82,11 @@ pub fn main() -> ExitCode {
             Command::Destroy(a) => kv::run(kv::Kind::Destroy, a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Certs(c) => certs::run(c),
+            Command::Keys(KeysCommand::Add { file }) => {
+                let id = junokv::at_rest::KeyFile::add_key(&file)?;
+                println!("added data key {id} to {}", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -8,6 +8,7 @@ mod sweeper;
 pub use replica_actor::is_record_key;
 pub use sweeper::{SweepConfig, Swept};
 
+use crate::at_rest::{KeyFile, SlotCodec};
 use crate::clock::Clock;
 use crate::cluster::ShardMap;
 use crate::engine::Engine;
@@ -46,12 +47,25 @@ pub struct StorageConfig {
     pub plaintext: bool,
     #[serde(default)]
     pub sweeper: SweepConfig,
+    /// Encryption at rest: without it, records are stored in clear.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[encryption]` in a storage server's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The data keys (`junokv keys add FILE` makes and rotates it), mode 0600. The
+    /// same file on every storage server: a repair copies records between them.
+    pub key_file: PathBuf,
 }
 
 /// A running storage server.
 pub struct StorageServer {
     addr: SocketAddr,
     engine: Arc<dyn Engine>,
+    codec: SlotCodec,
     inbox: mpsc::UnboundedSender<replica_actor::Envelope>,
     stop: watch::Sender<bool>,
     accepting: tokio::task::JoinHandle<()>,
@@ -77,18 +91,31 @@ impl StorageConfig {
             ),
         }
     }
+
+    /// How records are stored: sealed with the key file's data keys, or in clear.
+    pub fn codec(&self) -> Result<SlotCodec, String> {
+        match &self.encryption {
+            Some(e) => SlotCodec::sealed(Box::new(KeyFile {
+                path: e.key_file.clone(),
+            })),
+            None => Ok(SlotCodec::clear()),
+        }
+    }
 }
 
 impl StorageServer {
     /// Serves `engine` on `listener` (through `acceptor`: mutual TLS or plain text)
-    /// until [`StorageServer::stop`].
+    /// until [`StorageServer::stop`], storing slots through `codec`. Fails if `codec`'s
+    /// data keys are not the ones the store was sealed with.
     pub fn start(
         listener: TcpListener,
         engine: Arc<dyn Engine>,
+        codec: SlotCodec,
         acceptor: Acceptor,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let (inbox, replica) = replica_actor::start(engine.clone(), addr.to_string())?;
+        let (inbox, replica) =
+            replica_actor::start(engine.clone(), codec.clone(), addr.to_string())?;
         let (stop, stopped) = watch::channel(false);
         let connections = inbox.clone();
         let accepting = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
@@ -98,6 +125,7 @@ impl StorageServer {
         Ok(StorageServer {
             addr,
             engine,
+            codec,
             inbox,
             stop,
             accepting,
@@ -139,6 +167,7 @@ impl StorageServer {
             zone: map.zones.iter().position(|z| z.nodes.contains(&me)),
             zones: map.zones.len(),
             engine: self.engine.clone(),
+            codec: self.codec.clone(),
             replica: self.inbox.clone(),
             proxy,
             clock,
@@ -158,6 +187,14 @@ impl StorageServer {
         proxy.cluster_tls = tls.cloned();
         proxy.timeouts.purge_grace_secs = config.purge_grace_secs;
         Proxy::new(proxy, clock)
+    }
+
+    /// Reads the data keys again (a rotation): new writes are sealed with the newest,
+    /// and the sweeper re-seals older records. Refused if a key differs from the one
+    /// its id stood for before.
+    pub fn reload_data_keys(&self) -> Result<(), String> {
+        self.codec
+            .reload(|keys| replica_actor::record_data_keys(&*self.engine, keys))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -206,7 +243,10 @@ async fn serve_connection(
             id,
             out: out_tx.clone(),
         };
-        if replica.send((req, reply_to)).is_err() {
+        if replica
+            .send(replica_actor::Envelope::Request(req, reply_to))
+            .is_err()
+        {
             break;
         }
     }

@@ -3,6 +3,7 @@
 //! only once everything it depends on is durable.
 
 use super::group_commit::GroupCommit;
+use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
 use crate::record::{Ballot, Slot};
@@ -19,6 +20,8 @@ const META_PREFIX: &[u8] = b"\xff\xff\x00";
 const FLOOR_KEY: &[u8] = b"\xff\xff\x00floor";
 /// Engine key of the replica-wide ballot ceiling.
 const CEILING_KEY: &[u8] = b"\xff\xff\x00ceiling";
+/// Engine key of the fingerprints of every data key this store has sealed with.
+const DATA_KEYS_KEY: &[u8] = b"\xff\xff\x00datakeys";
 /// How far the persisted ceiling runs ahead of the highest ballot stored, so that it
 /// is rewritten once in this many ballots rather than with every write.
 const CEILING_STEP: u64 = 1 << 16;
@@ -41,11 +44,19 @@ impl ReplyTo {
     }
 }
 
-/// A message for the replica and where its reply goes.
-pub type Envelope = (ReplicaRequest, ReplyTo);
+/// What the replica task is asked to do.
+pub enum Envelope {
+    /// A protocol message and where its reply goes.
+    Request(ReplicaRequest, ReplyTo),
+    /// Write these keys' slots again, unchanged, so that they are sealed with the
+    /// newest data key (sent by the sweeper after a key rotation, a page at a time);
+    /// the sender hears once they are on their way to disk.
+    Reseal(Vec<Vec<u8>>, tokio::sync::oneshot::Sender<()>),
+}
 
 struct Replica {
     engine: Arc<dyn Engine>,
+    codec: SlotCodec,
     commit: GroupCommit,
     bounds: Bounds,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
@@ -59,13 +70,18 @@ struct Replica {
 /// engine, once every sender is dropped.
 pub fn start(
     engine: Arc<dyn Engine>,
+    codec: SlotCodec,
     name: String,
 ) -> std::io::Result<(mpsc::UnboundedSender<Envelope>, tokio::task::JoinHandle<()>)> {
-    let bounds = load_bounds(&*engine)?;
+    if let Some(keys) = codec.keyring() {
+        record_data_keys(&*engine, &keys).map_err(std::io::Error::other)?;
+    }
+    let bounds = load_bounds(&*engine, &codec)?;
     let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name);
     let mut durable = commit.subscribe();
     let mut replica = Replica {
         engine,
+        codec,
         commit,
         bounds,
         dirty: HashMap::new(),
@@ -77,7 +93,11 @@ pub fn start(
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some((req, reply_to)) => replica.handle(req, reply_to),
+                    Some(Envelope::Request(req, reply_to)) => replica.handle(req, reply_to),
+                    Some(Envelope::Reseal(keys, done)) => {
+                        keys.into_iter().for_each(|key| replica.reseal(key));
+                        let _ = done.send(());
+                    }
                     None => break,
                 },
                 changed = durable.changed() => {
@@ -96,7 +116,7 @@ pub fn start(
 
 /// The replica-wide bounds as persisted. A store without a ceiling (written before
 /// there was one) gets one from the highest ballot it holds.
-fn load_bounds(engine: &dyn Engine) -> std::io::Result<Bounds> {
+fn load_bounds(engine: &dyn Engine, codec: &SlotCodec) -> std::io::Result<Bounds> {
     let ballot = |key| -> std::io::Result<Option<Ballot>> {
         engine
             .get(key)?
@@ -109,8 +129,8 @@ fn load_bounds(engine: &dyn Engine) -> std::io::Result<Bounds> {
         None => {
             let mut highest = floor.counter;
             crate::engine::for_each(engine, |key, value| {
-                if let (true, Ok(slot)) = (is_record_key(key), Slot::decode(value)) {
-                    highest = highest.max(slot.promised.counter);
+                if let (true, Ok(d)) = (is_record_key(key), codec.decode(key, value)) {
+                    highest = highest.max(d.slot.promised.counter);
                 }
             })?;
             highest.saturating_add(CEILING_STEP)
@@ -119,7 +139,52 @@ fn load_bounds(engine: &dyn Engine) -> std::io::Result<Bounds> {
     Ok(Bounds { floor, ceiling })
 }
 
+/// Checks `keys` against the fingerprints of the data keys this store was sealed with,
+/// and records the new ones before they seal anything: a different key under an id
+/// the store knows would make every record it sealed look tampered with (and be
+/// "repaired" away), so it is refused here, at start or reload.
+pub fn record_data_keys(engine: &dyn Engine, keys: &Keyring) -> Result<(), String> {
+    let mut known: BTreeMap<KeyId, Fingerprint> = match engine.get(DATA_KEYS_KEY) {
+        Ok(None) => BTreeMap::new(),
+        Ok(Some(b)) => {
+            bincode::deserialize(&b).map_err(|e| format!("stored data key fingerprints: {e}"))?
+        }
+        Err(e) => return Err(format!("reading data key fingerprints: {e}")),
+    };
+    let mut new = false;
+    for (id, print) in keys.fingerprints() {
+        match known.insert(id, print) {
+            Some(old) if old != print => {
+                return Err(format!(
+                    "data key {id} is not the key {id} this store was sealed with: \
+                     records sealed with it could not be opened"
+                ))
+            }
+            Some(_) => {}
+            None => new = true,
+        }
+    }
+    if new {
+        let bytes = bincode::serialize(&known).expect("fingerprints serialise");
+        engine
+            .write(&[(DATA_KEYS_KEY.to_vec(), Some(bytes))], true)
+            .map_err(|e| format!("recording data key fingerprints: {e}"))?;
+    }
+    Ok(())
+}
+
 impl Replica {
+    /// Writes the slot of `key` again with the newest data key, unless a write to it
+    /// is already on its way (which seals with the newest key anyway).
+    fn reseal(&mut self, key: Vec<u8>) {
+        if self.dirty.contains_key(&key) || self.commit.has_failed() {
+            return;
+        }
+        if let Ok(Stored::Slot(Some(slot))) = self.load(&key).map(|(stored, _)| stored) {
+            self.persist(key, Write::Put(slot));
+        }
+    }
+
     fn handle(&mut self, req: ReplicaRequest, reply_to: ReplyTo) {
         let key = req.key().to_bytes();
         let loaded = match self.load(&key) {
@@ -179,11 +244,15 @@ impl Replica {
         }
         match self.engine.get(key) {
             Ok(None) => Ok((Stored::Slot(None), 0)),
-            Ok(Some(bytes)) => match Slot::decode(&bytes) {
-                Ok(slot) => Ok((Stored::Slot(Some(slot)), 0)),
-                Err(e) => {
+            Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
+                Ok(decoded) => Ok((Stored::Slot(Some(decoded.slot)), 0)),
+                Err(Unreadable::Damaged(e)) => {
                     tracing::warn!(key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
                     Ok((Stored::Damaged, 0))
+                }
+                Err(e @ Unreadable::NoKey(_)) => {
+                    tracing::error!(key = ?String::from_utf8_lossy(key), error = %e, "unreadable slot");
+                    Err(e.to_string())
                 }
             },
             Err(e) => Err(format!("engine read: {e}")),
@@ -195,7 +264,7 @@ impl Replica {
         let encode = |b: Ballot| bincode::serialize(&b).expect("a ballot serialises");
         let (slot, mut changes): (Option<Slot>, Vec<Change>) = match write {
             Write::Put(slot) => {
-                let bytes = slot.encode();
+                let bytes = self.codec.encode(&key, &slot);
                 (Some(slot), vec![(key.clone(), Some(bytes))])
             }
             Write::Purge(ballot) => {

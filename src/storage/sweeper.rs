@@ -10,6 +10,7 @@
 //! [`Engine::reclaim`] after a pass that removed many records.
 
 use super::replica_actor::{is_record_key, Envelope, ReplyTo};
+use crate::at_rest::{SlotCodec, Unreadable};
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::fault::{bug, Bug};
@@ -55,6 +56,10 @@ pub struct Swept {
     pub resolved: u64,
     /// Promise-only slots folded into the floor.
     pub forgotten: u64,
+    /// Slots written again to be sealed with the newest data key.
+    pub resealed: u64,
+    /// Slots sealed with a data key this server lacks (left alone).
+    pub unreadable: u64,
 }
 
 /// Everything a sweeper needs: the engine to walk, the replica to send its own
@@ -66,6 +71,7 @@ pub struct Sweeper {
     pub zone: Option<usize>,
     pub zones: usize,
     pub engine: Arc<dyn Engine>,
+    pub codec: SlotCodec,
     pub replica: mpsc::UnboundedSender<Envelope>,
     pub proxy: Arc<Proxy>,
     pub clock: Clock,
@@ -75,11 +81,27 @@ pub struct Sweeper {
 impl Sweeper {
     /// Sweeps every `interval` until the task is dropped.
     pub async fn run(self) {
+        let mut resealing = false;
         loop {
             tokio::time::sleep(Duration::from_millis(self.config.interval_ms)).await;
             match self.pass().await {
                 Ok(swept) => {
                     tracing::debug!(?swept, "sweep pass");
+                    if swept.unreadable > 0 {
+                        tracing::error!(records = swept.unreadable, "records sealed with a data key this server lacks: add it back to the key file");
+                    }
+                    if let Some(keys) = self.codec.keyring() {
+                        if swept.resealed > 0 {
+                            tracing::info!(
+                                records = swept.resealed,
+                                key = keys.newest(),
+                                "re-sealed records with the newest data key"
+                            );
+                        } else if resealing && swept.unreadable == 0 {
+                            tracing::info!(key = keys.newest(), "every record is sealed with the newest data key: older keys may leave the key file");
+                        }
+                        resealing = swept.resealed > 0;
+                    }
                     // A pass that removed many records compacts, so that the space
                     // really comes back (RocksDB keeps deleted entries until then).
                     if swept.resolved >= 1000.max(swept.seen / 10) {
@@ -106,6 +128,7 @@ impl Sweeper {
                 break;
             };
             after = Some(last.clone());
+            let mut stale = Vec::new();
             for (raw, bytes) in page.iter().filter(|(k, _)| is_record_key(k)) {
                 let Some(key) = StoreKey::from_bytes(raw) else {
                     continue;
@@ -113,7 +136,20 @@ impl Sweeper {
                 swept.seen += 1;
                 let now_ns = self.clock.now_ns();
                 let now = (now_ns / 1_000_000_000) as u32;
-                let resolve = match Slot::decode(bytes) {
+                let decoded = match self.codec.decode(raw, bytes) {
+                    Ok(d) => {
+                        if d.stale {
+                            stale.push(raw.clone());
+                        }
+                        Ok(d.slot)
+                    }
+                    Err(Unreadable::NoKey(_)) => {
+                        swept.unreadable += 1;
+                        continue;
+                    }
+                    Err(Unreadable::Damaged(e)) => Err(e),
+                };
+                let resolve = match decoded {
                     Err(_) => true,
                     Ok(Slot {
                         promised,
@@ -156,6 +192,13 @@ impl Sweeper {
                     }
                 }
             }
+            if !stale.is_empty() {
+                swept.resealed += stale.len() as u64;
+                let (done, resealed) = tokio::sync::oneshot::channel();
+                if self.replica.send(Envelope::Reseal(stale, done)).is_ok() {
+                    let _ = resealed.await;
+                }
+            }
             tokio::task::yield_now().await;
         }
         while resolving.next().await.is_some() {}
@@ -168,6 +211,6 @@ impl Sweeper {
             out: ignored.clone(),
         };
         // A replica that has stopped has nothing left to sweep.
-        let _ = self.replica.send((req, reply_to));
+        let _ = self.replica.send(Envelope::Request(req, reply_to));
     }
 }

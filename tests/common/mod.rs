@@ -1,6 +1,7 @@
 //! A whole cluster in the test process, on loopback, on real tokio.
 #![allow(dead_code)] // each test file uses a different part
 
+use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::client::Client;
 use junokv::clock::Clock;
 use junokv::cluster::{ShardMap, Zone};
@@ -38,6 +39,8 @@ pub struct TestCluster {
     pub proxy_addr: SocketAddr,
     /// The proxy's clock, which tests may move.
     pub clock: Clock,
+    /// The data keys the storage servers seal slots with (in clear without).
+    pub key_file: Option<PathBuf>,
 }
 
 impl TestCluster {
@@ -57,6 +60,12 @@ impl TestCluster {
     }
 
     pub async fn start(stores: Vec<Store>) -> Self {
+        Self::start_with(stores, None).await
+    }
+
+    /// Storage servers over `stores` that seal slots with the keys in `key_file`
+    /// (or store them in clear), one proxy.
+    pub async fn start_with(stores: Vec<Store>, key_file: Option<PathBuf>) -> Self {
         let mut storages = Vec::new();
         let mut addrs = Vec::new();
         let mut engines = Vec::new();
@@ -65,6 +74,7 @@ impl TestCluster {
             let server = StorageServer::start(
                 TcpListener::bind("127.0.0.1:0").await.unwrap(),
                 engine.clone(),
+                codec(key_file.as_ref()),
                 Acceptor::Plain,
             )
             .unwrap();
@@ -80,6 +90,7 @@ impl TestCluster {
             proxy: None,
             proxy_addr: "127.0.0.1:0".parse().unwrap(),
             clock: Clock::default(),
+            key_file,
         };
         cluster.start_proxy().await;
         cluster
@@ -146,10 +157,18 @@ impl TestCluster {
 
     /// Starts storage server `i` again, on its old address, over its old data.
     pub async fn restart(&mut self, i: usize) {
+        self.try_restart(i).await.unwrap();
+    }
+
+    /// [`TestCluster::restart`], reporting why the server would not start.
+    pub async fn try_restart(&mut self, i: usize) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.addrs[i]).await.unwrap();
         self.engines[i] = self.stores[i].open();
-        self.storages[i] =
-            Some(StorageServer::start(listener, self.engines[i].clone(), Acceptor::Plain).unwrap());
+        let engine = self.engines[i].clone();
+        let codec = codec(self.key_file.as_ref());
+        let server = StorageServer::start(listener, engine, codec, Acceptor::Plain)?;
+        self.storages[i] = Some(server);
+        Ok(())
     }
 
     /// Stops everything, releasing every engine.
@@ -162,6 +181,14 @@ impl TestCluster {
             s.stop().await;
         }
         self.stores
+    }
+}
+
+/// Each storage server reads its own keys, as separate processes would.
+fn codec(key_file: Option<&PathBuf>) -> SlotCodec {
+    match key_file {
+        Some(path) => SlotCodec::sealed(Box::new(KeyFile { path: path.clone() })).unwrap(),
+        None => SlotCodec::clear(),
     }
 }
 
