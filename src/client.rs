@@ -88,7 +88,7 @@ impl Client {
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
-        let writer = tokio::spawn(write_frames(wr, rx));
+        let writer = tokio::spawn(write_frames(wr, rx, None));
         let reader_pending = pending.clone();
         tokio::spawn(async move {
             while let Ok(Frame::Message(_, bytes)) = read_frame(&mut rd).await {

@@ -52,22 +52,34 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
 }
 
 /// Writes every frame queued on `rx`, coalescing what is ready into one flush (a
-/// simulated socket delivers only on flush).
-pub async fn write_frames<W: AsyncWrite + Unpin>(
+/// simulated socket delivers only on flush). Each frame is dropped once copied for
+/// writing (what it carries besides its bytes goes with it). With `stall`, a write the
+/// peer does not take within that long ends the writer with `TimedOut`.
+pub async fn write_frames<W: AsyncWrite + Unpin, F: AsRef<[u8]>>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<F>,
+    stall: Option<Duration>,
 ) -> io::Result<()> {
     let mut buf = Vec::new();
     while let Some(frame) = rx.recv().await {
-        buf.extend_from_slice(&frame);
+        buf.extend_from_slice(frame.as_ref());
+        drop(frame);
         while buf.len() < 256 << 10 {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => buf.extend_from_slice(more.as_ref()),
                 Err(_) => break,
             }
         }
-        w.write_all(&buf).await?;
-        w.flush().await?;
+        let write = async {
+            w.write_all(&buf).await?;
+            w.flush().await
+        };
+        match stall {
+            Some(limit) => tokio::time::timeout(limit, write)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))??,
+            None => write.await?,
+        }
         buf.clear();
     }
     Ok(())
@@ -157,7 +169,7 @@ impl Peer {
             tx,
             pending: pending.clone(),
         });
-        let writer = tokio::spawn(write_frames(wr, rx));
+        let writer = tokio::spawn(write_frames(wr, rx, None));
         tokio::spawn(async move {
             while let Ok(Some((id, reply))) = read_frame::<ReplicaReply, _>(&mut rd).await {
                 if let Some(tx) = pending.lock().unwrap().remove(&id) {

@@ -31,16 +31,36 @@ pub enum Frame {
 /// Reads one length-delimited JunoDB frame. A bad header is an error: the stream can no
 /// longer be framed and must be closed.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Frame> {
+    match read_header(r).await? {
+        Some((header, head)) => Ok(Frame::Message(header, read_body(r, &header, head).await?)),
+        None => Ok(Frame::Eof),
+    }
+}
+
+/// Reads a frame's header alone (`None`: the peer closed the stream between frames),
+/// so that a server can decide whether to take the frame before it buffers the body.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<(Header, [u8; HEADER_LEN])>> {
     let mut head = [0u8; HEADER_LEN];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
     let header = Header::decode(&head, MAX_FRAME)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Some((header, head)))
+}
+
+/// Reads the rest of the frame whose header [`read_header`] returned: the whole frame.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    header: &Header,
+    head: [u8; HEADER_LEN],
+) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; header.size as usize];
     buf[..HEADER_LEN].copy_from_slice(&head);
     r.read_exact(&mut buf[HEADER_LEN..]).await?;
-    Ok(Frame::Message(header, buf))
+    Ok(buf)
 }

@@ -101,7 +101,8 @@ statuses! {
 impl Status {
     /// Whether a request that got this status may have taken effect anyway: the client
     /// must treat its outcome as unknown. (NoStorageServer: the proxy could not reach
-    /// a quorum and sent nothing that could take effect.)
+    /// a quorum and sent nothing that could take effect. Busy: the proxy was at its
+    /// cap on requests in flight and did not start the request.)
     pub fn is_indeterminate(self) -> bool {
         !matches!(
             self,
@@ -113,6 +114,7 @@ impl Status {
                 | Status::BadMsg
                 | Status::NotSupported
                 | Status::NoStorageServer
+                | Status::Busy
         )
     }
 }

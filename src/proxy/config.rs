@@ -30,6 +30,8 @@ pub struct ProxyConfig {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub connections: ConnectionLimits,
 }
 
 impl ProxyConfig {
@@ -43,6 +45,7 @@ impl ProxyConfig {
             cluster,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -108,5 +111,56 @@ impl Timeouts {
     }
     pub fn connect(&self) -> Duration {
         Duration::from_millis(self.connect_ms)
+    }
+}
+
+/// What one client, or all of them, may hold of a proxy: beyond these the proxy stops
+/// reading (back-pressure), answers Busy, or closes the connection, so that its memory
+/// stays bounded and one client cannot deny service to the others.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Client connections at once (each client port counts its own); more are closed
+    /// as they are accepted.
+    pub max_connections: usize,
+    /// Requests being handled at once, over every connection; beyond it a request is
+    /// answered Busy without being started.
+    pub max_in_flight: usize,
+    /// Requests one connection may have unanswered; beyond it the proxy reads no
+    /// further from that connection until responses are written.
+    pub max_in_flight_per_connection: usize,
+    /// Bytes of requests and responses one connection may hold in the proxy (read
+    /// and not yet answered, or answered and not yet written); beyond it, as above.
+    pub max_buffered_bytes_per_connection: usize,
+    /// The same bound over every connection.
+    pub max_buffered_bytes: usize,
+    /// A connection with nothing received for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A frame must arrive whole within this once it has begun, and a response must be
+    /// taken by the client within this once written (a client that sends a byte a
+    /// second, or never reads, is closed).
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            max_in_flight: 10_000,
+            max_in_flight_per_connection: 1024,
+            max_buffered_bytes_per_connection: 16 << 20,
+            max_buffered_bytes: 512 << 20,
+            idle_timeout_secs: 600,
+            stall_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
     }
 }

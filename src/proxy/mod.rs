@@ -1,17 +1,18 @@
 //! The proxy: speaks JunoDB's protocol to clients and runs each request's
 //! [`Coordinator`] against the key's replicas. Holds no data.
 
+mod admission;
 pub mod config;
 mod key_turns;
 mod translate;
 
-pub use config::{Limits, ProxyConfig, Timeouts};
+pub use config::{ConnectionLimits, Limits, ProxyConfig, Timeouts};
 
 use crate::clock::Clock;
 use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
 use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
-use crate::protocol::{read_frame, Direction, Frame, OpCode, OpMessage, Status};
+use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, Status};
 use crate::record::Ballot;
 use crate::replica::ReplicaReply;
 use crate::rpc::{write_frames, Peer};
@@ -66,6 +67,7 @@ pub struct Proxy {
     clock: Clock,
     quorum: Quorum,
     turns: key_turns::KeyTurns,
+    admission: admission::Admission,
 }
 
 /// A running proxy listener.
@@ -115,6 +117,7 @@ impl Proxy {
             counter: AtomicU64::new(0),
         };
         Ok(Arc::new(Proxy {
+            admission: admission::Admission::new(config.connections.clone()),
             config,
             connector,
             peers,
@@ -155,8 +158,13 @@ impl Proxy {
             let proxy = proxy.clone();
             let acceptor = acceptor.clone();
             async move {
+                // At the cap, closed before any handshake is spent on it.
+                let Some(budget) = proxy.admission.connection() else {
+                    tracing::debug!(%addr, "connection refused: the proxy is at max_connections");
+                    return;
+                };
                 if let Ok(stream) = acceptor.accept(stream).await {
-                    proxy.serve_client(stream).await;
+                    proxy.serve_client(stream, budget).await;
                 }
             }
         }));
@@ -165,43 +173,95 @@ impl Proxy {
     }
 
     /// One client connection: requests are handled concurrently and answered as they
-    /// complete, each carrying its request's opaque. A stream that cannot be framed is
-    /// closed; a frame that is not a valid request is answered BadMsg.
-    async fn serve_client(self: Arc<Self>, stream: BoxStream) {
-        let (mut rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_frames(wr, rx));
-        loop {
-            let (header, bytes) = match read_frame(&mut rd).await {
-                Ok(Frame::Message(h, b)) => (h, b),
-                Ok(Frame::Eof) => break,
-                Err(e) => {
+    /// complete, each carrying its request's opaque, within the connection's budget.
+    /// The connection closes when the client does, when its stream cannot be framed,
+    /// when it is idle or stalls mid-frame, or when it stops taking its responses.
+    async fn serve_client(self: Arc<Self>, stream: BoxStream, budget: admission::ConnectionBudget) {
+        let (rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel::<Response>();
+        let stall = self.config.connections.stall_timeout();
+        let mut writer = tokio::spawn(write_frames(wr, rx, Some(stall)));
+        tokio::select! {
+            () = self.read_requests(rd, tx, budget) => {
+                // Requests still in flight finish and are answered; then the writer ends.
+                let _ = (&mut writer).await;
+            }
+            written = &mut writer => {
+                if let Ok(Err(e)) = written {
                     tracing::debug!(error = %e, "closing client connection");
-                    break;
                 }
+            }
+        }
+    }
+
+    /// Reads and starts requests until the client closes, misbehaves or idles.
+    async fn read_requests(
+        self: &Arc<Self>,
+        rd: tokio::io::ReadHalf<BoxStream>,
+        tx: mpsc::UnboundedSender<Response>,
+        budget: admission::ConnectionBudget,
+    ) {
+        use tokio::io::AsyncBufReadExt;
+        use tokio::time::timeout;
+        let limits = &self.config.connections;
+        // A small buffer: idle connections may be many.
+        let mut rd = tokio::io::BufReader::with_capacity(1024, rd);
+        let closing = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "closing client connection");
+        };
+        loop {
+            match timeout(limits.idle_timeout(), rd.fill_buf()).await {
+                Ok(Ok([])) => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return closing(&e),
+                Err(_) => return closing(&"idle"),
+            }
+            let (header, head) = match timeout(limits.stall_timeout(), read_header(&mut rd)).await {
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => return closing(&e),
+                Err(_) => return closing(&"frame header stalled"),
+            };
+            // Room for the frame before its body is buffered.
+            let held = budget.admit(header.size as usize).await;
+            let bytes =
+                match timeout(limits.stall_timeout(), read_body(&mut rd, &header, head)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => return closing(&e),
+                    Err(_) => return closing(&"frame stalled"),
+                };
+            let answer_now = |request: &OpMessage, status: Status, held| {
+                let reply = OpMessage::response_to(request, status.to_byte()).to_bytes();
+                let _ = tx.send(Response {
+                    bytes: reply,
+                    _held: held,
+                });
             };
             let msg = match OpMessage::decode(&bytes) {
                 Ok(m) if m.direction != Direction::Response => m,
                 _ => {
                     let mut bad = OpMessage::request(bytes.get(12).copied().unwrap_or(0));
                     bad.opaque = header.opaque;
-                    let _ =
-                        tx.send(OpMessage::response_to(&bad, Status::BadMsg.to_byte()).to_bytes());
+                    answer_now(&bad, Status::BadMsg, held);
                     continue;
                 }
             };
-            let proxy = self.clone();
-            let tx = tx.clone();
+            drop(bytes);
+            let Some(started) = self.admission.start() else {
+                answer_now(&msg, Status::Busy, held);
+                continue;
+            };
+            let (proxy, tx, budget) = (self.clone(), tx.clone(), budget.clone());
             tokio::spawn(async move {
                 let resp = proxy.handle(&msg).await;
+                drop(started);
                 if msg.direction == Direction::Request {
-                    let _ = tx.send(resp.to_bytes());
+                    let bytes = resp.to_bytes();
+                    let held = budget.resize(held, bytes.len()).await;
+                    let _ = tx.send(Response { bytes, _held: held });
                 }
             });
         }
-        drop(tx);
-        // Requests still in flight finish and are answered; then the writer ends.
-        let _ = writer.await;
     }
 
     /// Answers one decoded request.
@@ -257,6 +317,19 @@ impl Proxy {
             (tx, turn),
         ));
         rx.await.unwrap_or(Err(Status::Timeout))
+    }
+}
+
+/// A response on its way to the client, holding its share of the connection's budget
+/// until the writer takes it.
+struct Response {
+    bytes: Vec<u8>,
+    _held: admission::Held,
+}
+
+impl AsRef<[u8]> for Response {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

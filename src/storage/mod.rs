@@ -229,7 +229,7 @@ async fn serve_connection(
     if let (Ok(local), Ok(peer)) = ends {
         out_rx = crate::fault::delayed(out_rx, local, peer);
     }
-    let writer = tokio::spawn(write_frames(wr, out_rx));
+    let writer = tokio::spawn(write_frames(wr, out_rx, None));
     loop {
         let (id, req) = match read_frame::<ReplicaRequest, _>(&mut rd).await {
             Ok(Some(frame)) => frame,
