@@ -170,7 +170,10 @@ mod tests {
         assert!(waits(c.admit(10)).await, "a third request must wait");
         drop(one);
         let three = c.admit(70).await;
-        assert!(waits(c.resize(three, 95)).await, "10 bytes held: no room for 95");
+        assert!(
+            waits(c.resize(three, 95)).await,
+            "10 bytes held: no room for 95"
+        );
     }
 
     #[tokio::test]

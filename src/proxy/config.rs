@@ -120,8 +120,8 @@ impl Timeouts {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
-    /// Client connections at once (each client port counts its own); more are closed
-    /// as they are accepted.
+    /// Client connections at once, over all the proxy's client ports; more are closed
+    /// as they are accepted. (The process needs a file-descriptor limit above it.)
     pub max_connections: usize,
     /// Requests being handled at once, over every connection; beyond it a request is
     /// answered Busy without being started.
@@ -145,7 +145,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 10_000,
+            max_connections: 16_384,
             max_in_flight: 10_000,
             max_in_flight_per_connection: 1024,
             max_buffered_bytes_per_connection: 16 << 20,
