@@ -2,11 +2,11 @@
 //! (RocksDB) and in the simulator (in-memory).
 
 mod memory;
-#[cfg(not(madsim))]
+#[cfg(all(not(madsim), feature = "rocksdb"))]
 mod rocks;
 
 pub use memory::{scan_map, MemoryEngine};
-#[cfg(not(madsim))]
+#[cfg(all(not(madsim), feature = "rocksdb"))]
 pub use rocks::RocksEngine;
 
 use std::io;
