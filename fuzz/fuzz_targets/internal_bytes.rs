@@ -29,7 +29,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = Slot::decode(data);
     if let Ok(decoded) = codec().decode(b"key", data) {
         let resealed = codec().encode(b"key", &decoded.slot);
-        let again = codec().decode(b"key", &resealed).expect("a re-sealed slot opens");
+        let again = codec()
+            .decode(b"key", &resealed)
+            .expect("a re-sealed slot opens");
         assert_eq!(again.slot, decoded.slot);
     }
     let _ = bincode::deserialize::<ReplicaRequest>(data);
