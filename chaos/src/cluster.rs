@@ -4,6 +4,7 @@
 //! clients reach each proxy through one — so that any link can be cut or slowed.
 
 use crate::relay::{Link, Relay};
+use junokv::at_rest::KeyFile;
 use junokv::certs::DevCerts;
 use junokv::cluster::{ShardMap, Zone};
 use junokv::transport::TlsFiles;
@@ -151,6 +152,14 @@ impl Cluster {
             ca: None,
             ..tls.clone()
         };
+        // Every record sealed at rest, as in `junokv dev`.
+        let key_file = dir.join("data-keys.toml");
+        if !key_file.exists() {
+            KeyFile::add_key(&key_file).map_err(std::io::Error::other)?;
+        }
+        let mut encryption = toml::Table::new();
+        let key_path = toml::Value::String(key_file.display().to_string());
+        encryption.insert("key_file".into(), key_path);
         let mut zones = Vec::new();
         for z in 0..shape.zones {
             let nodes = (0..shape.nodes_per_zone)
@@ -184,6 +193,7 @@ impl Cluster {
                 sweeper.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
                 file.insert("sweeper".into(), toml::Value::Table(sweeper));
                 file.insert("tls".into(), tls_table(&tls)?);
+                file.insert("encryption".into(), encryption.clone().into());
                 write_toml(&config, &file)?;
                 let addr = addr.parse().expect("a free address");
                 storage.push(process(&name, addr, "storage", &config, dir));
