@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, Store, TestCluster};
+use common::{assert_read_and_sweep_repair, eventually, Store, TestCluster};
 use junokv::at_rest::{KeyFile, SlotCodec, Unreadable};
 use junokv::engine::Engine;
 use junokv::key::StoreKey;
@@ -127,21 +127,8 @@ async fn a_tampered_replica_is_detected_and_repaired() {
         let tampered = Unreadable::Damaged(CorruptRecord::Tampered);
         assert_eq!(decode(&cluster, key).err(), Some(tampered));
     }
-
-    assert_eq!(c.get(b"read").await.unwrap().value, b"one");
-    eventually("the read repairs the tampered replica", || {
-        sound(&cluster, b"read")
-    })
-    .await;
-    let swept = cluster.sweep(0, junokv::clock::Clock::default()).await;
-    assert_eq!(swept.resolved, 1, "{swept:?}");
-    eventually("the sweeper repairs the tampered replica", || {
-        sound(&cluster, b"unread")
-    })
-    .await;
-    cluster.kill(2).await;
-    assert_eq!(c.get(b"unread").await.unwrap().value, b"two");
-    cluster.stop().await;
+    drop(c);
+    assert_read_and_sweep_repair(cluster, sound).await;
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{eventually, Store, TestCluster};
+use common::{assert_read_and_sweep_repair, eventually, Store, TestCluster};
 use junokv::client::ClientError;
 use junokv::key::StoreKey;
 use junokv::protocol::Status;
@@ -264,22 +264,5 @@ async fn a_damaged_replica_is_repaired_by_a_read_or_by_the_sweeper() {
             Slot::decode(&b).is_ok_and(|s| s.accepted.is_some_and(|(_, r)| r.value.len() == 3))
         })
     };
-    assert!(!sound(&cluster, b"read") && !sound(&cluster, b"unread"));
-
-    let c = cluster.client().await;
-    assert_eq!(c.get(b"read").await.unwrap().value, b"one");
-    eventually("the read repairs the damaged replica", || {
-        sound(&cluster, b"read")
-    })
-    .await;
-    let swept = cluster.sweep(0, junokv::clock::Clock::default()).await;
-    assert_eq!(swept.resolved, 1, "{swept:?}");
-    eventually("the sweeper repairs the damaged replica", || {
-        sound(&cluster, b"unread")
-    })
-    .await;
-    // The repaired replica serves: with the other two down, it and one more answer.
-    cluster.kill(2).await;
-    assert_eq!(c.get(b"unread").await.unwrap().value, b"two");
-    cluster.stop().await;
+    assert_read_and_sweep_repair(cluster, sound).await;
 }

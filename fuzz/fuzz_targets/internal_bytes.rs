@@ -4,25 +4,17 @@
 //! slot that opens must also re-seal to one that opens to the same slot.
 #![no_main]
 
-use junokv::at_rest::{KeySource, Keyring, SlotCodec, KEY_LEN};
+use junokv::at_rest::{SlotCodec, StaticKeys, KEY_LEN};
 use junokv::record::Slot;
 use junokv::replica::{ReplicaReply, ReplicaRequest};
 use std::sync::OnceLock;
 
-struct FuzzKey;
-
-impl KeySource for FuzzKey {
-    fn load(&self) -> Result<Keyring, String> {
-        Keyring::new(&[(1, [7; KEY_LEN])].into())
-    }
-    fn describe(&self) -> String {
-        "the fuzzer's key".into()
-    }
-}
-
 fn codec() -> &'static SlotCodec {
     static CODEC: OnceLock<SlotCodec> = OnceLock::new();
-    CODEC.get_or_init(|| SlotCodec::sealed(Box::new(FuzzKey)).expect("a fixed key"))
+    CODEC.get_or_init(|| {
+        let key = StaticKeys([(1, [7; KEY_LEN])].into());
+        SlotCodec::sealed(Box::new(key)).expect("a fixed key")
+    })
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@ use crate::topology::{Latency, Topology};
 use jepsen_like::history::{parse, to_json_line, Event};
 use jepsen_like::runner::{read_back, run, Workload};
 use jepsen_like::{checker, model::Model, report};
-use junokv::at_rest::{KeySource, Keyring, SlotCodec, KEY_LEN};
+use junokv::at_rest::{SlotCodec, StaticKeys, KEY_LEN};
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
@@ -41,17 +41,11 @@ fn sweep_config() -> SweepConfig {
 /// ways of storing run under every fault, and a tampered or torn sealed slot must be
 /// found and repaired like a damaged clear one.
 fn codec(seed: u64) -> SlotCodec {
-    struct SimKey;
-    impl KeySource for SimKey {
-        fn load(&self) -> Result<Keyring, String> {
-            Keyring::new(&[(1, [0x5e; KEY_LEN])].into())
-        }
-        fn describe(&self) -> String {
-            "the simulator's data key".into()
-        }
-    }
     match seed % 2 {
-        1 => SlotCodec::sealed(Box::new(SimKey)).expect("a fixed key loads"),
+        1 => {
+            let key = StaticKeys([(1, [0x5e; KEY_LEN])].into());
+            SlotCodec::sealed(Box::new(key)).expect("a fixed key loads")
+        }
         _ => SlotCodec::clear(),
     }
 }

@@ -106,6 +106,19 @@ pub trait KeySource: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// Keys given in code: the simulator's, the fuzzer's and the tests' (no file to keep).
+pub struct StaticKeys(pub BTreeMap<KeyId, [u8; KEY_LEN]>);
+
+impl KeySource for StaticKeys {
+    fn load(&self) -> Result<Keyring, String> {
+        Keyring::new(&self.0)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} keys given in code", self.0.len())
+    }
+}
+
 /// A TOML file of `[[key]]` tables (`id`, `secret`: 64 hex digits), readable by its
 /// owner only. `junokv keys add FILE` makes one and adds keys to it.
 pub struct KeyFile {

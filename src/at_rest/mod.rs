@@ -12,7 +12,7 @@
 
 mod keys;
 
-pub use keys::{Fingerprint, KeyFile, KeyId, KeySource, Keyring, OpenError, KEY_LEN};
+pub use keys::{Fingerprint, KeyFile, KeyId, KeySource, Keyring, OpenError, StaticKeys, KEY_LEN};
 
 use crate::record::{CorruptRecord, Slot};
 use std::sync::{Arc, RwLock};
@@ -141,21 +141,10 @@ fn aad(key: &[u8], id: KeyId) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::record::{Ballot, Record};
-    use std::collections::BTreeMap;
-
-    struct Fixed(BTreeMap<KeyId, [u8; KEY_LEN]>);
-    impl KeySource for Fixed {
-        fn load(&self) -> Result<Keyring, String> {
-            Keyring::new(&self.0)
-        }
-        fn describe(&self) -> String {
-            "fixed keys".into()
-        }
-    }
 
     fn codec(ids: &[KeyId]) -> SlotCodec {
         let keys = ids.iter().map(|id| (*id, [*id as u8; KEY_LEN])).collect();
-        SlotCodec::sealed(Box::new(Fixed(keys))).unwrap()
+        SlotCodec::sealed(Box::new(StaticKeys(keys))).unwrap()
     }
 
     fn slot(value: &[u8]) -> Slot {

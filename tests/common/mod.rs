@@ -184,6 +184,31 @@ impl TestCluster {
     }
 }
 
+/// Zone 0's copies of `read` (holding "one") and `unread` ("two") are damaged, which
+/// `sound` tells: a read repairs the first, a sweep the second, and the repaired
+/// replica then serves (with zone 2 down, it and zone 1 answer). Stops the cluster.
+pub async fn assert_read_and_sweep_repair(
+    mut cluster: TestCluster,
+    sound: impl Fn(&TestCluster, &[u8]) -> bool,
+) {
+    assert!(!sound(&cluster, b"read") && !sound(&cluster, b"unread"));
+    let c = cluster.client().await;
+    assert_eq!(c.get(b"read").await.unwrap().value, b"one");
+    eventually("the read repairs the damaged replica", || {
+        sound(&cluster, b"read")
+    })
+    .await;
+    let swept = cluster.sweep(0, Clock::default()).await;
+    assert_eq!(swept.resolved, 1, "{swept:?}");
+    eventually("the sweeper repairs the damaged replica", || {
+        sound(&cluster, b"unread")
+    })
+    .await;
+    cluster.kill(2).await;
+    assert_eq!(c.get(b"unread").await.unwrap().value, b"two");
+    cluster.stop().await;
+}
+
 /// Each storage server reads its own keys, as separate processes would.
 fn codec(key_file: Option<&PathBuf>) -> SlotCodec {
     match key_file {
