@@ -265,7 +265,15 @@ impl Proxy {
     }
 
     /// Answers one decoded request.
+    /// Log lines about the request carry its JunoDB request id (`-` when it has none).
     pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
+        use tracing::Instrument;
+        let op = OpCode::from_byte(msg.opcode);
+        let span = tracing::debug_span!("request", id = %RequestId(msg.meta.request_id), ?op);
+        self.answer(msg).instrument(span).await
+    }
+
+    async fn answer(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
         let started = Instant::now();
         let now_ns = self.clock.now_ns();
         let outcome = match OpCode::from_byte(msg.opcode) {
@@ -280,6 +288,8 @@ impl Proxy {
             },
         };
         let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let status = outcome.as_ref().err().copied().unwrap_or(Status::Ok);
+        tracing::debug!(%status, micros = us, "answered");
         translate::response(msg, &outcome, (now_ns / 1_000_000_000) as u32, us)
     }
 
@@ -309,14 +319,28 @@ impl Proxy {
         let coordinator = Coordinator::new(key, op, ctx, self.quorum);
         // The coordinator may linger after answering (to remove a tombstone): let it,
         // without holding up the client or the next request on the key.
-        tokio::spawn(drive(
-            coordinator,
-            peers,
-            self.clone(),
-            deadline,
-            (tx, turn),
-        ));
+        let answer = (tx, turn);
+        let driving = drive(coordinator, peers, self.clone(), deadline, answer);
+        tokio::spawn(tracing::Instrument::in_current_span(driving));
         rx.await.unwrap_or(Err(Status::Timeout))
+    }
+}
+
+/// A JunoDB request id as JunoDB prints it (a UUID), or `-`.
+struct RequestId(Option<[u8; 16]>);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(id) = self.0 else {
+            return f.write_str("-");
+        };
+        for (i, b) in id.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +405,7 @@ async fn drive(
                     });
                 }
                 Action::Backoff { attempt } => {
+                    tracing::trace!(attempt, "pre-empted by another ballot: backing off");
                     backoff = Some(Instant::now() + backoff_delay(attempt, slowest));
                 }
                 Action::Reply(outcome) => {
@@ -413,6 +438,7 @@ async fn drive(
                 actions = co.on_round_timeout(co.round());
             }
             _ = sleep_until(deadline) => {
+                tracing::debug!(status = %co.timeout_status(), "deadline passed");
                 if let Some((tx, _turn)) = answer.take() {
                     let _ = tx.send(Err(co.timeout_status()));
                 }
