@@ -30,12 +30,16 @@ pub struct DevArgs {
     /// Number of zones (replicas).
     #[arg(long, default_value_t = 3)]
     zones: usize,
-    /// How long destroyed and expired records are kept before they are purged.
-    #[arg(long, default_value_t = 3600)]
-    purge_grace_secs: u32,
+    /// How long destroyed and expired records are kept before they are purged
+    /// [default: the config's timeouts.purge_grace_secs, 3600].
+    #[arg(long)]
+    purge_grace_secs: Option<u32>,
     /// Pause between the storage servers' sweeps for dead records.
     #[arg(long, default_value_t = 60_000)]
     sweep_interval_ms: u64,
+    /// Proxy settings ([limits], [timeouts], [connections]) as in a proxy's config.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Store records in clear instead of sealed with the data key in `DATA_DIR/keys.toml`
     /// (made on first start).
     #[arg(long)]
@@ -65,6 +69,54 @@ async fn start_storage(
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
+/// A proxy's config file, read and checked (certificate files are loaded as it starts).
+pub fn proxy_config(path: &Path) -> Result<ProxyConfig, String> {
+    let cfg: ProxyConfig = read_toml(path)?;
+    cfg.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cfg)
+}
+
+/// A storage server's config file, read and checked (its certificate and key files
+/// included).
+pub fn storage_config(path: &Path) -> Result<StorageConfig, String> {
+    let cfg: StorageConfig = read_toml(path)?;
+    cfg.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cfg)
+}
+
+/// `junokv config check FILE`: a storage server's config (it has `data_dir`) or a
+/// proxy's, checked as the server would at start, certificate and key files loaded.
+pub fn check_config(path: &Path) -> CliResult {
+    let table: toml::Table = read_toml(path)?;
+    let kind = if table.contains_key("data_dir") {
+        storage_config(path)?;
+        "storage server"
+    } else {
+        let cfg = proxy_config(path)?;
+        let bad = |e: String| format!("{}: {e}", path.display());
+        Acceptor::new(cfg.tls.as_ref()).map_err(bad)?;
+        junokv::transport::Connector::member(cfg.cluster_tls.as_ref()).map_err(bad)?;
+        "proxy"
+    };
+    println!("{}: a valid {kind} config", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The proxy settings `junokv dev --config` takes: a real proxy's, but for the ports,
+/// certificates and cluster map, which `junokv dev` makes itself.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevConfig {
+    #[serde(default)]
+    limits: junokv::proxy::Limits,
+    #[serde(default)]
+    timeouts: junokv::proxy::Timeouts,
+    #[serde(default)]
+    connections: junokv::proxy::ConnectionLimits,
+}
+
 /// Runs until Ctrl-C or SIGTERM; on SIGHUP calls `reload` (certificate and key files).
 async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -84,7 +136,7 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
 }
 
 pub async fn run_storage(config: &Path) -> CliResult {
-    let cfg: StorageConfig = read_toml(config)?;
+    let cfg = storage_config(config)?;
     let acceptor = cfg
         .acceptor()
         .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -119,18 +171,8 @@ pub async fn run_storage(config: &Path) -> CliResult {
 }
 
 pub async fn run_proxy(config: &Path) -> CliResult {
-    let cfg: ProxyConfig = read_toml(config)?;
+    let cfg = proxy_config(config)?;
     let bad = |e: &str| format!("{}: {e}", config.display());
-    if cfg.listen.is_some() != cfg.tls.is_some() {
-        return Err(bad(
-            "`listen` (the TLS client port) and [tls] go together; a plain-text port is `plain_listen`",
-        ));
-    }
-    if cfg.listen.is_none() && cfg.plain_listen.is_none() {
-        return Err(bad(
-            "no client port: set `listen` with [tls], or `plain_listen`",
-        ));
-    }
     let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
     let tls = Acceptor::new(cfg.tls.as_ref()).map_err(|e| bad(&e))?;
     let mut servers = Vec::new();
@@ -158,6 +200,16 @@ pub async fn run_proxy(config: &Path) -> CliResult {
 pub async fn run_dev(a: DevArgs) -> CliResult {
     if a.zones == 0 {
         return Err("--zones must be at least 1".into());
+    }
+    let dev: DevConfig = match &a.config {
+        Some(path) => read_toml(path)?,
+        None => DevConfig::default(),
+    };
+    let checked = (dev.limits.validate())
+        .and_then(|()| dev.timeouts.validate())
+        .and_then(|()| dev.connections.validate());
+    if let Some(path) = &a.config {
+        checked.map_err(|e| format!("{}: {e}", path.display()))?;
     }
     // Secure by default: a development CA and certificates, made on first start;
     // mutual TLS between the proxy and the storage servers, TLS for clients.
@@ -191,12 +243,19 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         num_shards: 1024,
         zones,
     });
-    cfg.timeouts.purge_grace_secs = a.purge_grace_secs;
+    (cfg.limits, cfg.timeouts, cfg.connections) = (dev.limits, dev.timeouts, dev.connections);
+    if let Some(grace) = a.purge_grace_secs {
+        cfg.timeouts.purge_grace_secs = grace;
+        cfg.timeouts
+            .validate()
+            .map_err(|e| format!("--purge-grace-secs: {e}"))?;
+    }
+    let purge_grace_secs = cfg.timeouts.purge_grace_secs;
     cfg.cluster_tls = Some(member.clone());
     let shared = Proxy::new(cfg, Clock::default())?;
     let sweep = SweepConfig {
         interval_ms: a.sweep_interval_ms,
-        purge_grace_secs: a.purge_grace_secs,
+        purge_grace_secs,
         ..SweepConfig::default()
     };
     for s in &mut storages {

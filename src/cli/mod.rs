@@ -81,6 +81,16 @@ enum Command {
     /// Manage the data keys that seal stored records (encryption at rest).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a proxy's or a storage server's config (one with `data_dir`) as the server
+    /// would at start, certificate and key files included, without starting it.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +116,7 @@ pub fn main() -> ExitCode {
             Command::Destroy(a) => kv::run(kv::Kind::Destroy, a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Certs(c) => certs::run(c),
+            Command::Config(ConfigCommand::Check { file }) => dev::check_config(&file),
             Command::Keys(KeysCommand::Add { file }) => {
                 let id = junokv::at_rest::KeyFile::add_key(&file)?;
                 println!("added data key {id} to {}", file.display());

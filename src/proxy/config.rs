@@ -34,7 +34,35 @@ pub struct ProxyConfig {
     pub connections: ConnectionLimits,
 }
 
+/// Fails with the first setting out of range, named as in the file.
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
 impl ProxyConfig {
+    /// Everything a proxy checks before it starts, but for the certificate files
+    /// (loaded as it starts): ports, the cluster map, and every limit and timeout.
+    pub fn validate(&self) -> Result<(), String> {
+        check(self.listen.is_some() == self.tls.is_some(), || {
+            "`listen` (the TLS client port) and [tls] go together; a plain-text port is \
+             `plain_listen`"
+                .into()
+        })?;
+        check(self.listen.is_some() || self.plain_listen.is_some(), || {
+            "no client port: set `listen` with [tls], or `plain_listen`".into()
+        })?;
+        self.cluster
+            .validate()
+            .map_err(|e| format!("[cluster]: {e}"))?;
+        self.limits.validate()?;
+        self.timeouts.validate()?;
+        self.connections.validate()
+    }
+
     /// A proxy for `cluster`, in plain text, with default limits and timeouts.
     pub fn new(cluster: ShardMap) -> Self {
         ProxyConfig {
@@ -76,6 +104,30 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    pub fn validate(&self) -> Result<(), String> {
+        let most = crate::protocol::MAX_FRAME as usize / 2;
+        check(self.max_key_length >= 1, || {
+            "limits.max_key_length must be at least 1".into()
+        })?;
+        check(self.max_payload_length <= most, || {
+            format!(
+                "limits.max_payload_length ({}) must be at most {most}",
+                self.max_payload_length
+            )
+        })?;
+        check(
+            self.default_ttl >= 1 && self.default_ttl <= self.max_ttl,
+            || {
+                format!(
+                    "limits.default_ttl ({}) must be between 1 and limits.max_ttl ({})",
+                    self.default_ttl, self.max_ttl
+                )
+            },
+        )
+    }
+}
+
 /// How long the proxy waits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,6 +155,29 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    pub fn validate(&self) -> Result<(), String> {
+        check(self.request_ms >= 1 && self.connect_ms >= 1, || {
+            "timeouts.request_ms and timeouts.connect_ms must be at least 1".into()
+        })?;
+        check((1..=self.request_ms).contains(&self.round_ms), || {
+            format!(
+                "timeouts.round_ms ({}) must be between 1 and timeouts.request_ms ({})",
+                self.round_ms, self.request_ms
+            )
+        })?;
+        // A tombstone must outlast every request that may still be looking for it.
+        check(
+            u64::from(self.purge_grace_secs) * 1000 > 2 * self.request_ms,
+            || {
+                format!(
+                    "timeouts.purge_grace_secs ({}) must be more than twice timeouts.request_ms \
+                 ({} ms)",
+                    self.purge_grace_secs, self.request_ms
+                )
+            },
+        )
+    }
+
     pub fn request(&self) -> Duration {
         Duration::from_millis(self.request_ms)
     }
@@ -157,6 +232,28 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    pub fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_in_flight", self.max_in_flight),
+            (
+                "max_in_flight_per_connection",
+                self.max_in_flight_per_connection,
+            ),
+            ("idle_timeout_secs", self.idle_timeout_secs as usize),
+            ("stall_timeout_ms", self.stall_timeout_ms as usize),
+            (
+                "max_buffered_bytes_per_connection",
+                self.max_buffered_bytes_per_connection,
+            ),
+            ("max_buffered_bytes", self.max_buffered_bytes),
+        ];
+        for (name, n) in counts {
+            check(n >= 1, || format!("connections.{name} must be at least 1"))?;
+        }
+        Ok(())
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }

@@ -92,6 +92,25 @@ impl StorageConfig {
         }
     }
 
+    /// Everything a storage server checks before it starts: its certificate and key
+    /// files load, its cluster map and sweeper settings make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        self.acceptor()?;
+        self.codec()?;
+        if let Some(map) = &self.cluster {
+            map.validate().map_err(|e| format!("[cluster]: {e}"))?;
+        }
+        let s = &self.sweeper;
+        if s.interval_ms == 0 || s.concurrency == 0 || s.purge_grace_secs == 0 {
+            return Err(
+                "sweeper.interval_ms, sweeper.concurrency and sweeper.purge_grace_secs must be \
+                 at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// How records are stored: sealed with the key file's data keys, or in clear.
     pub fn codec(&self) -> Result<SlotCodec, String> {
         match &self.encryption {

@@ -1,0 +1,148 @@
+//! Configuration files through the real binary: `junokv config check` accepts good
+//! files and names what is wrong in bad ones (the file, the line of an unknown key,
+//! the setting out of range), and servers refuse to start on the same errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn junokv(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const PROXY: &str = r#"
+plain_listen = "127.0.0.1:0"
+
+[cluster]
+epoch = 1
+num_shards = 64
+[[cluster.zones]]
+datacenter = "dc1"
+nodes = ["127.0.0.1:7001"]
+"#;
+
+const STORAGE: &str = r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+plaintext = true
+"#;
+
+/// `junokv config check` on `text`: Ok(stdout) or Err(stderr).
+fn check(dir: &Path, text: &str) -> Result<String, String> {
+    std::fs::write(dir.join("c.toml"), text).unwrap();
+    let out = junokv(&["config", "check", "c.toml"], dir);
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(2) => Err(stderr(&out)),
+        other => panic!("exit status {other:?}: {}", stderr(&out)),
+    }
+}
+
+#[test]
+fn good_configs_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(check(dir.path(), PROXY)
+        .unwrap()
+        .contains("a valid proxy config"));
+    assert!(check(dir.path(), STORAGE)
+        .unwrap()
+        .contains("a valid storage server config"));
+}
+
+#[test]
+fn bad_configs_are_named_with_file_line_and_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // An unknown key: the file, its line, and the key.
+        (
+            format!("{PROXY}\n[timeouts]\nrequest_msec = 5\n"),
+            vec!["c.toml", "line 12", "request_msec"],
+        ),
+        (
+            format!("{STORAGE}colour = \"blue\"\n"),
+            vec!["c.toml", "line 5", "colour"],
+        ),
+        // Values out of range, named.
+        (
+            format!("{PROXY}\n[timeouts]\nround_ms = 5000\n"),
+            vec!["c.toml", "timeouts.round_ms (5000)"],
+        ),
+        (
+            format!("{PROXY}\n[timeouts]\npurge_grace_secs = 1\n"),
+            vec!["timeouts.purge_grace_secs (1)"],
+        ),
+        (
+            format!("{PROXY}\n[limits]\ndefault_ttl = 999999\n"),
+            vec!["limits.default_ttl (999999)"],
+        ),
+        (
+            format!("{PROXY}\n[connections]\nmax_connections = 0\n"),
+            vec!["connections.max_connections"],
+        ),
+        (
+            PROXY.replace("num_shards = 64", "num_shards = 0"),
+            vec!["[cluster]", "num_shards"],
+        ),
+        (
+            PROXY.replace("plain_listen", "listen"),
+            vec!["`listen`", "[tls]"],
+        ),
+        (
+            format!("{STORAGE}[sweeper]\nconcurrency = 0\n"),
+            vec!["sweeper.concurrency"],
+        ),
+        // Files that must be there, and private.
+        (
+            STORAGE.replace(
+                "plaintext = true",
+                "[tls]\ncert = \"no.crt\"\nkey = \"no.key\"\nca = \"no.crt\"",
+            ),
+            vec!["no.crt"],
+        ),
+        (
+            format!("{STORAGE}[encryption]\nkey_file = \"keys.toml\"\n"),
+            vec!["keys.toml"],
+        ),
+    ];
+    for (text, expect) in cases {
+        let err = check(dir.path(), &text).expect_err(&text);
+        for e in expect {
+            assert!(err.contains(e), "expected {e:?} in {err:?} for\n{text}");
+        }
+    }
+}
+
+#[test]
+fn servers_refuse_to_start_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!("{PROXY}\n[timeouts]\nround_ms = 0\n"),
+    )
+    .unwrap();
+    let out = junokv(&["proxy", "--config", "p.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("timeouts.round_ms (0)"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(dir.path().join("d.toml"), "[cluster]\nepoch = 1\n").unwrap();
+    let out = junokv(
+        &["dev", "--config", "d.toml", "--data-dir", "data"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown field `cluster`"),
+        "{}",
+        stderr(&out)
+    );
+}
