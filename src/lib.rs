@@ -1,6 +1,7 @@
 //! JunoKV: a distributed key-value store that speaks JunoDB's wire protocol, with every
 //! single-key operation linearizable. See `README.md` and `../shared/DESIGN.md`.
 
+pub mod admin;
 pub mod at_rest;
 #[cfg(not(madsim))]
 pub mod certs;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod fault;
 pub mod key;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod record;

@@ -2,6 +2,7 @@
 //! SIGTERM.
 
 use super::CliResult;
+use junokv::admin::{AdminConfig, AdminServer, Readiness};
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
@@ -37,6 +38,9 @@ pub struct DevArgs {
     /// Pause between the storage servers' sweeps for dead records.
     #[arg(long, default_value_t = 60_000)]
     sweep_interval_ms: u64,
+    /// Plain-HTTP admin address (/metrics, /healthz, /readyz), e.g. 127.0.0.1:9080.
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Proxy settings ([limits], [timeouts], [connections]) as in a proxy's config.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -67,6 +71,38 @@ async fn start_storage(
     let engine = RocksEngine::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
     StorageServer::start(bind(listen).await?, Arc::new(engine), codec, acceptor)
         .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Starts the admin port `cfg` asks for: HTTPS with `tls` (the server's certificate,
+/// no client certificates asked for) unless it is `plaintext`.
+async fn start_admin(
+    cfg: Option<&AdminConfig>,
+    tls: Option<&TlsFiles>,
+    ready: Readiness,
+) -> Result<Option<AdminServer>, String> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let acceptor = match (cfg.plaintext, tls) {
+        (true, _) => Acceptor::Plain,
+        (false, Some(tls)) => Acceptor::new(Some(&TlsFiles {
+            ca: None,
+            crl: None,
+            ..tls.clone()
+        }))?,
+        (false, None) => return cfg.validate(false).map(|()| None),
+    };
+    let server = AdminServer::start(bind(&cfg.listen).await?, acceptor, ready);
+    server.map(Some).map_err(|e| e.to_string())
+}
+
+/// `/readyz` of a proxy: a quorum of every shard's replicas answers.
+fn proxy_readiness(proxy: &Arc<Proxy>) -> Readiness {
+    let proxy = proxy.clone();
+    Arc::new(move || {
+        let proxy = proxy.clone();
+        Box::pin(async move { proxy.ready().await })
+    })
 }
 
 /// A proxy's config file, read and checked (certificate files are loaded as it starts).
@@ -142,6 +178,9 @@ pub async fn run_storage(config: &Path) -> CliResult {
         .map_err(|e| format!("{}: {e}", config.display()))?;
     let codec = cfg.codec()?;
     let mut server = start_storage(&cfg.listen, &cfg.data_dir, codec, acceptor.clone()).await?;
+    // Its engine is open once it serves.
+    let ready: Readiness = Arc::new(|| Box::pin(async { Ok(String::new()) }));
+    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), ready).await?;
     let sweeping = match cfg.cluster {
         Some(map) => {
             let proxy = StorageServer::sweeping_proxy(
@@ -166,6 +205,9 @@ pub async fn run_storage(config: &Path) -> CliResult {
         sweeping.as_ref().map_or(Ok(()), |p| p.reload_tls())
     })
     .await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     server.stop().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -175,6 +217,13 @@ pub async fn run_proxy(config: &Path) -> CliResult {
     let bad = |e: &str| format!("{}: {e}", config.display());
     let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
     let tls = Acceptor::new(cfg.tls.as_ref()).map_err(|e| bad(&e))?;
+    let admin = start_admin(
+        cfg.admin.as_ref(),
+        cfg.tls.as_ref(),
+        proxy_readiness(&proxy),
+    )
+    .await
+    .map_err(|e| bad(&e))?;
     let mut servers = Vec::new();
     for (addr, acceptor) in [(&cfg.listen, &tls), (&cfg.plain_listen, &Acceptor::Plain)] {
         if let Some(addr) = addr {
@@ -193,6 +242,9 @@ pub async fn run_proxy(config: &Path) -> CliResult {
     .await;
     for s in servers {
         s.stop().await;
+    }
+    if let Some(admin) = admin {
+        admin.stop().await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -275,6 +327,11 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
             Acceptor::new(Some(&client_port))?,
         )
         .map_err(|e| e.to_string())?;
+    let admin_cfg = a.admin_listen.clone().map(|listen| AdminConfig {
+        listen,
+        plaintext: true,
+    });
+    let admin = start_admin(admin_cfg.as_ref(), None, proxy_readiness(&shared)).await?;
     println!(
         "junokv dev: {} zones, data in {}, clients connect to {} (plain text) or {} (TLS, CA {})",
         a.zones,
@@ -283,6 +340,9 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         tls.addr(),
         certs.dir.join(CA_CERT).display()
     );
+    if let Some(admin) = &admin {
+        println!("junokv dev: admin port http://{}", admin.addr());
+    }
     run_until_shutdown(|| {
         storages
             .iter()
@@ -291,6 +351,9 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     .await;
     plain.stop().await;
     tls.stop().await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     for s in storages {
         s.stop().await;
     }

@@ -1,6 +1,6 @@
 //! An in-memory engine for tests and the simulator.
 
-use super::{Change, Engine, Entry};
+use super::{Change, Engine, EngineStats, Entry};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Mutex;
@@ -30,6 +30,14 @@ impl Engine for MemoryEngine {
 
     fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
         Ok(scan_map(&self.map.lock().unwrap(), after, limit))
+    }
+
+    fn stats(&self) -> EngineStats {
+        let map = self.map.lock().unwrap();
+        EngineStats {
+            size_bytes: map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+            pending_compaction_bytes: 0,
+        }
     }
 }
 

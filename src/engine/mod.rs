@@ -31,6 +31,20 @@ pub trait Engine: Send + Sync + 'static {
     fn reclaim(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// How much the engine holds, for the metrics.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+}
+
+/// What an engine reports of its size.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineStats {
+    /// Bytes held: RocksDB's SST files and memtables; an in-memory engine's entries.
+    pub size_bytes: u64,
+    /// Bytes compactions still have to rewrite.
+    pub pending_compaction_bytes: u64,
 }
 
 /// A stored key and its value.

@@ -1,6 +1,6 @@
 //! The production engine: RocksDB with its write-ahead log on.
 
-use super::{Change, Engine, Entry};
+use super::{Change, Engine, EngineStats, Entry};
 use std::io;
 use std::path::Path;
 
@@ -65,5 +65,14 @@ impl Engine for RocksEngine {
     fn reclaim(&self) -> io::Result<()> {
         self.db.compact_range::<&[u8], &[u8]>(None, None);
         Ok(())
+    }
+
+    fn stats(&self) -> EngineStats {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineStats {
+            size_bytes: property("rocksdb.total-sst-files-size")
+                + property("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes"),
+        }
     }
 }

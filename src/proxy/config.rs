@@ -32,6 +32,9 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub connections: ConnectionLimits,
+    /// The admin HTTP port (metrics, health, readiness), if any.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// Fails with the first setting out of range, named as in the file.
@@ -74,6 +77,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             connections: ConnectionLimits::default(),
+            admin: None,
         }
     }
 }

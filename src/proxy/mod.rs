@@ -14,7 +14,7 @@ use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, Status};
 use crate::record::Ballot;
-use crate::replica::ReplicaReply;
+use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::rpc::{write_frames, Peer};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
@@ -134,6 +134,45 @@ impl Proxy {
         self.connector.reload()
     }
 
+    /// Whether this proxy can serve every shard: it asks every storage node (a read of
+    /// a probe key) and needs answers from a quorum of each shard's replicas. Ok names
+    /// the nodes down, if any; Err the first shard without a quorum.
+    pub async fn ready(&self) -> Result<String, String> {
+        let map = &self.config.cluster;
+        let probe = ReplicaRequest::Read {
+            key: StoreKey::new(b"junokv", b"readyz", map.num_shards),
+        };
+        let timeout = self.config.timeouts.round();
+        let asks = map.nodes().into_iter().map(|node| {
+            let (peer, probe) = (self.peers[node].clone(), probe.clone());
+            async move {
+                let answer = peer.call(&probe, timeout).await;
+                (node, matches!(answer, Ok(ReplicaReply::Value { .. })))
+            }
+        });
+        let down: Vec<&str> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(node, up)| (!up).then_some(node))
+            .collect();
+        for shard in 0..map.num_shards {
+            let replicas = map.replicas(shard);
+            let up = replicas.iter().filter(|r| !down.contains(r)).count();
+            if up < self.quorum.quorum {
+                return Err(format!(
+                    "shard {shard} reaches {up} of its {} replicas, {} needed (down: {})",
+                    replicas.len(),
+                    self.quorum.quorum,
+                    down.join(", ")
+                ));
+            }
+        }
+        Ok(match down.is_empty() {
+            true => String::new(),
+            false => format!(" (down: {})", down.join(", ")),
+        })
+    }
+
     /// The cluster map this proxy routes by.
     pub fn map(&self) -> &crate::cluster::ShardMap {
         &self.config.cluster
@@ -159,12 +198,16 @@ impl Proxy {
             let acceptor = acceptor.clone();
             async move {
                 // At the cap, closed before any handshake is spent on it.
+                let metrics = crate::metrics::metrics();
                 let Some(budget) = proxy.admission.connection() else {
                     tracing::debug!(%addr, "connection refused: the proxy is at max_connections");
+                    metrics.connections_refused.inc();
                     return;
                 };
                 if let Ok(stream) = acceptor.accept(stream).await {
+                    metrics.client_connections.inc();
                     proxy.serve_client(stream, budget).await;
+                    metrics.client_connections.dec();
                 }
             }
         }));
@@ -274,6 +317,9 @@ impl Proxy {
     }
 
     async fn answer(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
+        let metrics = crate::metrics::metrics();
+        let op = crate::metrics::op_name(OpCode::from_byte(msg.opcode));
+        metrics.requests_in_flight.inc();
         let started = Instant::now();
         let now_ns = self.clock.now_ns();
         let outcome = match OpCode::from_byte(msg.opcode) {
@@ -290,6 +336,16 @@ impl Proxy {
         let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         let status = outcome.as_ref().err().copied().unwrap_or(Status::Ok);
         tracing::debug!(%status, micros = us, "answered");
+        metrics.requests_in_flight.dec();
+        let labels = crate::metrics::OpStatus {
+            op,
+            status: status.name(),
+        };
+        metrics.requests.get_or_create(&labels).inc();
+        (metrics
+            .request_seconds
+            .get_or_create(&crate::metrics::OpLabel { op }))
+        .observe(started.elapsed().as_secs_f64());
         translate::response(msg, &outcome, (now_ns / 1_000_000_000) as u32, us)
     }
 
@@ -392,6 +448,12 @@ async fn drive(
         for action in actions.drain(..) {
             match action {
                 Action::Send { round, to, msg } => {
+                    let kind = crate::metrics::kind_name(&msg);
+                    let labels = crate::metrics::KindLabel { kind };
+                    crate::metrics::metrics()
+                        .replica_messages
+                        .get_or_create(&labels)
+                        .inc();
                     let peer = peers[to].clone();
                     round_deadline = Instant::now() + round_timeout;
                     inflight.push(async move {
@@ -406,6 +468,7 @@ async fn drive(
                 }
                 Action::Backoff { attempt } => {
                     tracing::trace!(attempt, "pre-empted by another ballot: backing off");
+                    crate::metrics::metrics().backoffs.inc();
                     backoff = Some(Instant::now() + backoff_delay(attempt, slowest));
                 }
                 Action::Reply(outcome) => {

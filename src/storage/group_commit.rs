@@ -48,7 +48,14 @@ impl GroupCommit {
                 if bug(Bug::AckBeforeFsync) {
                     let _ = durable_tx.send(Durable::UpTo(last));
                 }
-                let state = match write_durably(engine.clone(), batch, &server).await {
+                let metrics = crate::metrics::metrics();
+                metrics.commit_batch_changes.observe(batch.len() as f64);
+                let started = tokio::time::Instant::now();
+                let written = write_durably(engine.clone(), batch, &server).await;
+                metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let state = match written {
                     Ok(()) => Durable::UpTo(last),
                     Err(e) => {
                         tracing::error!(%server, error = %e, "durable write failed; replica stops serving");

@@ -50,6 +50,9 @@ pub struct StorageConfig {
     /// Encryption at rest: without it, records are stored in clear.
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
+    /// The admin HTTP port (metrics, health, readiness), if any.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// `[encryption]` in a storage server's configuration.
@@ -97,6 +100,9 @@ impl StorageConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.acceptor()?;
         self.codec()?;
+        if let Some(admin) = &self.admin {
+            admin.validate(self.tls.is_some())?;
+        }
         if let Some(map) = &self.cluster {
             map.validate().map_err(|e| format!("[cluster]: {e}"))?;
         }
@@ -133,6 +139,7 @@ impl StorageServer {
         acceptor: Acceptor,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        crate::metrics::metrics().watch_engine(&engine);
         let (inbox, replica) =
             replica_actor::start(engine.clone(), codec.clone(), addr.to_string())?;
         let (stop, stopped) = watch::channel(false);

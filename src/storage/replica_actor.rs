@@ -181,11 +181,18 @@ impl Replica {
             return;
         }
         if let Ok(Stored::Slot(Some(slot))) = self.load(&key).map(|(stored, _)| stored) {
+            crate::metrics::metrics().slots_resealed.inc();
             self.persist(key, Write::Put(slot));
         }
     }
 
     fn handle(&mut self, req: ReplicaRequest, reply_to: ReplyTo) {
+        let kind = crate::metrics::kind_name(&req);
+        let metrics = crate::metrics::metrics();
+        metrics
+            .replica_requests
+            .get_or_create(&crate::metrics::KindLabel { kind })
+            .inc();
         let key = req.key().to_bytes();
         let loaded = match self.load(&key) {
             Ok(slot) => slot,
@@ -247,6 +254,7 @@ impl Replica {
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
                 Ok(decoded) => Ok((Stored::Slot(Some(decoded.slot)), 0)),
                 Err(Unreadable::Damaged(e)) => {
+                    crate::metrics::metrics().damaged_slots.inc();
                     tracing::warn!(key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
                     Ok((Stored::Damaged, 0))
                 }
@@ -268,6 +276,7 @@ impl Replica {
                 (Some(slot), vec![(key.clone(), Some(bytes))])
             }
             Write::Purge(ballot) => {
+                crate::metrics::metrics().slots_removed.inc();
                 self.bounds.floor = self.bounds.floor.max(ballot);
                 let mut changes = vec![(key.clone(), None)];
                 if !bug(Bug::FloorNotPersisted) {

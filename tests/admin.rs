@@ -1,0 +1,102 @@
+//! The admin port on a real proxy: metrics that move as requests run, health, and a
+//! readiness that follows whether every shard has a quorum of its replicas.
+
+mod common;
+
+use common::TestCluster;
+use junokv::admin::{AdminServer, Readiness};
+use junokv::clock::Clock;
+use junokv::proxy::{Proxy, ProxyConfig};
+use junokv::transport::Acceptor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// GET `path`: the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, as written) in a scrape, 0 if absent.
+fn sample(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
+    let mut cluster = TestCluster::memory(3).await;
+    let proxy = Proxy::new(ProxyConfig::new(cluster.map()), Clock::default()).unwrap();
+    let ready: Readiness = {
+        let proxy = proxy.clone();
+        Arc::new(move || {
+            let proxy = proxy.clone();
+            Box::pin(async move { proxy.ready().await })
+        })
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = AdminServer::start(listener, Acceptor::Plain, ready).unwrap();
+    let addr = admin.addr();
+    let server = proxy
+        .serve(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Acceptor::Plain,
+        )
+        .unwrap();
+    let c = junokv::client::Client::connect(&server.addr().to_string(), "admin")
+        .await
+        .unwrap();
+
+    let sets = r#"junokv_proxy_requests_total{op="set",status="Ok"}"#;
+    let misses = r#"junokv_proxy_requests_total{op="get",status="NoKey"}"#;
+    let accepts = r#"junokv_storage_requests_total{kind="accept"}"#;
+    let timed = r#"junokv_proxy_request_duration_seconds_count{op="set"}"#;
+    let (status, before) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for i in 0..5 {
+        c.set(format!("k{i}").as_bytes(), b"v", 0).await.unwrap();
+    }
+    assert!(c.get(b"absent").await.is_err());
+    let (_, after) = get(addr, "/metrics").await;
+    assert_eq!(sample(&after, sets) - sample(&before, sets), 5.0, "{after}");
+    assert_eq!(sample(&after, misses) - sample(&before, misses), 1.0);
+    assert_eq!(sample(&after, timed) - sample(&before, timed), 5.0);
+    // Each set is accepted by at least a quorum of the three replicas.
+    assert!(sample(&after, accepts) - sample(&before, accepts) >= 10.0);
+    for name in [
+        "junokv_proxy_client_connections 1",
+        "junokv_storage_fsync_duration_seconds_count",
+        "junokv_storage_engine_size_bytes",
+        "junokv_process_resident_memory_bytes",
+    ] {
+        assert!(after.contains(name), "no {name} in\n{after}");
+    }
+
+    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+    cluster.kill(2).await;
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 200, "two of three replicas are a quorum: {body}");
+    assert!(body.contains("down: "), "{body}");
+    cluster.kill(1).await;
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: shard"), "{body}");
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    assert_eq!(get(addr, "/nowhere").await.0, 404);
+    admin.stop().await;
+    server.stop().await;
+    cluster.stop().await;
+}
