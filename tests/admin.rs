@@ -100,3 +100,37 @@ async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
     server.stop().await;
     cluster.stop().await;
 }
+
+/// Every metric the Grafana dashboard in `deploy/grafana/` queries is one a JunoKV
+/// process exports (so a renamed metric cannot leave the dashboard blank).
+#[test]
+fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/junokv.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exported = junokv::metrics::metrics().encode();
+    let declared = |name: &str, kind: &str| exported.contains(&format!("# TYPE {name} {kind}\n"));
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("junokv_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let base = |suffix: &str| name.strip_suffix(suffix).unwrap_or("-").to_string();
+                let known = declared(&name, "gauge")
+                    || declared(&base("_total"), "counter")
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| declared(&base(s), "histogram"));
+                assert!(known, "the dashboard queries {name}, which is not exported");
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
+}
