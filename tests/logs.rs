@@ -1,9 +1,10 @@
 //! The real binary's logs: plain text when stderr is a file (no colour codes), one JSON
 //! object a line with `--log-format json`, and the request id on lines about a request.
 
+mod common;
+
+use common::dev::DevProcess;
 use junokv::protocol::{read_frame, Frame, OpCode, OpMessage};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use tokio::io::AsyncWriteExt;
 
 const ID: [u8; 16] = [0xab; 16];
@@ -12,53 +13,15 @@ const ID_TEXT: &str = "abababab-abab-abab-abab-abababababab";
 /// Runs `junokv dev` with `args`, sends one Set with request id [`ID`] to its plain
 /// port, stops it, and returns what it logged.
 async fn logs_of_one_request(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_junokv"))
-        .args(args)
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info,junokv::proxy=debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut banner = String::new();
-    BufReader::new(dev.stdout.take().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    // "... clients connect to ADDR (plain text) or ..."
-    let plain = banner
-        .split("connect to ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"));
-
-    let mut s = tokio::net::TcpStream::connect(plain).await.unwrap();
+    let dev = DevProcess::start(args, "info,junokv::proxy=debug");
+    let mut s = tokio::net::TcpStream::connect(&dev.plain).await.unwrap();
     let mut m = OpMessage::request(OpCode::Set.to_byte());
     m.namespace = b"logs".to_vec();
     m.key = b"k".to_vec();
     m.meta.request_id = Some(ID);
     s.write_all(&m.to_bytes()).await.unwrap();
     assert!(matches!(read_frame(&mut s).await, Ok(Frame::Message(..))));
-
-    let killed = Command::new("kill")
-        .arg(dev.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert!(
-        dev.wait().unwrap().success(),
-        "junokv dev exits cleanly on SIGTERM"
-    );
-    std::fs::read_to_string(&log).unwrap()
+    dev.stop()
 }
 
 #[tokio::test]

@@ -64,15 +64,15 @@ enum Command {
     /// Run a complete local cluster (storage servers in 3 zones and a proxy) in one process.
     Dev(dev::DevArgs),
     /// Insert a new key.
-    Create(kv::KvArgs),
+    Create(kv::WriteArgs),
     /// Read a key.
-    Get(kv::KvArgs),
+    Get(kv::GetArgs),
     /// Replace an existing key (conditionally with --version).
-    Update(kv::KvArgs),
+    Update(kv::UpdateArgs),
     /// Insert or replace a key.
-    Set(kv::KvArgs),
+    Set(kv::WriteArgs),
     /// Remove a key.
-    Destroy(kv::KvArgs),
+    Destroy(kv::KeyArgs),
     /// Load generator.
     Bench(bench::BenchArgs),
     /// Issue the cluster's certificates.
@@ -84,6 +84,9 @@ enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `junokv completions bash >
+    /// /etc/bash_completion.d/junokv`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -109,14 +112,20 @@ pub fn main() -> ExitCode {
             Command::Storage { config } => dev::run_storage(&config).await,
             Command::Proxy { config } => dev::run_proxy(&config).await,
             Command::Dev(args) => dev::run_dev(args).await,
-            Command::Create(a) => kv::run(kv::Kind::Create, a).await,
-            Command::Get(a) => kv::run(kv::Kind::Get, a).await,
-            Command::Update(a) => kv::run(kv::Kind::Update, a).await,
-            Command::Set(a) => kv::run(kv::Kind::Set, a).await,
-            Command::Destroy(a) => kv::run(kv::Kind::Destroy, a).await,
+            Command::Create(a) => kv::create(a).await,
+            Command::Get(a) => kv::get(a).await,
+            Command::Update(a) => kv::update(a).await,
+            Command::Set(a) => kv::set(a).await,
+            Command::Destroy(a) => kv::destroy(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Certs(c) => certs::run(c),
             Command::Config(ConfigCommand::Check { file }) => dev::check_config(&file),
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut cli = Cli::command();
+                clap_complete::generate(shell, &mut cli, "junokv", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Keys(KeysCommand::Add { file }) => {
                 let id = junokv::at_rest::KeyFile::add_key(&file)?;
                 println!("added data key {id} to {}", file.display());

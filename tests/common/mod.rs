@@ -1,6 +1,8 @@
 //! A whole cluster in the test process, on loopback, on real tokio.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod dev;
+
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::client::Client;
 use junokv::clock::Clock;

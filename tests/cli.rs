@@ -1,0 +1,64 @@
+//! The client commands of the real binary against `junokv dev`: each takes only its own
+//! arguments, `--output json` gives one object, exit codes tell the status, and shell
+//! completions come out.
+
+mod common;
+
+use common::dev::DevProcess;
+use std::process::Command;
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+#[test]
+fn client_commands_answer_in_text_and_json() {
+    let dev = DevProcess::start(&[], "warn");
+    let (code, out) = dev.cli(&["set", "k", "v1", "--ttl", "600", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let set = json(&out);
+    assert_eq!(
+        (set["status"].as_str(), set["version"].as_u64()),
+        (Some("Ok"), Some(1))
+    );
+    let (code, out) = dev.cli(&["get", "k", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["value"], "v1");
+    assert!(json(&out)["ttl"].as_u64().unwrap() > 590);
+    let (code, out) = dev.cli(&["update", "k", "v2", "--version", "7", "--output", "json"]);
+    assert_eq!(
+        (code, json(&out)["status"].as_str()),
+        (1, Some("VersionConflict"))
+    );
+    let (code, out) = dev.cli(&["update", "k", "v2", "--version", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("version 2\nttl "), "{out}");
+    let (code, out) = dev.cli(&["get", "k"]);
+    assert_eq!(code, 0);
+    assert!(out.ends_with("value v2\n"), "{out}");
+    assert_eq!(dev.cli(&["destroy", "k"]), (0, "Ok\n".into()));
+    assert_eq!(dev.cli(&["get", "k"]), (1, "NoKey\n".into()));
+    // Arguments that do not apply are refused (clap's usage error: exit status 2).
+    assert_eq!(dev.cli(&["get", "k", "value"]).0, 2);
+    assert_eq!(dev.cli(&["get", "k", "--version", "1"]).0, 2);
+    assert_eq!(dev.cli(&["set", "k", "v", "--version", "1"]).0, 2);
+    assert_eq!(dev.cli(&["destroy", "k", "--ttl", "5"]).0, 2);
+    assert_eq!(dev.cli(&["set", "k"]).0, 2, "set needs a value");
+    dev.stop();
+}
+
+#[test]
+fn shell_completions_name_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_junokv"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("destroy") && script.contains("namespace"),
+            "{shell}"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `junokv dev`, the real binary, in a temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct DevProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    /// Its plain-text client address.
+    pub plain: String,
+    log: PathBuf,
+}
+
+impl DevProcess {
+    /// Starts `junokv ARGS dev` on free loopback ports, logging `RUST_LOG` to a file.
+    pub fn start(args: &[&str], rust_log: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_junokv"))
+            .args(args)
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut banner = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut banner)
+            .unwrap();
+        // "... clients connect to ADDR (plain text) or ..."
+        let plain = banner
+            .split("connect to ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {banner:?}"))
+            .to_string();
+        DevProcess {
+            child,
+            dir,
+            plain,
+            log,
+        }
+    }
+
+    /// Runs `junokv ARGS --proxy PLAIN`: its exit code and standard output.
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_junokv"))
+            .args(args)
+            .args(["--proxy", &self.plain])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    /// Stops it with SIGTERM (it must exit cleanly) and returns what it logged.
+    pub fn stop(mut self) -> String {
+        let killed = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "junokv dev exits cleanly on SIGTERM"
+        );
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
