@@ -4,12 +4,11 @@
 mod common;
 
 use common::TestCluster;
-use junokv::admin::{AdminServer, Readiness};
+use junokv::admin::AdminServer;
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::transport::Acceptor;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -37,15 +36,8 @@ fn sample(scrape: &str, name: &str) -> f64 {
 async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
     let mut cluster = TestCluster::memory(3).await;
     let proxy = Proxy::new(ProxyConfig::new(cluster.map()), Clock::default()).unwrap();
-    let ready: Readiness = {
-        let proxy = proxy.clone();
-        Arc::new(move || {
-            let proxy = proxy.clone();
-            Box::pin(async move { proxy.ready().await })
-        })
-    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = AdminServer::start(listener, Acceptor::Plain, ready).unwrap();
+    let admin = AdminServer::start(listener, Acceptor::Plain, proxy.clone()).unwrap();
     let addr = admin.addr();
     let server = proxy
         .serve(
@@ -91,7 +83,16 @@ async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
     cluster.kill(1).await;
     let (status, body) = get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("not ready: shard"), "{body}");
+    assert!(body.starts_with("not ready: 64 of 64 shards"), "{body}");
+    let (status, json) = get(addr, "/status").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["shards_without_quorum"], 64, "{json}");
+    let up: Vec<bool> = (json["nodes"].as_array().unwrap().iter())
+        .map(|n| n["up"].as_bool().unwrap())
+        .collect();
+    assert_eq!(up, [true, false, false]);
+    assert_eq!(json["nodes"][0]["shards"], 64);
     cluster.restart(1).await;
     cluster.restart(2).await;
     assert_eq!(get(addr, "/readyz").await.0, 200);

@@ -13,7 +13,7 @@ fn json(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn client_commands_answer_in_text_and_json() {
-    let dev = DevProcess::start(&[], "warn");
+    let dev = DevProcess::start(&[], &[], "warn");
     let (code, out) = dev.cli(&["set", "k", "v1", "--ttl", "600", "--output", "json"]);
     assert_eq!(code, 0, "{out}");
     let set = json(&out);
@@ -61,4 +61,23 @@ fn shell_completions_name_the_commands() {
             "{shell}"
         );
     }
+}
+
+#[test]
+fn status_shows_every_storage_node() {
+    let dev = DevProcess::start(&[], &["--admin-listen", "127.0.0.1:0"], "warn");
+    let admin = dev.admin.clone().expect("an admin port");
+    let (code, out) = dev.run(&["status", "--admin", &admin], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1024 shards, 3 zones, quorum 2"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("  1024  up")).count(),
+        3,
+        "{out}"
+    );
+    assert!(out.ends_with("every shard has a quorum\n"), "{out}");
+    let (code, out) = dev.run(&["status", "--admin", &admin, "--output", "json"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["shards_without_quorum"], 0);
+    dev.stop();
 }

@@ -13,7 +13,7 @@ const ID_TEXT: &str = "abababab-abab-abab-abab-abababababab";
 /// Runs `junokv dev` with `args`, sends one Set with request id [`ID`] to its plain
 /// port, stops it, and returns what it logged.
 async fn logs_of_one_request(args: &[&str]) -> String {
-    let dev = DevProcess::start(args, "info,junokv::proxy=debug");
+    let dev = DevProcess::start(args, &[], "info,junokv::proxy=debug");
     let mut s = tokio::net::TcpStream::connect(&dev.plain).await.unwrap();
     let mut m = OpMessage::request(OpCode::Set.to_byte());
     m.namespace = b"logs".to_vec();

@@ -7,9 +7,31 @@
 mod server;
 
 #[cfg(not(madsim))]
-pub use server::{AdminServer, Readiness};
+pub use server::AdminServer;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
+
+/// What the admin port asks of the server it belongs to.
+pub trait Health: Send + Sync + 'static {
+    /// `/readyz`: Ok (with a note, possibly empty) when the server can serve, Err why
+    /// not.
+    fn ready(&self) -> BoxFuture<'_, Result<String, String>>;
+
+    /// `/status`: the server's view of the cluster as JSON, where it has one.
+    fn status(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+}
+
+/// A storage server: ready once it serves (its engine is open).
+pub struct Serving;
+
+impl Health for Serving {
+    fn ready(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async { Ok(String::new()) })
+    }
+}
 
 /// `[admin]` in a proxy's or storage server's configuration.
 #[derive(Clone, Debug, Deserialize)]

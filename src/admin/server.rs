@@ -1,8 +1,8 @@
 //! The admin port's HTTP server (hyper), outside the simulator.
 
+use super::Health;
 use crate::listener::serve_until_stopped;
 use crate::transport::Acceptor;
-use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -10,9 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// Whether the server can serve, and if not, why.
-pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
 /// A running admin port.
 pub struct AdminServer {
@@ -22,21 +19,21 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves the admin endpoints on `listener` until stopped; `/readyz` asks `ready`.
+    /// Serves the admin endpoints on `listener` until stopped, asking `health`.
     pub fn start(
         listener: TcpListener,
         acceptor: Acceptor,
-        ready: Readiness,
+        health: Arc<dyn Health>,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
-            let (acceptor, ready) = (acceptor.clone(), ready.clone());
+            let (acceptor, health) = (acceptor.clone(), health.clone());
             async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req| answer(req, ready.clone()));
+                let service = hyper::service::service_fn(move |req| answer(req, health.clone()));
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let served = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)
@@ -62,7 +59,7 @@ impl AdminServer {
 
 async fn answer(
     req: Request<Incoming>,
-    ready: Readiness,
+    health: Arc<dyn Health>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body) = match req.uri().path() {
@@ -72,12 +69,20 @@ async fn answer(
             crate::metrics::metrics().encode(),
         ),
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".to_string()),
-        "/readyz" => match ready().await {
+        "/readyz" => match health.ready().await {
             Ok(how) => (StatusCode::OK, TEXT, format!("ready{how}\n")),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT,
                 format!("not ready: {why}\n"),
+            ),
+        },
+        "/status" => match health.status().await {
+            Some(json) => (StatusCode::OK, "application/json", json),
+            None => (
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "no cluster status here\n".into(),
             ),
         },
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_string()),

@@ -2,7 +2,7 @@
 //! SIGTERM.
 
 use super::CliResult;
-use junokv::admin::{AdminConfig, AdminServer, Readiness};
+use junokv::admin::{AdminConfig, AdminServer, Health, Serving};
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
@@ -78,7 +78,7 @@ async fn start_storage(
 async fn start_admin(
     cfg: Option<&AdminConfig>,
     tls: Option<&TlsFiles>,
-    ready: Readiness,
+    health: Arc<dyn Health>,
 ) -> Result<Option<AdminServer>, String> {
     let Some(cfg) = cfg else {
         return Ok(None);
@@ -92,17 +92,8 @@ async fn start_admin(
         }))?,
         (false, None) => return cfg.validate(false).map(|()| None),
     };
-    let server = AdminServer::start(bind(&cfg.listen).await?, acceptor, ready);
+    let server = AdminServer::start(bind(&cfg.listen).await?, acceptor, health);
     server.map(Some).map_err(|e| e.to_string())
-}
-
-/// `/readyz` of a proxy: a quorum of every shard's replicas answers.
-fn proxy_readiness(proxy: &Arc<Proxy>) -> Readiness {
-    let proxy = proxy.clone();
-    Arc::new(move || {
-        let proxy = proxy.clone();
-        Box::pin(async move { proxy.ready().await })
-    })
 }
 
 /// A proxy's config file, read and checked (certificate files are loaded as it starts).
@@ -178,9 +169,7 @@ pub async fn run_storage(config: &Path) -> CliResult {
         .map_err(|e| format!("{}: {e}", config.display()))?;
     let codec = cfg.codec()?;
     let mut server = start_storage(&cfg.listen, &cfg.data_dir, codec, acceptor.clone()).await?;
-    // Its engine is open once it serves.
-    let ready: Readiness = Arc::new(|| Box::pin(async { Ok(String::new()) }));
-    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), ready).await?;
+    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), Arc::new(Serving)).await?;
     let sweeping = match cfg.cluster {
         Some(map) => {
             let proxy = StorageServer::sweeping_proxy(
@@ -217,13 +206,9 @@ pub async fn run_proxy(config: &Path) -> CliResult {
     let bad = |e: &str| format!("{}: {e}", config.display());
     let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
     let tls = Acceptor::new(cfg.tls.as_ref()).map_err(|e| bad(&e))?;
-    let admin = start_admin(
-        cfg.admin.as_ref(),
-        cfg.tls.as_ref(),
-        proxy_readiness(&proxy),
-    )
-    .await
-    .map_err(|e| bad(&e))?;
+    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), proxy.clone())
+        .await
+        .map_err(|e| bad(&e))?;
     let mut servers = Vec::new();
     for (addr, acceptor) in [(&cfg.listen, &tls), (&cfg.plain_listen, &Acceptor::Plain)] {
         if let Some(addr) = addr {
@@ -331,7 +316,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         listen,
         plaintext: true,
     });
-    let admin = start_admin(admin_cfg.as_ref(), None, proxy_readiness(&shared)).await?;
+    let admin = start_admin(admin_cfg.as_ref(), None, shared.clone()).await?;
     println!(
         "junokv dev: {} zones, data in {}, clients connect to {} (plain text) or {} (TLS, CA {})",
         a.zones,

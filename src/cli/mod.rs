@@ -4,6 +4,7 @@ mod bench;
 mod certs;
 mod dev;
 mod kv;
+mod status;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Command {
     Destroy(kv::KeyArgs),
     /// Load generator.
     Bench(bench::BenchArgs),
+    /// The cluster as a proxy sees it: every storage node up or down, its zone and
+    /// shards (from the proxy's admin port); exit status 1 when a shard lacks a quorum.
+    Status(status::StatusArgs),
     /// Issue the cluster's certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
             Command::Set(a) => kv::set(a).await,
             Command::Destroy(a) => kv::destroy(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Status(a) => status::run(a).await,
             Command::Certs(c) => certs::run(c),
             Command::Config(ConfigCommand::Check { file }) => dev::check_config(&file),
             Command::Completions { shell } => {

@@ -134,43 +134,71 @@ impl Proxy {
         self.connector.reload()
     }
 
-    /// Whether this proxy can serve every shard: it asks every storage node (a read of
-    /// a probe key) and needs answers from a quorum of each shard's replicas. Ok names
-    /// the nodes down, if any; Err the first shard without a quorum.
-    pub async fn ready(&self) -> Result<String, String> {
+    /// Every storage node as this proxy sees it: asked now (a read of a probe key),
+    /// with its zone and shard count, and how many shards lack a quorum of answering
+    /// replicas.
+    pub async fn status(&self) -> ClusterStatus {
         let map = &self.config.cluster;
         let probe = ReplicaRequest::Read {
             key: StoreKey::new(b"junokv", b"readyz", map.num_shards),
         };
         let timeout = self.config.timeouts.round();
-        let asks = map.nodes().into_iter().map(|node| {
-            let (peer, probe) = (self.peers[node].clone(), probe.clone());
+        let placed = map.zones.iter().enumerate().flat_map(|(z, zone)| {
+            zone.nodes
+                .iter()
+                .map(move |node| (z, &zone.datacenter, node))
+        });
+        let asks = placed.map(|(zone, datacenter, node)| {
+            let (peer, probe) = (self.peers[node.as_str()].clone(), probe.clone());
             async move {
                 let answer = peer.call(&probe, timeout).await;
-                (node, matches!(answer, Ok(ReplicaReply::Value { .. })))
+                NodeStatus {
+                    addr: node.clone(),
+                    zone,
+                    datacenter: datacenter.clone(),
+                    shards: (0..map.num_shards)
+                        .filter(|s| map.replicas(*s)[zone] == node)
+                        .count(),
+                    up: matches!(answer, Ok(ReplicaReply::Value { .. })),
+                }
             }
         });
-        let down: Vec<&str> = futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter_map(|(node, up)| (!up).then_some(node))
-            .collect();
-        for shard in 0..map.num_shards {
-            let replicas = map.replicas(shard);
-            let up = replicas.iter().filter(|r| !down.contains(r)).count();
-            if up < self.quorum.quorum {
-                return Err(format!(
-                    "shard {shard} reaches {up} of its {} replicas, {} needed (down: {})",
-                    replicas.len(),
-                    self.quorum.quorum,
-                    down.join(", ")
-                ));
-            }
+        let nodes = futures::future::join_all(asks).await;
+        let up = |addr: &str| nodes.iter().any(|n| n.up && n.addr == addr);
+        let shards_without_quorum = (0..map.num_shards)
+            .filter(|s| {
+                let answering = map.replicas(*s).into_iter().filter(|r| up(r)).count();
+                answering < self.quorum.quorum
+            })
+            .count();
+        ClusterStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            epoch: map.epoch,
+            shards: map.num_shards,
+            quorum: self.quorum.quorum,
+            nodes,
+            shards_without_quorum,
         }
-        Ok(match down.is_empty() {
-            true => String::new(),
-            false => format!(" (down: {})", down.join(", ")),
-        })
+    }
+
+    /// Whether this proxy can serve every shard (a quorum of each shard's replicas
+    /// answers). Ok names the nodes down, if any.
+    pub async fn ready(&self) -> Result<String, String> {
+        let status = self.status().await;
+        let down: Vec<&str> = (status.nodes.iter())
+            .filter(|n| !n.up)
+            .map(|n| n.addr.as_str())
+            .collect();
+        match (status.shards_without_quorum, down.is_empty()) {
+            (0, true) => Ok(String::new()),
+            (0, false) => Ok(format!(" (down: {})", down.join(", "))),
+            (n, _) => Err(format!(
+                "{n} of {} shards reach fewer than {} replicas (down: {})",
+                status.shards,
+                status.quorum,
+                down.join(", ")
+            )),
+        }
     }
 
     /// The cluster map this proxy routes by.
@@ -380,6 +408,45 @@ impl Proxy {
         tokio::spawn(tracing::Instrument::in_current_span(driving));
         rx.await.unwrap_or(Err(Status::Timeout))
     }
+}
+
+impl crate::admin::Health for Proxy {
+    fn ready(&self) -> futures::future::BoxFuture<'_, Result<String, String>> {
+        Box::pin(Proxy::ready(self))
+    }
+
+    fn status(&self) -> futures::future::BoxFuture<'_, Option<String>> {
+        Box::pin(async {
+            let status = Proxy::status(self).await;
+            Some(serde_json::to_string(&status).expect("a status serialises"))
+        })
+    }
+}
+
+/// The cluster as a proxy sees it (`/status` on its admin port, `junokv status`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    /// The proxy's JunoKV version.
+    pub version: String,
+    pub epoch: u64,
+    pub shards: u16,
+    /// Replicas a shard needs answering.
+    pub quorum: usize,
+    pub nodes: Vec<NodeStatus>,
+    pub shards_without_quorum: usize,
+}
+
+/// One storage node in [`ClusterStatus`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub addr: String,
+    /// Its zone's place in the map.
+    pub zone: usize,
+    pub datacenter: String,
+    /// Shards it holds a replica of.
+    pub shards: usize,
+    /// Whether it answered the probe.
+    pub up: bool,
 }
 
 /// A JunoDB request id as JunoDB prints it (a UUID), or `-`.

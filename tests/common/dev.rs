@@ -9,12 +9,15 @@ pub struct DevProcess {
     pub dir: tempfile::TempDir,
     /// Its plain-text client address.
     pub plain: String,
+    /// Its admin address, when started with `--admin-listen`.
+    pub admin: Option<String>,
     log: PathBuf,
 }
 
 impl DevProcess {
-    /// Starts `junokv ARGS dev` on free loopback ports, logging `RUST_LOG` to a file.
-    pub fn start(args: &[&str], rust_log: &str) -> Self {
+    /// Starts `junokv ARGS dev DEV_ARGS` on free loopback ports, logging `rust_log`
+    /// (`RUST_LOG`) to a file.
+    pub fn start(args: &[&str], dev_args: &[&str], rust_log: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_junokv"))
@@ -26,6 +29,7 @@ impl DevProcess {
                 "--tls-listen",
                 "127.0.0.1:0",
             ])
+            .args(dev_args)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("RUST_LOG", rust_log)
@@ -33,10 +37,9 @@ impl DevProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut banner = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut banner)
-            .unwrap();
+        stdout.read_line(&mut banner).unwrap();
         // "... clients connect to ADDR (plain text) or ..."
         let plain = banner
             .split("connect to ")
@@ -44,19 +47,32 @@ impl DevProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {banner:?}"))
             .to_string();
+        // "junokv dev: admin port http://ADDR"
+        let admin = dev_args.contains(&"--admin-listen").then(|| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let addr = line.trim().rsplit("http://").next().unwrap_or_default();
+            addr.to_string()
+        });
         DevProcess {
             child,
             dir,
             plain,
+            admin,
             log,
         }
     }
 
     /// Runs `junokv ARGS --proxy PLAIN`: its exit code and standard output.
     pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        self.run(args, &["--proxy", &self.plain])
+    }
+
+    /// Runs `junokv ARGS MORE`: its exit code and standard output.
+    pub fn run(&self, args: &[&str], more: &[&str]) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_junokv"))
             .args(args)
-            .args(["--proxy", &self.plain])
+            .args(more)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
