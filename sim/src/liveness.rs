@@ -18,7 +18,9 @@ use std::time::Duration;
 /// `--all-faults`; a window of only 6 s reached 7.5% on seed 16596546, which is why the
 /// window is 12 s). A proxy that does not raise its ballot above a rejection leaves
 /// 11–16% without an answer. The bound holds for the default workload (two clients per
-/// client node); more clients contend more and need a figure of their own.
+/// client node); more clients contend more and need a figure of their own: seven zones
+/// in four datacentres (`--zones 2,2,2,1 --nodes-per-zone 1`) reached 6.2% in 1,200
+/// seeds (seed 421) and run with 8% in CI, where the unraised ballot leaves 11–26%.
 pub const MAX_UNAVAILABLE_SHARE: f64 = 0.06;
 
 /// Fewest operations on a key, or from a client node, before "none succeeded" means
