@@ -308,3 +308,40 @@ async fn certificates_reload_without_dropping_established_connections() {
     assert_eq!(fresh.get(b"k").await.unwrap().value, b"after");
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_port_serves_https_with_the_servers_certificate() {
+    use junokv::admin::{AdminServer, Serving};
+    let (_dir, _ca, node) = setup();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acceptor = Acceptor::new(Some(&server_only(&node))).unwrap();
+    let admin = AdminServer::start(listener, acceptor, Arc::new(Serving)).unwrap();
+    let addr = admin.addr().to_string();
+    let trusting = Connector::client(node.ca.as_deref(), None).unwrap();
+    let (mut s, _) = trusting
+        .connect(&addr, Duration::from_secs(2))
+        .await
+        .unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ready\n"),
+        "{answer}"
+    );
+    // Plain HTTP gets no answer but a closed connection.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut bytes)).await;
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("ready"),
+        "{read:?}"
+    );
+    admin.stop().await;
+}
