@@ -44,6 +44,15 @@ impl ShardMap {
                 z.datacenter
             ));
         }
+        // A node named twice would hold two replicas of some shards: one failure could
+        // then take a quorum.
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = (self.zones.iter())
+            .flat_map(|z| &z.nodes)
+            .find(|node| !seen.insert(node.as_str()))
+        {
+            return Err(format!("node {twice} is named twice in the map"));
+        }
         Ok(())
     }
 

@@ -91,6 +91,12 @@ fn bad_configs_are_named_with_file_line_and_setting() {
             vec!["[cluster]", "num_shards"],
         ),
         (
+            format!(
+                "{PROXY}[[cluster.zones]]\ndatacenter = \"dc2\"\nnodes = [\"127.0.0.1:7001\"]\n"
+            ),
+            vec!["[cluster]", "node 127.0.0.1:7001 is named twice"],
+        ),
+        (
             PROXY.replace("plain_listen", "listen"),
             vec!["`listen`", "[tls]"],
         ),
