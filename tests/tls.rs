@@ -6,7 +6,7 @@ use junokv::at_rest::SlotCodec;
 use junokv::certs::{issue_to, Ca, Usage, CA_CERT};
 use junokv::client::Client;
 use junokv::clock::Clock;
-use junokv::cluster::{ShardMap, Zone};
+use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::engine::MemoryEngine;
 use junokv::key::StoreKey;
 use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
@@ -82,7 +82,7 @@ impl Secure {
             .unwrap();
             zones.push(Zone {
                 datacenter: "dc1".into(),
-                nodes: vec![s.addr().to_string()],
+                nodes: vec![Node::at(s.addr().to_string())],
             });
             storages.push(s);
         }
@@ -251,7 +251,7 @@ async fn bad_input_at_the_tls_layer_closes_only_that_connection() {
             num_shards: 16,
             zones: vec![Zone {
                 datacenter: "dc1".into(),
-                nodes: vec!["127.0.0.1:1".into()],
+                nodes: vec![Node::at("127.0.0.1:1")],
             }],
         }),
         Clock::default(),

@@ -6,7 +6,7 @@
 use crate::relay::{Link, Relay};
 use junokv::at_rest::KeyFile;
 use junokv::certs::DevCerts;
-use junokv::cluster::{ShardMap, Zone};
+use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::transport::TlsFiles;
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -163,8 +163,8 @@ impl Cluster {
         let mut zones = Vec::new();
         for z in 0..shape.zones {
             let nodes = (0..shape.nodes_per_zone)
-                .map(|_| free_addr().map(|a| a.to_string()))
-                .collect::<std::io::Result<Vec<String>>>()?;
+                .map(|_| free_addr().map(|a| Node::at(a.to_string())))
+                .collect::<std::io::Result<Vec<Node>>>()?;
             zones.push(Zone {
                 datacenter: format!("dc{}", z % 3),
                 nodes,
@@ -179,7 +179,7 @@ impl Cluster {
         // their sweepers run, with a grace period short enough to purge within a run.
         let mut storage = Vec::new();
         for (z, zone) in map.zones.iter().enumerate() {
-            for (n, addr) in zone.nodes.iter().enumerate() {
+            for (n, addr) in zone.nodes.iter().map(|node| &node.addr).enumerate() {
                 let name = format!("storage-z{z}-{n}");
                 let config = dir.join(format!("{name}.toml"));
                 let mut file = toml::Table::new();
@@ -204,14 +204,15 @@ impl Cluster {
         let mut entries = Vec::new();
         for p in 0..shape.proxies {
             let name = format!("proxy-{p}");
-            // This proxy's own relays to every storage node, in the map's place.
+            // This proxy's own relays to every storage node, in the map's place (the
+            // nodes keep their ids, so that shards are placed as everywhere else).
             let mut relays = Vec::new();
             let mut own = map.clone();
             for zone in &mut own.zones {
                 for node in &mut zone.nodes {
-                    let target: SocketAddr = node.parse().expect("written above");
+                    let target: SocketAddr = node.addr.parse().expect("written above");
                     let relay = Relay::start(TcpListener::bind("127.0.0.1:0").await?, target)?;
-                    *node = relay.listen.to_string();
+                    node.addr = relay.listen.to_string();
                     relays.push(relay);
                 }
             }

@@ -1,7 +1,7 @@
 //! Where every simulated node sits: datacentres, zones, storage nodes, proxies and
 //! clients, their addresses, and the latency between datacentres.
 
-use junokv::cluster::{ShardMap, Zone};
+use junokv::cluster::{Node, ShardMap, Zone};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -99,7 +99,7 @@ impl Topology {
                     let nodes: Vec<&StorageSpot> = storage.iter().filter(|s| s.zone == z).collect();
                     Zone {
                         datacenter: format!("dc{}", nodes[0].dc),
-                        nodes: nodes.iter().map(|s| s.addr.to_string()).collect(),
+                        nodes: nodes.iter().map(|s| Node::at(s.addr.to_string())).collect(),
                     }
                 })
                 .collect(),

@@ -6,7 +6,7 @@ use junokv::admin::{AdminConfig, AdminServer, Health, Serving};
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
-use junokv::cluster::{ShardMap, Zone};
+use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::engine::RocksEngine;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::storage::{StorageConfig, StorageServer, SweepConfig};
@@ -271,7 +271,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         let server = start_storage("127.0.0.1:0", &dir, codec()?, acceptor).await?;
         zones.push(Zone {
             datacenter: "dc1".into(),
-            nodes: vec![server.addr().to_string()],
+            nodes: vec![Node::at(server.addr().to_string())],
         });
         storages.push(server);
     }

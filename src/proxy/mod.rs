@@ -146,7 +146,7 @@ impl Proxy {
         let placed = map.zones.iter().enumerate().flat_map(|(z, zone)| {
             zone.nodes
                 .iter()
-                .map(move |node| (z, &zone.datacenter, node))
+                .map(move |node| (z, &zone.datacenter, &node.addr))
         });
         let asks = placed.map(|(zone, datacenter, node)| {
             let (peer, probe) = (self.peers[node.as_str()].clone(), probe.clone());

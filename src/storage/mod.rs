@@ -190,7 +190,10 @@ impl StorageServer {
         let map = proxy.map();
         let me = self.addr.to_string();
         sweeper::Sweeper {
-            zone: map.zones.iter().position(|z| z.nodes.contains(&me)),
+            zone: map
+                .zones
+                .iter()
+                .position(|z| z.nodes.iter().any(|n| n.addr == me)),
             zones: map.zones.len(),
             engine: self.engine.clone(),
             codec: self.codec.clone(),

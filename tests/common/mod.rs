@@ -6,7 +6,7 @@ pub mod dev;
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::client::Client;
 use junokv::clock::Clock;
-use junokv::cluster::{ShardMap, Zone};
+use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::engine::{Engine, MemoryEngine, RocksEngine};
 use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
 use junokv::storage::{StorageServer, SweepConfig, Swept};
@@ -105,7 +105,7 @@ impl TestCluster {
             .iter()
             .map(|a| Zone {
                 datacenter: "dc1".into(),
-                nodes: vec![a.to_string()],
+                nodes: vec![Node::at(a.to_string())],
             })
             .collect();
         ShardMap {
