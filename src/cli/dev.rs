@@ -83,14 +83,14 @@ async fn start_admin(
     let Some(cfg) = cfg else {
         return Ok(None);
     };
-    let acceptor = match (cfg.plaintext, tls) {
-        (true, _) => Acceptor::Plain,
-        (false, Some(tls)) => Acceptor::new(Some(&TlsFiles {
+    cfg.validate(tls.is_some())?;
+    let acceptor = match tls.filter(|_| !cfg.plaintext) {
+        None => Acceptor::Plain,
+        Some(tls) => Acceptor::new(Some(&TlsFiles {
             ca: None,
             crl: None,
             ..tls.clone()
         }))?,
-        (false, None) => return cfg.validate(false).map(|()| None),
     };
     let server = AdminServer::start(bind(&cfg.listen).await?, acceptor, health);
     server.map(Some).map_err(|e| e.to_string())
@@ -105,7 +105,7 @@ pub fn proxy_config(path: &Path) -> Result<ProxyConfig, String> {
 }
 
 /// A storage server's config file, read and checked (its certificate and key files
-/// included).
+/// are loaded as it starts).
 pub fn storage_config(path: &Path) -> Result<StorageConfig, String> {
     let cfg: StorageConfig = read_toml(path)?;
     cfg.validate()
@@ -117,12 +117,14 @@ pub fn storage_config(path: &Path) -> Result<StorageConfig, String> {
 /// proxy's, checked as the server would at start, certificate and key files loaded.
 pub fn check_config(path: &Path) -> CliResult {
     let table: toml::Table = read_toml(path)?;
+    let bad = |e: String| format!("{}: {e}", path.display());
     let kind = if table.contains_key("data_dir") {
-        storage_config(path)?;
+        let cfg = storage_config(path)?;
+        cfg.acceptor().map_err(bad)?;
+        cfg.codec().map_err(bad)?;
         "storage server"
     } else {
         let cfg = proxy_config(path)?;
-        let bad = |e: String| format!("{}: {e}", path.display());
         Acceptor::new(cfg.tls.as_ref()).map_err(bad)?;
         junokv::transport::Connector::member(cfg.cluster_tls.as_ref()).map_err(bad)?;
         "proxy"
@@ -164,10 +166,9 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
 
 pub async fn run_storage(config: &Path) -> CliResult {
     let cfg = storage_config(config)?;
-    let acceptor = cfg
-        .acceptor()
-        .map_err(|e| format!("{}: {e}", config.display()))?;
-    let codec = cfg.codec()?;
+    let bad = |e: String| format!("{}: {e}", config.display());
+    let acceptor = cfg.acceptor().map_err(bad)?;
+    let codec = cfg.codec().map_err(bad)?;
     let mut server = start_storage(&cfg.listen, &cfg.data_dir, codec, acceptor.clone()).await?;
     let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), Arc::new(Serving)).await?;
     let sweeping = match cfg.cluster {

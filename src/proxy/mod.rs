@@ -143,6 +143,8 @@ impl Proxy {
             key: StoreKey::new(b"junokv", b"readyz", map.num_shards),
         };
         let timeout = self.config.timeouts.round();
+        // Each shard's replicas, worked out once.
+        let placement: Vec<Vec<&str>> = (0..map.num_shards).map(|s| map.replicas(s)).collect();
         let placed = map.zones.iter().enumerate().flat_map(|(z, zone)| {
             zone.nodes
                 .iter()
@@ -150,26 +152,22 @@ impl Proxy {
         });
         let asks = placed.map(|(zone, datacenter, node)| {
             let (peer, probe) = (self.peers[node.as_str()].clone(), probe.clone());
+            let shards = placement.iter().filter(|r| r[zone] == node).count();
             async move {
                 let answer = peer.call(&probe, timeout).await;
                 NodeStatus {
                     addr: node.clone(),
                     zone,
                     datacenter: datacenter.clone(),
-                    shards: (0..map.num_shards)
-                        .filter(|s| map.replicas(*s)[zone] == node)
-                        .count(),
+                    shards,
                     up: matches!(answer, Ok(ReplicaReply::Value { .. })),
                 }
             }
         });
         let nodes = futures::future::join_all(asks).await;
         let up = |addr: &str| nodes.iter().any(|n| n.up && n.addr == addr);
-        let shards_without_quorum = (0..map.num_shards)
-            .filter(|s| {
-                let answering = map.replicas(*s).into_iter().filter(|r| up(r)).count();
-                answering < self.quorum.quorum
-            })
+        let shards_without_quorum = (placement.iter())
+            .filter(|replicas| replicas.iter().filter(|r| up(r)).count() < self.quorum.quorum)
             .count();
         ClusterStatus {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -335,22 +333,22 @@ impl Proxy {
         }
     }
 
-    /// Answers one decoded request.
-    /// Log lines about the request carry its JunoDB request id (`-` when it has none).
+    /// Answers one decoded request. Log lines about the request carry its JunoDB
+    /// request id (`-` when it has none).
     pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
         use tracing::Instrument;
         let op = OpCode::from_byte(msg.opcode);
         let span = tracing::debug_span!("request", id = %RequestId(msg.meta.request_id), ?op);
-        self.answer(msg).instrument(span).await
+        self.answer(msg, op).instrument(span).await
     }
 
-    async fn answer(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
+    async fn answer(self: &Arc<Self>, msg: &OpMessage, opcode: OpCode) -> OpMessage {
         let metrics = crate::metrics::metrics();
-        let op = crate::metrics::op_name(OpCode::from_byte(msg.opcode));
+        let op = crate::metrics::op_name(opcode);
         metrics.requests_in_flight.inc();
         let started = Instant::now();
         let now_ns = self.clock.now_ns();
-        let outcome = match OpCode::from_byte(msg.opcode) {
+        let outcome = match opcode {
             OpCode::Nop => Ok(None),
             _ => match translate::to_op(msg, &self.config.limits) {
                 Ok(op) => {
@@ -361,7 +359,8 @@ impl Proxy {
                 Err(status) => Err(status),
             },
         };
-        let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let took = started.elapsed();
+        let us = took.as_micros().min(u32::MAX as u128) as u32;
         let status = outcome.as_ref().err().copied().unwrap_or(Status::Ok);
         tracing::debug!(%status, micros = us, "answered");
         metrics.requests_in_flight.dec();
@@ -373,7 +372,7 @@ impl Proxy {
         (metrics
             .request_seconds
             .get_or_create(&crate::metrics::OpLabel { op }))
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
         translate::response(msg, &outcome, (now_ns / 1_000_000_000) as u32, us)
     }
 

@@ -95,11 +95,10 @@ impl StorageConfig {
         }
     }
 
-    /// Everything a storage server checks before it starts: its certificate and key
-    /// files load, its cluster map and sweeper settings make sense.
+    /// The settings a storage server checks before it starts: its cluster map and
+    /// sweeper settings make sense. (Its certificate and key files are loaded by
+    /// [`StorageConfig::acceptor`] and [`StorageConfig::codec`].)
     pub fn validate(&self) -> Result<(), String> {
-        self.acceptor()?;
-        self.codec()?;
         if let Some(admin) = &self.admin {
             admin.validate(self.tls.is_some())?;
         }
