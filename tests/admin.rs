@@ -93,6 +93,16 @@ async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
         .collect();
     assert_eq!(up, [true, false, false]);
     assert_eq!(json["nodes"][0]["shards"], 64);
+    // `junokv status` says so, and exits 1.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(["status", "--admin", &addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("64 shards lack a quorum"), "{text}");
+    assert_eq!(text.matches("  DOWN").count(), 2, "{text}");
     cluster.restart(1).await;
     cluster.restart(2).await;
     assert_eq!(get(addr, "/readyz").await.0, 200);
