@@ -62,6 +62,26 @@ impl Quorum {
     }
 }
 
+/// Phase 1 already done for a proxy's next write to a key: a quorum of its replicas
+/// promised `ballot` (reserved for this use from the proxy's counter) as they accepted
+/// `record`, so that record is what a prepare of `ballot` would have found. A write may
+/// go straight to phase 2 at `ballot`; if another proposer prepared since, a replica
+/// refuses and the write falls back to both phases.
+///
+/// Why that is safe: a replica that accepts `(b, r)` with `next = n` promises `n` in the
+/// same durable write, leaving it exactly as a prepare of `n` arriving just after would,
+/// and that prepare's answer would have been `(b, r)`. So a quorum of acks is a
+/// completed phase 1 of `n` in which every promise reports `r`: `r` is what the
+/// proposer must build on. `n` came from the counter and the lease is used once, so `n`
+/// is sent with one record only. Any other proposer that writes in between must first
+/// win promises above `n` from a quorum, which shares a replica with the lease's
+/// quorum: that replica refuses the accept at `n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ballot: Ballot,
+    pub record: Record,
+}
+
 /// A record of its own a request sent.
 struct Sent {
     record: Record,
@@ -104,6 +124,8 @@ enum Phase {
     Accepting {
         acks: usize,
         refused: usize,
+        /// What a quorum of acks to this round grants.
+        grants: Option<Lease>,
     },
     BackingOff,
     Finished,
@@ -138,6 +160,15 @@ pub struct Coordinator {
     /// A replica answered that its slot is damaged: a full round must write the key
     /// back to it (above the ballot it named) before this request is done.
     damaged_seen: bool,
+    /// The lease the last accept round to reach a quorum granted.
+    granted: Option<Lease>,
+    /// Whether the accept round in progress went ahead on a lease (no phase 1).
+    on_lease: bool,
+    /// The record of the lease this request started on.
+    lease_record: Option<Record>,
+    /// What became of a write on a lease: taken by a quorum, or refused (another
+    /// proposer prepared since); `None` while unknown or when there was no lease.
+    lease_outcome: Option<bool>,
 }
 
 impl Coordinator {
@@ -164,6 +195,10 @@ impl Coordinator {
             write_round: 0,
             sent_own_write: false,
             damaged_seen: false,
+            granted: None,
+            on_lease: false,
+            lease_outcome: None,
+            lease_record: None,
         }
     }
 
@@ -177,10 +212,24 @@ impl Coordinator {
         }
     }
 
-    /// First actions: a one-round-trip read for plain gets, phase 1 otherwise.
-    pub fn start(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+    /// First actions: a one-round-trip read for plain gets; phase 2 straight away for a
+    /// write on a `lease` (one-round-trip write); phase 1 otherwise.
+    pub fn start(&mut self, ballots: &dyn BallotSource, lease: Option<Lease>) -> Vec<Action> {
         if self.op.may_write() {
-            self.prepare(ballots)
+            match lease {
+                Some(lease) if self.writes_on(&lease.record) => {
+                    self.ballot = lease.ballot;
+                    self.highest_seen = self.highest_seen.max(lease.ballot.counter);
+                    self.on_lease = true;
+                    if bug(Bug::LeaseOutlivesRejection) {
+                        self.lease_record = Some(lease.record.clone());
+                    }
+                    self.decide(ballots, Some(lease.record), true)
+                }
+                // An answer found without asking a quorum could be stale: only a write,
+                // whose accept a quorum must take, may use the lease.
+                _ => self.prepare(ballots),
+            }
         } else {
             self.round += 1;
             self.phase = Phase::Reading {
@@ -199,6 +248,11 @@ impl Coordinator {
             self.wrote.pop(); // every replica rejected it: it never took effect
         }
         self.attempt += 1;
+        if let (Some(false), Some(record)) = (self.lease_outcome, self.lease_record.take()) {
+            // Bug::LeaseOutlivesRejection: phase 2 again as if nobody had written since.
+            self.ballot = ballots.next_above(self.highest_seen);
+            return self.decide(ballots, Some(record), true);
+        }
         self.prepare(ballots)
     }
 
@@ -220,6 +274,18 @@ impl Coordinator {
     /// find live a record that expired while it waited, and that others saw expire.
     fn advance_clock(&mut self, now_ns: u64) {
         self.ctx.now_ns = self.ctx.now_ns.max(now_ns);
+    }
+
+    /// The lease the request's last accept round to reach a quorum granted (taken once,
+    /// when the client is answered, before the proxy's next request on the key starts).
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.granted.take()
+    }
+
+    /// Whether a write on a lease was taken by a quorum (`Some(true)`) or refused
+    /// because another proposer prepared since (`Some(false)`).
+    pub fn lease_outcome(&self) -> Option<bool> {
+        self.lease_outcome
     }
 
     /// True once nothing more will come of this request.
@@ -266,6 +332,7 @@ impl Coordinator {
                 if seen[from].is_some() {
                     return Vec::new();
                 }
+                check_one_record_per_ballot(seen, &accepted);
                 seen[from] = Some(accepted.clone());
                 let got: Vec<Option<Accepted>> = seen.iter().flatten().cloned().collect();
                 let everyone = got.len() == self.q.replicas;
@@ -284,6 +351,7 @@ impl Coordinator {
                                 key,
                                 ballot,
                                 record,
+                                next: None,
                             };
                             let round = self.round;
                             return vec![Action::Send {
@@ -340,6 +408,7 @@ impl Coordinator {
             Phase::Preparing { promises, refused } => {
                 match reply {
                     ReplicaReply::Promise { accepted } if promises[from].is_none() => {
+                        check_one_record_per_ballot(promises, &accepted);
                         promises[from] = Some(accepted);
                     }
                     ReplicaReply::Promise { .. } => return Vec::new(),
@@ -361,15 +430,28 @@ impl Coordinator {
                 if agreed {
                     self.forget_lost_attempts(highest.as_ref());
                 }
-                self.decide(highest.map(|(_, r)| r), agreed)
+                self.decide(ballots, highest.map(|(_, r)| r), agreed)
             }
-            Phase::Accepting { acks, refused } => {
+            Phase::Accepting {
+                acks,
+                refused,
+                grants,
+            } => {
                 match reply {
                     ReplicaReply::Accepted => *acks += 1,
                     _ => *refused += 1,
                 }
                 let (acks, refused) = (*acks, *refused);
+                if acks == quorum {
+                    self.granted = grants.take();
+                    if self.on_lease {
+                        self.lease_outcome = Some(true);
+                    }
+                }
                 if !self.replied && refused > self.q.replicas - quorum {
+                    if self.on_lease {
+                        self.lease_outcome = Some(false);
+                    }
                     return self.back_off();
                 }
                 let mut actions = Vec::new();
@@ -405,7 +487,12 @@ impl Coordinator {
     /// With a quorum of promises: apply the operation to the newest record and write
     /// the result; when the operation changes nothing, write back the newest record if
     /// the quorum did not agree on it, or its expiry if that is not yet durable.
-    fn decide(&mut self, current: Option<Record>, agreed: bool) -> Vec<Action> {
+    fn decide(
+        &mut self,
+        ballots: &dyn BallotSource,
+        current: Option<Record>,
+        agreed: bool,
+    ) -> Vec<Action> {
         let effect = match self.earlier_attempt(current.as_ref()) {
             // It took effect: never apply twice.
             Attempt::Applied(mine) => Ok(Effect::Unchanged((!mine.tombstone).then_some(mine))),
@@ -448,15 +535,23 @@ impl Coordinator {
             Some(record) => {
                 self.outcome = Some(outcome);
                 let ballot = self.ballot;
+                // Reserved from the counter, so no other round of this proxy uses it.
+                let next = ballots.next_above(ballot.counter);
+                assert!(next > ballot, "a lease's ballot is above the accepted one");
                 self.round += 1; // late promises must not count as accept replies
                 self.phase = Phase::Accepting {
                     acks: 0,
                     refused: 0,
+                    grants: Some(Lease {
+                        ballot: next,
+                        record: record.clone(),
+                    }),
                 };
                 self.broadcast(|key| ReplicaRequest::Accept {
                     key,
                     ballot,
                     record: record.clone(),
+                    next: Some(next),
                 })
             }
         }
@@ -501,7 +596,18 @@ impl Coordinator {
             .retain(|sent| sent.ballot > *ballot || !sent.provably_not_in(record));
     }
 
+    /// Whether the operation, applied to `current`, writes (rather than answering
+    /// from it alone).
+    fn writes_on(&self, current: &Record) -> bool {
+        matches!(
+            apply(&self.op, Some(current), &self.ctx),
+            Ok(Effect::Write(_))
+        )
+    }
+
     fn prepare(&mut self, ballots: &dyn BallotSource) -> Vec<Action> {
+        self.on_lease = false;
+        self.granted = None; // a higher ballot of ours supersedes it
         self.round += 1;
         self.ballot = ballots.next_above(self.highest_seen);
         self.highest_seen = self.highest_seen.max(self.ballot.counter);
@@ -598,6 +704,20 @@ fn expiry_fence(current: Option<&Record>, ctx: &Context, q: &Quorum) -> Option<R
     })
 }
 
+/// Paxos accepts at most one record per ballot (each ballot's proposer sends one): two
+/// replicas holding different records under one ballot mean a ballot was reused.
+fn check_one_record_per_ballot(got: &[Option<Option<Accepted>>], new: &Option<Accepted>) {
+    let Some((ballot, record)) = new else { return };
+    for (b, r) in got.iter().flatten().flatten() {
+        if b == ballot && r.originator != record.originator {
+            crate::fault::invariant_violated(format_args!(
+                "two records accepted under ballot {ballot:?} (versions {} and {})",
+                r.version, record.version
+            ));
+        }
+    }
+}
+
 fn all_same_ballot<A: std::borrow::Borrow<Option<Accepted>>>(got: &[A]) -> bool {
     let ballot = |a: &A| a.borrow().as_ref().map(|(b, _)| *b);
     got.windows(2).all(|w| ballot(&w[0]) == ballot(&w[1]))
@@ -665,6 +785,33 @@ mod tests {
         }
 
         fn add_at(&mut self, op: Op, id: u8, now_secs: u64) -> usize {
+            let proposer = Counter(Cell::new(0), self.coords.len() as u64);
+            self.start(op, id, now_secs, proposer, None)
+        }
+
+        /// A request of the proposer that ran request `from`, on the lease it won.
+        fn add_on_lease(&mut self, op: Op, id: u8, from: usize) -> usize {
+            let (co, b) = &mut self.coords[from];
+            let lease = co.take_lease();
+            assert!(lease.is_some(), "request {from} won no lease");
+            let proposer = Counter(Cell::new(b.0.get()), b.1);
+            self.start(op, id, 1000, proposer, lease)
+        }
+
+        /// A request of a proposer of its own whose counter starts at `counter`.
+        fn add_counting_from(&mut self, op: Op, id: u8, counter: u64) -> usize {
+            let proposer = Counter(Cell::new(counter), 1000 + self.coords.len() as u64);
+            self.start(op, id, 1000, proposer, None)
+        }
+
+        fn start(
+            &mut self,
+            op: Op,
+            id: u8,
+            now_secs: u64,
+            proposer: Counter,
+            lease: Option<Lease>,
+        ) -> usize {
             let ctx = Context {
                 now_ns: now_secs * 1_000_000_000,
                 request_id: [id; 16],
@@ -674,12 +821,12 @@ mod tests {
             let c = self.coords.len();
             self.coords.push((
                 Coordinator::new(key, op, ctx, Quorum::majority(self.replicas.len())),
-                Counter(Cell::new(0), c as u64),
+                proposer,
             ));
             self.outcomes.push(None);
             let actions = {
                 let (co, b) = &mut self.coords[c];
-                co.start(b)
+                co.start(b, lease)
             };
             self.perform(c, actions);
             c
@@ -867,6 +1014,105 @@ mod tests {
             };
             prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
         }
+    }
+
+    proptest! {
+        #[test]
+        fn a_write_on_a_lease_and_a_rival_write_at_most_one_wins(sched in schedule(), rival in 0u64..12) {
+            let mut cl = Cluster::new(3);
+            let first = cl.add(Op::Create { value: val(9), ttl: 0 }, 100);
+            cl.run(&[(0, false)]);
+            let condition = Condition { version: Some(1), ..Condition::default() };
+            let leased = cl.add_on_lease(Op::Update { value: val(0), ttl: 0, condition: condition.clone() }, 1, first);
+            let other = cl.add_counting_from(Op::Update { value: val(1), ttl: 0, condition }, 2, rival);
+            cl.run(&sched);
+            let winners: Vec<usize> = [leased, other].into_iter().filter(|&c| matches!(cl.outcomes[c], Some(Ok(_)))).collect();
+            prop_assert!(winners.len() <= 1, "{:?}", cl.outcomes);
+            let r = cl.read().unwrap().unwrap();
+            if let [w] = winners[..] {
+                prop_assert_eq!(r.value, vec![u8::from(w == other)]);
+                prop_assert_eq!(r.version, 2);
+            }
+        }
+
+        #[test]
+        fn sets_on_leases_among_rival_sets_are_applied_exactly_once(sched in schedule(), rival in 0u64..12) {
+            let mut cl = Cluster::new(3);
+            let mut last = cl.add(Op::Set { value: val(0), ttl: 0 }, 1);
+            cl.run(&[(0, false)]);
+            for i in 1..4u8 {
+                let next = match cl.coords[last].0.granted.is_some() {
+                    true => cl.add_on_lease(Op::Set { value: val(i), ttl: 0 }, i + 1, last),
+                    false => cl.add(Op::Set { value: val(i), ttl: 0 }, i + 1),
+                };
+                cl.add_counting_from(Op::Set { value: val(100 + i), ttl: 0 }, 100 + i, rival);
+                cl.run(&sched);
+                last = next;
+            }
+            let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
+            let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
+            prop_assert_eq!(ok + unknown, 7);
+            let version = cl.read().unwrap().unwrap().version;
+            prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
+        }
+    }
+
+    #[test]
+    fn a_write_on_a_lease_skips_phase_one() {
+        let mut cl = Cluster::new(3);
+        let first = cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            1,
+        );
+        cl.run(&[(0, false)]);
+        let set = Op::Set {
+            value: val(2),
+            ttl: 0,
+        };
+        let second = cl.add_on_lease(set, 2, first);
+        assert_eq!(cl.net.len(), 3);
+        for m in &cl.net {
+            assert!(
+                matches!(
+                    m,
+                    Msg::Request {
+                        req: ReplicaRequest::Accept { next: Some(_), .. },
+                        ..
+                    }
+                ),
+                "a write on a lease goes straight to phase 2"
+            );
+        }
+        cl.run(&[(0, false)]);
+        assert_eq!(cl.coords[second].0.lease_outcome(), Some(true));
+        assert_eq!(cl.read().unwrap().unwrap().version, 2);
+        // A rival writes in between: the next write on the lease is refused, and
+        // falls back to both phases.
+        cl.add_counting_from(
+            Op::Set {
+                value: val(3),
+                ttl: 0,
+            },
+            3,
+            1 << 20,
+        );
+        cl.run(&[(0, false)]);
+        let fourth = cl.add_on_lease(
+            Op::Set {
+                value: val(4),
+                ttl: 0,
+            },
+            4,
+            second,
+        );
+        cl.run(&[(0, false)]);
+        assert_eq!(cl.coords[fourth].0.lease_outcome(), Some(false));
+        assert!(matches!(cl.outcomes[fourth], Some(Ok(_))));
+        let r = cl.read().unwrap().unwrap();
+        assert_eq!((r.version, r.value), (4, vec![4]));
     }
 
     #[test]

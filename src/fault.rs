@@ -45,10 +45,16 @@ pub enum Bug {
     RepairOverwritesNewer,
     /// A damaged slot accepts a repair at any ballot, below promises it may have made.
     RepairBelowCeiling,
+    /// A proxy's lease stays in its table while a request uses it: a write that fails
+    /// leaves its ballot to be sent again with another record.
+    LeaseReused,
+    /// A write on a lease that is refused retries phase 2 alone at a higher ballot, as
+    /// if the lease's record were still the newest (another proxy prepared and wrote).
+    LeaseOutlivesRejection,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -63,6 +69,8 @@ impl Bug {
         Bug::SweeperPurgesAlone,
         Bug::RepairOverwritesNewer,
         Bug::RepairBelowCeiling,
+        Bug::LeaseReused,
+        Bug::LeaseOutlivesRejection,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -82,6 +90,8 @@ impl Bug {
             Bug::SweeperPurgesAlone => "sweeper-purges-alone",
             Bug::RepairOverwritesNewer => "repair-overwrites-newer",
             Bug::RepairBelowCeiling => "repair-below-ceiling",
+            Bug::LeaseReused => "lease-reused",
+            Bug::LeaseOutlivesRejection => "lease-outlives-rejection",
         }
     }
 
@@ -148,10 +158,33 @@ mod sim {
         let hook = CRASH_HOOK.read().unwrap().clone();
         hook.is_some_and(|h| h(server, point))
     }
+
+    static VIOLATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn record_violation(what: String) {
+        VIOLATIONS.lock().unwrap().push(what);
+    }
+
+    /// The invariant violations seen since the last call: each fails the seed.
+    pub fn take_violations() -> Vec<String> {
+        std::mem::take(&mut VIOLATIONS.lock().unwrap())
+    }
 }
 
 #[cfg(madsim)]
-pub use sim::{bug, crash_point, set_bugs, set_crash_hook, set_link_delay, CrashHook, LinkDelay};
+pub use sim::{
+    bug, crash_point, set_bugs, set_crash_hook, set_link_delay, take_violations, CrashHook,
+    LinkDelay,
+};
+
+/// A protocol invariant that holds whatever the faults failed: the code is wrong. Logged
+/// as an error (a process keeps serving: one request's view is not worth every other
+/// request in flight); in the simulator it fails the seed.
+pub fn invariant_violated(what: std::fmt::Arguments) {
+    tracing::error!(violation = %what, "protocol invariant violated");
+    #[cfg(madsim)]
+    sim::record_violation(what.to_string());
+}
 
 /// Whether a deliberately broken variant is on: never, outside the simulator.
 #[cfg(not(madsim))]

@@ -33,6 +33,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// What became of something tried.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +49,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub replica_messages: Family<KindLabel, Counter>,
     pub backoffs: Counter,
+    pub lease_writes: Family<OutcomeLabel, Counter>,
     pub replica_requests: Family<KindLabel, Counter>,
     pub damaged_slots: Counter,
     pub slots_removed: Counter,
@@ -71,6 +78,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             replica_messages: Family::default(),
             backoffs: Counter::default(),
+            lease_writes: Family::default(),
             replica_requests: Family::default(),
             damaged_slots: Counter::default(),
             slots_removed: Counter::default(),
@@ -118,6 +126,12 @@ impl Metrics {
             "proxy_backoffs",
             "Rounds pre-empted by another proxy's ballot and retried after a back-off",
             m.backoffs.clone(),
+        );
+        r.register(
+            "proxy_lease_writes",
+            "One-round-trip writes (on a lease), by outcome: taken by a quorum, or refused \
+             because another proxy wrote the key since (then retried through both phases)",
+            m.lease_writes.clone(),
         );
         r.register(
             "storage_requests",
@@ -169,6 +183,16 @@ impl Metrics {
             m.resident_memory_bytes.clone(),
         );
         m
+    }
+
+    /// One-round-trip writes so far: (taken by a quorum, refused).
+    pub fn lease_writes(&self) -> (u64, u64) {
+        let count = |outcome| {
+            self.lease_writes
+                .get_or_create(&OutcomeLabel { outcome })
+                .get()
+        };
+        (count("taken"), count("refused"))
     }
 
     /// Reports `engine`'s size at every scrape while it is open.

@@ -22,11 +22,14 @@ pub enum ReplicaRequest {
     Read { key: StoreKey },
     /// Phase 1.
     Prepare { key: StoreKey, ballot: Ballot },
-    /// Phase 2.
+    /// Phase 2. With `next` (above `ballot`), accepting also promises `next`: the
+    /// proposer's phase 1 for its next write to the key, done in the same round trip
+    /// (one-round-trip writes, DESIGN §3).
     Accept {
         key: StoreKey,
         ballot: Ballot,
         record: Record,
+        next: Option<Ballot>,
     },
     /// Every replica holds the dead record accepted at `ballot`: it may be removed.
     Purge { key: StoreKey, ballot: Ballot },
@@ -139,12 +142,17 @@ pub fn step(
             };
             (Some(Write::Put(slot)), reply)
         }
-        ReplicaRequest::Accept { ballot, record, .. } => {
+        ReplicaRequest::Accept {
+            ballot,
+            record,
+            next,
+            ..
+        } => {
             if *ballot < promised && !bug(Bug::AcceptLowerBallot) {
                 return (None, ReplicaReply::Rejected { promised });
             }
             let slot = Slot {
-                promised: (*ballot).max(current.promised),
+                promised: promise_with_accept(*ballot, *next).max(current.promised),
                 accepted: Some((*ballot, record.clone())),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
@@ -175,11 +183,14 @@ pub fn step(
 fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
     let promised = bounds.damaged_promise();
     match req {
-        ReplicaRequest::Accept { ballot, record, .. }
-            if *ballot > promised || bug(Bug::RepairBelowCeiling) =>
-        {
+        ReplicaRequest::Accept {
+            ballot,
+            record,
+            next,
+            ..
+        } if *ballot > promised || bug(Bug::RepairBelowCeiling) => {
             let slot = Slot {
-                promised: *ballot,
+                promised: promise_with_accept(*ballot, *next),
                 accepted: Some((*ballot, record.clone())),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
@@ -192,6 +203,14 @@ fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, Replica
             (None, ReplicaReply::Damaged { promised })
         }
     }
+}
+
+/// What a replica has promised once it accepts at `ballot`: the proposer's `next`
+/// ballot when it asked for one (an accept above every promise may promise anything
+/// higher still, exactly as a prepare of `next` arriving just after it would), else
+/// `ballot` itself.
+fn promise_with_accept(ballot: Ballot, next: Option<Ballot>) -> Ballot {
+    next.filter(|n| *n > ballot).unwrap_or(ballot)
 }
 
 #[cfg(test)]
@@ -262,7 +281,8 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(1),
-                    record: rec(1)
+                    record: rec(1),
+                    next: None
                 }
             ),
             ReplicaReply::Rejected { promised: b(2) }
@@ -274,7 +294,8 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(2),
-                    record: rec(1)
+                    record: rec(1),
+                    next: None
                 }
             ),
             ReplicaReply::Accepted
@@ -317,6 +338,7 @@ mod tests {
                 key: key(),
                 ballot: b(5),
                 record: dead,
+                next: None,
             },
         );
         // A purge naming another ballot does nothing.
@@ -346,7 +368,8 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(3),
-                    record: rec(9)
+                    record: rec(9),
+                    next: None
                 }
             ),
             ReplicaReply::Rejected { promised: b(5) }
@@ -379,6 +402,7 @@ mod tests {
             key: key(),
             ballot,
             record: rec(3),
+            next: None,
         };
         // At the ceiling it may have promised (to another proposer): refused.
         let (w, reply) = step(&Stored::Damaged, bounds, &accept(b(7)));
@@ -418,10 +442,46 @@ mod tests {
             key: key(),
             ballot: b(4),
             record: rec(1),
+            next: None,
         };
         assert_eq!(apply(&mut s, &mut f, &accept), ReplicaReply::Accepted);
         apply(&mut s, &mut f, &forget(4));
         assert!(s.is_some());
+    }
+
+    #[test]
+    fn an_accept_promises_the_next_ballot_it_names() {
+        let (mut s, mut f) = (None, Ballot::default());
+        let accept = |c, next: Option<u64>| ReplicaRequest::Accept {
+            key: key(),
+            ballot: b(c),
+            record: rec(c as u32),
+            next: next.map(b),
+        };
+        let prepare = |c| ReplicaRequest::Prepare {
+            key: key(),
+            ballot: b(c),
+        };
+        assert_eq!(
+            apply(&mut s, &mut f, &accept(2, Some(5))),
+            ReplicaReply::Accepted
+        );
+        // Between the accepted ballot and the promised one: refused, as after a prepare of 5.
+        assert_eq!(
+            apply(&mut s, &mut f, &prepare(4)),
+            ReplicaReply::Rejected { promised: b(5) }
+        );
+        // The proposer's next write goes straight to phase 2.
+        assert_eq!(
+            apply(&mut s, &mut f, &accept(5, Some(6))),
+            ReplicaReply::Accepted
+        );
+        // A `next` not above the ballot promises nothing more than the accept itself.
+        assert_eq!(
+            apply(&mut s, &mut f, &accept(7, Some(3))),
+            ReplicaReply::Accepted
+        );
+        assert_eq!(s.as_ref().unwrap().promised, b(7));
     }
 
     fn arb_req() -> impl Strategy<Value = ReplicaRequest> {
@@ -431,10 +491,13 @@ mod tests {
                 key: key(),
                 ballot: b(c)
             }),
-            (0u64..8, 0u32..4).prop_map(|(c, v)| ReplicaRequest::Accept {
-                key: key(),
-                ballot: b(c),
-                record: rec(v)
+            (0u64..8, 0u32..4, proptest::option::of(0u64..10)).prop_map(|(c, v, n)| {
+                ReplicaRequest::Accept {
+                    key: key(),
+                    ballot: b(c),
+                    record: rec(v),
+                    next: n.map(b),
+                }
             }),
             (0u64..8).prop_map(|c| ReplicaRequest::Purge {
                 key: key(),
@@ -461,8 +524,10 @@ mod tests {
                 let after = s.as_ref().map(|x| x.promised).unwrap_or_default().max(f);
                 prop_assert!(after >= before);
                 max_promise = max_promise.max(after);
-                if let (ReplicaRequest::Accept { ballot, .. }, ReplicaReply::Accepted) = (req, &reply) {
+                if let (ReplicaRequest::Accept { ballot, next, .. }, ReplicaReply::Accepted) = (req, &reply) {
                     prop_assert!(*ballot >= before);
+                    // The promise of the next ballot came with it.
+                    if let Some(n) = next { prop_assert!(after >= *n || *n <= *ballot); }
                     if let Some(prev) = last_accepted { prop_assert!(*ballot >= prev); }
                     last_accepted = Some(*ballot);
                 }

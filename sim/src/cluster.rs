@@ -72,6 +72,8 @@ pub struct Plan {
     pub keys: u64,
     /// The proxies' request deadline.
     pub request_ms: u64,
+    /// One-round-trip writes on.
+    pub leases: bool,
     /// The share of operations after the heal allowed to end without an answer.
     pub max_unavailable: f64,
 }
@@ -205,6 +207,9 @@ async fn simulate(plan: Plan) -> Run {
             let mut config = ProxyConfig::new(map.clone());
             config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
             config.timeouts.request_ms = plan.request_ms;
+            if !plan.leases {
+                config.leases.memory_bytes = 0;
+            }
             let node_clock = clock.clone();
             let node = handle
                 .create_node()
@@ -327,6 +332,11 @@ async fn simulate(plan: Plan) -> Run {
             .into_iter()
             .filter(|p| first.contains(p)),
     );
+    problems.extend(
+        junokv::fault::take_violations()
+            .into_iter()
+            .map(|v| format!("protocol invariant violated: {v}")),
+    );
     let simulated = std::time::Instant::now() - origin;
     let availability = crate::liveness::Expect {
         from_ns: (fault_period + settle).as_nanos() as u64,
@@ -446,9 +456,15 @@ fn divergent_replicas(
                 match disk.get(key).map(|b| codec.decode(key, b).map(|d| d.slot)) {
                     // (A slot holding only a promise holds no record either.)
                     None | Some(Ok(Slot { accepted: None, .. })) => "none".to_string(),
+                    // The record's originator too: two records under one ballot differ.
                     Some(Ok(slot)) => format!(
                         "{:?}",
-                        slot.accepted.map(|(b, r)| (b, r.version, r.tombstone))
+                        slot.accepted.map(|(b, r)| (
+                            b,
+                            r.version,
+                            r.tombstone,
+                            u32::from_be_bytes(r.originator[..4].try_into().unwrap())
+                        ))
                     ),
                     Some(Err(_)) => "damaged".to_string(),
                 },

@@ -64,6 +64,9 @@ struct Args {
     max_unavailable: f64,
     #[arg(long, default_value_t = 1)]
     proxies_per_dc: usize,
+    /// Proxies write through both phases always (no one-round-trip writes), to compare.
+    #[arg(long)]
+    no_leases: bool,
     #[arg(long, default_value_t = 1)]
     clients_per_dc: usize,
     /// Where a failing seed leaves its history, reports and trace log
@@ -119,6 +122,7 @@ fn main() -> std::process::ExitCode {
         clients_per_node: args.clients,
         keys: args.keys,
         request_ms: args.request_ms,
+        leases: !args.no_leases,
         max_unavailable: args.max_unavailable / 100.0,
     };
     let wall = std::time::Instant::now();
@@ -133,8 +137,9 @@ fn main() -> std::process::ExitCode {
         h.finish()
     };
     let passed = outcome.problems.is_empty();
+    let (taken, refused) = junokv::metrics::metrics().lease_writes();
     println!(
-        "seed {}: {} {} ops, {:.1} simulated s in {:.2} s ({:.1}x, {:.0} ops/s) trace {hash:016x} [{}]",
+        "seed {}: {} {} ops, {:.1} simulated s in {:.2} s ({:.1}x, {:.0} ops/s) leases {taken}/{refused} trace {hash:016x} [{}]",
         args.seed,
         if passed { "PASS" } else { "FAIL" },
         outcome.operations,

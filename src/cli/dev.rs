@@ -41,7 +41,8 @@ pub struct DevArgs {
     /// Plain-HTTP admin address (/metrics, /healthz, /readyz), e.g. 127.0.0.1:9080.
     #[arg(long)]
     admin_listen: Option<String>,
-    /// Proxy settings ([limits], [timeouts], [connections]) as in a proxy's config.
+    /// Proxy settings ([limits], [timeouts], [connections], [leases]) as in a proxy's
+    /// config.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Store records in clear instead of sealed with the data key in `DATA_DIR/keys.toml`
@@ -144,6 +145,8 @@ struct DevConfig {
     timeouts: junokv::proxy::Timeouts,
     #[serde(default)]
     connections: junokv::proxy::ConnectionLimits,
+    #[serde(default)]
+    leases: junokv::proxy::LeaseConfig,
 }
 
 /// Runs until Ctrl-C or SIGTERM; on SIGHUP calls `reload` (certificate and key files).
@@ -282,6 +285,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         zones,
     });
     (cfg.limits, cfg.timeouts, cfg.connections) = (dev.limits, dev.timeouts, dev.connections);
+    cfg.leases = dev.leases;
     if let Some(grace) = a.purge_grace_secs {
         cfg.timeouts.purge_grace_secs = grace;
         cfg.timeouts

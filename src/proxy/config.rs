@@ -32,6 +32,8 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub connections: ConnectionLimits,
+    #[serde(default)]
+    pub leases: LeaseConfig,
     /// The admin HTTP port (metrics, health, readiness), if any.
     #[serde(default)]
     pub admin: Option<crate::admin::AdminConfig>,
@@ -77,6 +79,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             connections: ConnectionLimits::default(),
+            leases: LeaseConfig::default(),
             admin: None,
         }
     }
@@ -263,5 +266,24 @@ impl ConnectionLimits {
     }
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+}
+
+/// `[leases]`: one-round-trip writes (DESIGN §3). A proxy that wrote a key last holds a
+/// lease on it (its record and a ballot a quorum promised), so its next write to the
+/// key skips phase 1.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Memory for leases, records included (the oldest go first); 0 turns
+    /// one-round-trip writes off.
+    pub memory_bytes: usize,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            memory_bytes: 64 << 20,
+        }
     }
 }

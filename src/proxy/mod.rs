@@ -4,9 +4,10 @@
 mod admission;
 pub mod config;
 mod key_turns;
+mod leases;
 mod translate;
 
-pub use config::{ConnectionLimits, Limits, ProxyConfig, Timeouts};
+pub use config::{ConnectionLimits, LeaseConfig, Limits, ProxyConfig, Timeouts};
 
 use crate::clock::Clock;
 use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
@@ -67,6 +68,7 @@ pub struct Proxy {
     clock: Clock,
     quorum: Quorum,
     turns: key_turns::KeyTurns,
+    leases: leases::Leases,
     admission: admission::Admission,
 }
 
@@ -118,6 +120,7 @@ impl Proxy {
         };
         Ok(Arc::new(Proxy {
             admission: admission::Admission::new(config.connections.clone()),
+            leases: leases::Leases::new(config.leases.memory_bytes),
             config,
             connector,
             peers,
@@ -399,11 +402,12 @@ impl Proxy {
             // Its turn never came: it sent nothing, so it certainly did not happen.
             Err(_) => return Err(Status::NoStorageServer),
         };
-        let coordinator = Coordinator::new(key, op, ctx, self.quorum);
+        let lease = op.may_write().then(|| self.leases.take(&key)).flatten();
+        let coordinator = Coordinator::new(key.clone(), op, ctx, self.quorum);
         // The coordinator may linger after answering (to remove a tombstone): let it,
         // without holding up the client or the next request on the key.
-        let answer = (tx, turn);
-        let driving = drive(coordinator, peers, self.clone(), deadline, answer);
+        let answer = Answer { tx, turn, key };
+        let driving = drive(coordinator, lease, peers, self.clone(), deadline, answer);
         tokio::spawn(tracing::Instrument::in_current_span(driving));
         rx.await.unwrap_or(Err(Status::Timeout))
     }
@@ -491,14 +495,46 @@ fn backoff_delay(attempt: u32, round_trip: Duration) -> Duration {
     Duration::from_micros(madsim::rand::random::<u64>() % (micros + 1))
 }
 
-/// Carries out a coordinator's actions until it is finished, sending its answer (or
-/// Timeout at `deadline`) on `answer`, and ending the request's turn on its key then.
+/// Where a request's answer goes, and what ends with it: its turn on its key.
+struct Answer {
+    tx: oneshot::Sender<Outcome>,
+    turn: key_turns::Turn,
+    key: StoreKey,
+}
+
+impl Answer {
+    /// Answers the client; the lease the request won (if any) is the proxy's before the
+    /// next request on the key starts.
+    fn send(self, outcome: Outcome, co: &mut Coordinator, proxy: &Proxy) {
+        if let Some(taken) = co.lease_outcome() {
+            let outcome = if taken { "taken" } else { "refused" };
+            let label = crate::metrics::OutcomeLabel { outcome };
+            crate::metrics::metrics()
+                .lease_writes
+                .get_or_create(&label)
+                .inc();
+            if !taken {
+                proxy.leases.refused(&self.key);
+            }
+        }
+        if let Some(lease) = co.take_lease() {
+            let taken = co.lease_outcome() == Some(true);
+            proxy.leases.grant(&self.key, lease, taken);
+        }
+        let _ = self.tx.send(outcome);
+        drop(self.turn);
+    }
+}
+
+/// Carries out a coordinator's actions (from its start on `lease`, if any) until it is
+/// finished, sending its answer (or Timeout at `deadline`) on `answer`.
 async fn drive(
     mut co: Coordinator,
+    lease: Option<crate::coordinator::Lease>,
     peers: Vec<Arc<Peer>>,
     proxy: Arc<Proxy>,
     deadline: Instant,
-    answer: (oneshot::Sender<Outcome>, key_turns::Turn),
+    answer: Answer,
 ) {
     let ballots = &proxy.ballots;
     let round_timeout = proxy.config.timeouts.round();
@@ -509,7 +545,7 @@ async fn drive(
     // The longest any replica took to answer this request so far: how long a round
     // of a proposer competing for the key may take.
     let mut slowest = Duration::ZERO;
-    let mut actions = co.start(ballots);
+    let mut actions = co.start(ballots, lease);
     loop {
         for action in actions.drain(..) {
             match action {
@@ -538,8 +574,8 @@ async fn drive(
                     backoff = Some(Instant::now() + backoff_delay(attempt, slowest));
                 }
                 Action::Reply(outcome) => {
-                    if let Some((tx, _turn)) = answer.take() {
-                        let _ = tx.send(outcome);
+                    if let Some(answer) = answer.take() {
+                        answer.send(outcome, &mut co, &proxy);
                     }
                 }
             }
@@ -568,8 +604,9 @@ async fn drive(
             }
             _ = sleep_until(deadline) => {
                 tracing::debug!(status = %co.timeout_status(), "deadline passed");
-                if let Some((tx, _turn)) = answer.take() {
-                    let _ = tx.send(Err(co.timeout_status()));
+                if let Some(answer) = answer.take() {
+                    let status = co.timeout_status();
+                    answer.send(Err(status), &mut co, &proxy);
                 }
                 return;
             }
