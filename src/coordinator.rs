@@ -344,7 +344,10 @@ impl Coordinator {
                             &decided,
                             ballot_of(&accepted),
                         ) {
-                            let (ballot, record) = ((*b).max(theirs), r.clone());
+                            // Above the straggler's accepted ballot and the lease it
+                            // promised with it, skipping phase 1.
+                            let above = (*b).max(theirs).counter + 1;
+                            let (ballot, record) = (ballots.next_above(above), r.clone());
                             self.phase = Phase::Finished;
                             let key = self.key.clone();
                             let msg = ReplicaRequest::Accept {

@@ -40,8 +40,8 @@ pub enum Bug {
     /// The sweeper purges a long-dead record it holds without asking the other
     /// replicas whether they hold the same one.
     SweeperPurgesAlone,
-    /// Read repair forces the agreed record onto a straggler at the straggler's own
-    /// (higher) ballot, overwriting whatever newer record it held.
+    /// Read repair forces the agreed record onto a straggler at a fresh ballot above
+    /// the straggler's own, skipping phase 1, overwriting whatever newer record it held.
     RepairOverwritesNewer,
     /// A damaged slot accepts a repair at any ballot, below promises it may have made.
     RepairBelowCeiling,
