@@ -93,13 +93,16 @@ struct Connection {
 }
 
 /// A storage server as the proxy sees it: one lazily (re)connected, multiplexed
-/// connection, shared by every request.
+/// connection, shared by every request. A call takes the open connection under a plain
+/// mutex held for a pointer copy; only (re)connecting waits on an async one, so that
+/// one connect is made for many callers.
 pub struct Peer {
     addr: String,
     connector: Connector,
     connect_timeout: Duration,
     next_id: AtomicU64,
-    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    conn: Mutex<Option<Arc<Connection>>>,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// Why a call produced no reply.
@@ -120,7 +123,8 @@ impl Peer {
             connector,
             connect_timeout,
             next_id: AtomicU64::new(1),
-            conn: tokio::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -136,7 +140,7 @@ impl Peer {
         conn.pending.lock().unwrap().insert(id, tx);
         if conn.tx.send(encode_frame(id, req)).is_err() {
             conn.pending.lock().unwrap().remove(&id);
-            self.forget(&conn).await;
+            self.forget(&conn);
             return Err(CallError::Lost);
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -149,12 +153,19 @@ impl Peer {
         }
     }
 
+    /// The open connection, if there is one.
+    fn open(&self) -> Option<Arc<Connection>> {
+        let slot = self.conn.lock().unwrap();
+        slot.as_ref().filter(|c| !c.tx.is_closed()).cloned()
+    }
+
     async fn connection(&self) -> Result<Arc<Connection>, CallError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.tx.is_closed() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.open() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(c) = self.open() {
+            return Ok(c); // another caller connected meanwhile
         }
         let (stream, (local, peer)) = self
             .connector
@@ -180,12 +191,12 @@ impl Peer {
             pending.lock().unwrap().clear();
             writer.abort();
         });
-        *slot = Some(conn.clone());
+        *self.conn.lock().unwrap() = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn forget(&self, dead: &Arc<Connection>) {
-        let mut slot = self.conn.lock().await;
+    fn forget(&self, dead: &Arc<Connection>) {
+        let mut slot = self.conn.lock().unwrap();
         if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
             *slot = None;
         }

@@ -1,5 +1,8 @@
 //! `junokv bench`: a closed-loop load generator with a live progress line and latency
-//! percentiles from an HDR histogram.
+//! percentiles from an HDR histogram; against a JunoKV proxy, or against another store
+//! (`--peer`) for side-by-side figures.
+
+mod peer;
 
 use super::CliResult;
 use hdrhistogram::Histogram;
@@ -41,6 +44,49 @@ pub struct BenchArgs {
     /// Set every key once before measuring, so that gets find data.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     preload: bool,
+    /// Drive another store instead of a JunoKV proxy, with the same workload:
+    /// `redis://HOST:PORT` or `etcd://HOST:PORT` (its v3 JSON gateway); gets, sets and
+    /// destroys only, one connection per worker.
+    #[arg(long)]
+    peer: Option<String>,
+}
+
+/// Where one worker sends its operations.
+enum Target {
+    Junokv(Client),
+    Peer(peer::Connection),
+}
+
+impl Target {
+    /// Runs one operation; its outcome as the summary counts it.
+    async fn run(&mut self, kind: Kind, key: &[u8], value: &[u8], ttl: u32) -> String {
+        let r: Result<(), String> = match self {
+            Target::Junokv(c) => {
+                let r: Result<(), ClientError> = match kind {
+                    Kind::Create => c.create(key, value, ttl).await.map(drop),
+                    Kind::Get => c.get(key).await.map(drop),
+                    Kind::Update => c.update(key, value, ttl).await.map(drop),
+                    Kind::Set => c.set(key, value, ttl).await.map(drop),
+                    Kind::Destroy => c.destroy(key).await,
+                };
+                r.map_err(|e| e.to_string())
+            }
+            Target::Peer(c) => match kind {
+                Kind::Get => match c.get(key).await {
+                    Ok(peer::Found::Value) => Ok(()),
+                    Ok(peer::Found::Missing) => Err("NoKey".into()),
+                    Err(e) => Err(e),
+                },
+                Kind::Set => c.set(key, value).await,
+                Kind::Destroy => c.destroy(key).await,
+                Kind::Create | Kind::Update => unreachable!("refused before the run"),
+            },
+        };
+        match r {
+            Ok(()) => format!("{kind:?} Ok"),
+            Err(e) => format!("{kind:?} {e}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,13 +134,35 @@ struct Stats {
 pub async fn run(a: BenchArgs) -> CliResult {
     let mix = parse_mix(&a.mix)?;
     let total_weight: u32 = mix.iter().map(|(_, w)| w).sum();
-    let mut clients = Vec::new();
-    for _ in 0..a.connections.max(1) {
-        clients.push(a.proxy.connect(&a.namespace).await?);
+    let peer = a.peer.as_deref().map(peer::Peer::parse).transpose()?;
+    if peer.is_some()
+        && (mix.iter()).any(|(k, w)| *w > 0 && matches!(k, Kind::Create | Kind::Update))
+    {
+        return Err("--peer: the mix may hold get, set and destroy only".into());
     }
     let value = vec![b'x'; a.value_size];
-    if a.preload {
-        preload(&clients, a.keys, &value, a.ttl).await?;
+    let mut targets = Vec::new();
+    match &peer {
+        None => {
+            let mut clients = Vec::new();
+            for _ in 0..a.connections.max(1) {
+                clients.push(a.proxy.connect(&a.namespace).await?);
+            }
+            if a.preload {
+                preload(&clients, a.keys, &value, a.ttl).await?;
+            }
+            for w in 0..a.concurrency {
+                targets.push(Target::Junokv(clients[w % clients.len()].clone()));
+            }
+        }
+        Some(p) => {
+            for _ in 0..a.concurrency {
+                targets.push(Target::Peer(p.connect().await?));
+            }
+            if a.preload {
+                preload_peer(&mut targets, a.keys, &value).await?;
+            }
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -104,8 +172,7 @@ pub async fn run(a: BenchArgs) -> CliResult {
     }));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for w in 0..a.concurrency {
-        let client = clients[w % clients.len()].clone();
+    for (w, mut target) in targets.into_iter().enumerate() {
         let (stop, done, stats, mix, value) = (
             stop.clone(),
             done.clone(),
@@ -134,18 +201,8 @@ pub async fn run(a: BenchArgs) -> CliResult {
                     .map(|(k, _)| *k)
                     .unwrap();
                 let t = Instant::now();
-                let r: Result<(), ClientError> = match kind {
-                    Kind::Create => client.create(&key, &value, ttl).await.map(drop),
-                    Kind::Get => client.get(&key).await.map(drop),
-                    Kind::Update => client.update(&key, &value, ttl).await.map(drop),
-                    Kind::Set => client.set(&key, &value, ttl).await.map(drop),
-                    Kind::Destroy => client.destroy(&key).await,
-                };
+                let label = target.run(kind, &key, &value, ttl).await;
                 let _ = hist.record(t.elapsed().as_micros() as u64);
-                let label = match r {
-                    Ok(()) => format!("{kind:?} Ok"),
-                    Err(e) => format!("{kind:?} {e}"),
-                };
                 *outcomes.entry(label).or_default() += 1;
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -220,4 +277,26 @@ async fn preload(clients: &[Client], keys: u64, value: &[u8], ttl: u32) -> Resul
         t.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+/// [`preload`] for a peer: the workers' connections share the keys.
+async fn preload_peer(targets: &mut [Target], keys: u64, value: &[u8]) -> Result<(), String> {
+    let lanes = targets.len() as u64;
+    let loads = targets
+        .iter_mut()
+        .enumerate()
+        .map(|(lane, target)| async move {
+            let mut k = lane as u64;
+            while k < keys {
+                let label = target
+                    .run(Kind::Set, format!("k{k}").as_bytes(), value, 0)
+                    .await;
+                if label != "Set Ok" {
+                    return Err(format!("preload: {label}"));
+                }
+                k += lanes;
+            }
+            Ok(())
+        });
+    futures::future::try_join_all(loads).await.map(drop)
 }
