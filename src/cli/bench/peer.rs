@@ -152,6 +152,8 @@ async fn etcd(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(serde_json::to_vec(&json).unwrap())))
         .map_err(|e| e.to_string())?;
+    // A connection takes its next request only once done with the last one.
+    c.ready().await.map_err(|e| format!("etcd: {e}"))?;
     let response = c
         .send_request(request)
         .await
