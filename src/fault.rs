@@ -159,6 +159,22 @@ mod sim {
         hook.is_some_and(|h| h(server, point))
     }
 
+    /// What the simulated disk of a storage server (named by its address) durably
+    /// holds under an engine key; `None` for a server it does not know.
+    pub type DurableHook = Arc<dyn Fn(&str, &[u8]) -> Option<Option<Vec<u8>>> + Send + Sync>;
+
+    static DURABLE_HOOK: RwLock<Option<DurableHook>> = RwLock::new(None);
+
+    pub fn set_durable_hook(f: DurableHook) {
+        *DURABLE_HOOK.write().unwrap() = Some(f);
+    }
+
+    /// See [`DurableHook`].
+    pub fn durable_bytes(server: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let hook = DURABLE_HOOK.read().unwrap().clone();
+        hook.and_then(|h| h(server, key))
+    }
+
     static VIOLATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
     pub(super) fn record_violation(what: String) {
@@ -173,8 +189,8 @@ mod sim {
 
 #[cfg(madsim)]
 pub use sim::{
-    bug, crash_point, set_bugs, set_crash_hook, set_link_delay, take_violations, CrashHook,
-    LinkDelay,
+    bug, crash_point, durable_bytes, set_bugs, set_crash_hook, set_durable_hook, set_link_delay,
+    take_violations, CrashHook, DurableHook, LinkDelay,
 };
 
 /// A protocol invariant that holds whatever the faults failed: the code is wrong. Logged

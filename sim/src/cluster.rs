@@ -270,6 +270,14 @@ async fn simulate(plan: Plan) -> Run {
         zones,
     };
     let nemesis = Nemesis::new(targets, swarm.clone());
+    // The durability oracle: every storage server's replies are checked against what
+    // its simulated disk durably holds (`junokv::storage`'s durability check).
+    let disks: BTreeMap<String, Arc<SimEngine>> = (nemesis.targets().storage.iter())
+        .map(|s| (s.addr.to_string(), s.engine.clone()))
+        .collect();
+    junokv::fault::set_durable_hook(Arc::new(move |server, key| {
+        disks.get(server).map(|disk| disk.durable_get(key))
+    }));
     if plan.faults {
         let n = nemesis.clone();
         junokv::fault::set_crash_hook(Arc::new(move |server, point| n.crash_point(server, point)));

@@ -57,6 +57,11 @@ impl SimEngine {
         Some(key)
     }
 
+    /// What is durable under `key` (what a crash now would leave).
+    pub fn durable_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.lock().unwrap().durable.get(key).cloned()
+    }
+
     /// Every durable key and value (for the convergence check, once all is quiet).
     pub fn durable(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         self.state.lock().unwrap().durable.clone()

@@ -1,6 +1,7 @@
 //! The storage server: hosts one replica of every shard the map gives it, answers the
 //! internal protocol, and persists through group commit.
 
+mod durability_check;
 mod group_commit;
 mod replica_actor;
 mod sweeper;

@@ -2,6 +2,7 @@
 //! messages in arrival order with [`crate::replica::step`], and releases each reply
 //! only once everything it depends on is durable.
 
+use super::durability_check::{self, Expect};
 use super::group_commit::GroupCommit;
 use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::engine::{Change, Engine};
@@ -55,6 +56,8 @@ pub enum Envelope {
 }
 
 struct Replica {
+    /// The server's address (in logs, and to the simulator's hooks).
+    name: String,
     engine: Arc<dyn Engine>,
     codec: SlotCodec,
     commit: GroupCommit,
@@ -62,8 +65,9 @@ struct Replica {
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
-    /// Replies held until the write they depend on is durable, by its sequence number.
-    held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply)>>,
+    /// Replies held until the write they depend on is durable, by its sequence number
+    /// (with what the simulator checks is on disk as they leave).
+    held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply, Option<Expect>)>>,
 }
 
 /// Starts the replica task; send it [`Envelope`]s. The task ends, having released the
@@ -77,9 +81,10 @@ pub fn start(
         record_data_keys(&*engine, &keys).map_err(std::io::Error::other)?;
     }
     let bounds = load_bounds(&*engine, &codec)?;
-    let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name);
+    let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name.clone());
     let mut durable = commit.subscribe();
     let mut replica = Replica {
+        name,
         engine,
         codec,
         commit,
@@ -200,19 +205,35 @@ impl Replica {
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
         tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
+        let expect = match (&write, &loaded.0) {
+            (Some(w), _) => durability_check::of_write(&key, w),
+            // The reply may describe a write still in flight.
+            (None, Stored::Slot(Some(slot))) if loaded.1 > 0 => {
+                durability_check::of_slot(&key, slot)
+            }
+            (None, _) => None,
+        };
         let wait_for = match write {
             Some(w) => self.persist(key, w),
             None => loaded.1, // the reply may describe a write not yet durable
         };
         let promise = matches!(reply, ReplicaReply::Promise { .. });
         if wait_for <= self.commit.durable() || (promise && bug(Bug::PromiseBeforeDurable)) {
-            reply_to.send(&reply);
+            self.send(reply_to, &reply, expect.as_ref());
         } else {
             self.held
                 .entry(wait_for)
                 .or_default()
-                .push((reply_to, reply));
+                .push((reply_to, reply, expect));
         }
+    }
+
+    /// Sends a reply (the simulator first checks that what it says is on disk).
+    fn send(&self, reply_to: ReplyTo, reply: &ReplicaReply, expect: Option<&Expect>) {
+        if let Some(expect) = expect {
+            durability_check::verify(&self.name, &self.codec, FLOOR_KEY, expect);
+        }
+        reply_to.send(reply);
     }
 
     /// Sends the replies whose writes are now durable (or, after a failed write, a
@@ -227,7 +248,7 @@ impl Replica {
         } else {
             self.held.split_off(&(durable + 1))
         };
-        for (reply_to, reply) in std::mem::replace(&mut self.held, still_held)
+        for (reply_to, reply, expect) in std::mem::replace(&mut self.held, still_held)
             .into_values()
             .flatten()
         {
@@ -236,7 +257,7 @@ impl Replica {
                     reason: "durable write failed".into(),
                 });
             } else {
-                reply_to.send(&reply);
+                self.send(reply_to, &reply, expect.as_ref());
             }
         }
     }

@@ -1,0 +1,97 @@
+//! The simulator's durability oracle. Before a storage server's reply leaves, what the
+//! reply tells the proxy (a promise made, a record accepted, a purge's raised floor) is
+//! checked against what the simulated disk durably holds — not against the server's own
+//! bookkeeping, which is exactly what a durability bug gets wrong (a group commit that
+//! announces its fsync early, a promise answered from memory, a floor kept in memory).
+//! A reply ahead of the disk is an invariant violation and fails the seed, whether or
+//! not a crash happens to expose it. Outside the simulator this is nothing at all.
+
+use crate::at_rest::SlotCodec;
+use crate::record::Slot;
+use crate::replica::Write;
+
+/// What a reply depends on, to be found on disk when it leaves.
+#[cfg(madsim)]
+pub struct Expect {
+    key: Vec<u8>,
+    /// The slot's promise (with the floor) at least this; its accepted ballot at least
+    /// `accepted` (or the key purged above it).
+    promised: crate::record::Ballot,
+    accepted: Option<crate::record::Ballot>,
+}
+
+#[cfg(not(madsim))]
+pub struct Expect;
+
+/// What a reply about `key` depends on: the write it waits for.
+#[cfg(madsim)]
+pub fn of_write(key: &[u8], write: &Write) -> Option<Expect> {
+    match write {
+        Write::Put(slot) => of_slot(key, slot),
+        Write::Purge(floor) => Some(Expect {
+            key: key.to_vec(),
+            promised: *floor,
+            accepted: None,
+        }),
+    }
+}
+
+/// What a reply about `key` that describes `slot` (a write still in flight) depends on.
+#[cfg(madsim)]
+pub fn of_slot(key: &[u8], slot: &Slot) -> Option<Expect> {
+    Some(Expect {
+        key: key.to_vec(),
+        promised: slot.promised,
+        accepted: slot.accepted.as_ref().map(|(b, _)| *b),
+    })
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn of_write(_: &[u8], _: &Write) -> Option<Expect> {
+    None
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn of_slot(_: &[u8], _: &Slot) -> Option<Expect> {
+    None
+}
+
+/// Checks `expect` against the disk of `server` (see the module doc).
+#[cfg(madsim)]
+pub fn verify(server: &str, codec: &SlotCodec, floor_key: &[u8], expect: &Expect) {
+    use crate::fault::durable_bytes;
+    use crate::record::Ballot;
+    let Some(stored) = durable_bytes(server, &expect.key) else {
+        return; // not a simulated server
+    };
+    let floor: Ballot = match durable_bytes(server, floor_key).flatten() {
+        Some(b) => bincode::deserialize(&b).unwrap_or_default(),
+        None => Ballot::default(),
+    };
+    let (promised, accepted) = match stored {
+        None => (floor, floor),
+        Some(bytes) => match codec.decode(&expect.key, &bytes) {
+            Ok(d) => {
+                let accepted = d.slot.accepted.map_or(Ballot::default(), |(b, _)| b);
+                (d.slot.promised.max(floor), accepted)
+            }
+            Err(_) => return, // corrupted on disk since: the damaged-slot rules apply
+        },
+    };
+    let behind = promised < expect.promised || expect.accepted.is_some_and(|a| accepted < a);
+    if behind {
+        crate::fault::invariant_violated(format_args!(
+            "{server} replied about {:?} before it was durable: it promised {:?} and accepted \
+             {:?}, its disk holds {promised:?} and {accepted:?}",
+            String::from_utf8_lossy(&expect.key),
+            expect.promised,
+            expect.accepted,
+        ));
+    }
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn verify(_: &str, _: &SlotCodec, _: &[u8], _: &Expect) {}
