@@ -320,6 +320,16 @@ impl Coordinator {
         if matches!(reply, ReplicaReply::Damaged { .. }) {
             self.damaged_seen = true;
         }
+        let reply = match reply {
+            ReplicaReply::Damaged { .. }
+                if bug(Bug::ReadTakesDamagedAsAbsent)
+                    && matches!(self.phase, Phase::Reading { .. }) =>
+            {
+                self.damaged_seen = false;
+                ReplicaReply::Value { accepted: None }
+            }
+            other => other,
+        };
         let quorum = self.quorum();
         match &mut self.phase {
             Phase::Reading { seen, chosen } => {

@@ -51,10 +51,15 @@ pub enum Bug {
     /// A write on a lease that is refused retries phase 2 alone at a higher ballot, as
     /// if the lease's record were still the newest (another proxy prepared and wrote).
     LeaseOutlivesRejection,
+    /// Group commit writes a batch of several changes without its last one (a torn
+    /// batch), and reports the whole batch durable.
+    BatchLosesLastChange,
+    /// A read takes a damaged replica's answer for "nothing accepted here".
+    ReadTakesDamagedAsAbsent,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 18] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -71,6 +76,8 @@ impl Bug {
         Bug::RepairBelowCeiling,
         Bug::LeaseReused,
         Bug::LeaseOutlivesRejection,
+        Bug::BatchLosesLastChange,
+        Bug::ReadTakesDamagedAsAbsent,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -92,6 +99,8 @@ impl Bug {
             Bug::RepairBelowCeiling => "repair-below-ceiling",
             Bug::LeaseReused => "lease-reused",
             Bug::LeaseOutlivesRejection => "lease-outlives-rejection",
+            Bug::BatchLosesLastChange => "batch-loses-last-change",
+            Bug::ReadTakesDamagedAsAbsent => "read-takes-damaged-as-absent",
         }
     }
 

@@ -45,6 +45,9 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
+                if bug(Bug::BatchLosesLastChange) && batch.len() > 1 {
+                    batch.pop();
+                }
                 if bug(Bug::AckBeforeFsync) {
                     let _ = durable_tx.send(Durable::UpTo(last));
                 }
