@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod at_rest;
+pub mod bounded;
 #[cfg(not(madsim))]
 pub mod certs;
 pub mod client;

@@ -340,11 +340,13 @@ async fn simulate(plan: Plan) -> Run {
             .into_iter()
             .filter(|p| first.contains(p)),
     );
-    problems.extend(
-        junokv::fault::take_violations()
-            .into_iter()
-            .map(|v| format!("protocol invariant violated: {v}")),
-    );
+    // The first few violations (one broken rule is usually broken many times over).
+    let violations = junokv::fault::take_violations();
+    problems
+        .extend((violations.iter().take(3)).map(|v| format!("protocol invariant violated: {v}")));
+    if violations.len() > 3 {
+        problems.push(format!("... and {} more violations", violations.len() - 3));
+    }
     let simulated = std::time::Instant::now() - origin;
     let availability = crate::liveness::Expect {
         from_ns: (fault_period + settle).as_nanos() as u64,

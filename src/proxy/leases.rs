@@ -13,10 +13,10 @@
 //! The table is bounded in bytes (a lease holds its record, value included): past its
 //! budget the oldest entries go (a lost lease costs a round trip, never correctness).
 
+use crate::bounded::BoundedMap;
 use crate::coordinator::Lease;
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Writes a key makes through both phases after a first refusal of its lease.
@@ -34,9 +34,6 @@ struct Entry {
     skip: u32,
     /// What `skip` was set to after the last refusal (0: the last lease was taken).
     penalty: u32,
-    /// The number of the entry's last insertion, so that `order` can tell whether it
-    /// still refers to it.
-    seq: u64,
 }
 
 /// A proxy's leases, by key.
@@ -45,13 +42,7 @@ pub struct Leases {
 }
 
 struct Table {
-    budget: usize,
-    /// What the entries hold, by [`size`].
-    bytes: usize,
-    entries: HashMap<StoreKey, Entry>,
-    /// Insertions, oldest first (some superseded).
-    order: VecDeque<(StoreKey, u64)>,
-    inserted: u64,
+    entries: BoundedMap<StoreKey, Entry>,
     /// The share of recent lease writes that a quorum took (a moving average).
     taken_share: f64,
     /// Leases not used because that share is low.
@@ -63,11 +54,7 @@ impl Leases {
     pub fn new(budget: usize) -> Self {
         Leases {
             table: Mutex::new(Table {
-                budget,
-                bytes: 0,
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-                inserted: 0,
+                entries: BoundedMap::new(budget),
                 taken_share: 1.0,
                 held_back: 0,
             }),
@@ -78,7 +65,7 @@ impl Leases {
     /// on it is this request's alone.
     pub fn take(&self, key: &StoreKey) -> Option<Lease> {
         let mut t = self.table.lock().unwrap();
-        let mut entry = t.remove(key)?;
+        let mut entry = t.entries.remove(key)?;
         let lease = if entry.skip > 0 {
             entry.skip -= 1;
             None
@@ -89,7 +76,7 @@ impl Leases {
         } else {
             entry.lease.take()
         };
-        t.put_back(key, entry);
+        t.put(key, entry);
         lease
     }
 
@@ -98,7 +85,7 @@ impl Leases {
     /// wrote on a lease and a quorum took it.
     pub fn grant(&self, key: &StoreKey, lease: Lease, taken: bool) {
         let mut t = self.table.lock().unwrap();
-        let mut entry = t.remove(key).unwrap_or_default();
+        let mut entry = t.entries.remove(key).unwrap_or_default();
         if taken {
             entry.penalty = 0;
             t.observe(true);
@@ -106,26 +93,19 @@ impl Leases {
         if entry.skip == 0 {
             entry.lease = Some(lease);
         }
-        t.insert(key, entry);
+        t.put(key, entry);
     }
 
     /// A write on a lease of `key` was refused: another proxy writes it too.
     pub fn refused(&self, key: &StoreKey) {
         let mut t = self.table.lock().unwrap();
         t.observe(false);
-        let mut entry = t.remove(key).unwrap_or_default();
+        let mut entry = t.entries.remove(key).unwrap_or_default();
         entry.penalty = (entry.penalty * 2).clamp(FIRST_SKIP, MAX_SKIP);
         entry.skip = entry.penalty;
         entry.lease = None;
-        t.insert(key, entry);
+        t.put(key, entry);
     }
-}
-
-/// Roughly what an entry costs in memory.
-fn size(key: &StoreKey, entry: &Entry) -> usize {
-    let held =
-        (entry.lease.as_ref()).map_or(0, |l| l.record.value.len() + l.record.lineage.len() * 16);
-    128 + key.key.len() + key.namespace.len() + held
 }
 
 impl Table {
@@ -144,40 +124,12 @@ impl Table {
         self.taken_share += (f64::from(u8::from(taken)) - self.taken_share) / 32.0;
     }
 
-    fn remove(&mut self, key: &StoreKey) -> Option<Entry> {
-        let entry = self.entries.remove(key)?;
-        self.bytes -= size(key, &entry);
-        Some(entry)
-    }
-
-    /// Puts back what [`Self::remove`] took, in its old place in `order`.
-    fn put_back(&mut self, key: &StoreKey, entry: Entry) {
-        self.bytes += size(key, &entry);
-        self.entries.insert(key.clone(), entry);
-    }
-
-    /// Puts `entry` back as the newest, then drops the oldest while over budget.
-    fn insert(&mut self, key: &StoreKey, mut entry: Entry) {
-        if self.budget == 0 {
-            return;
-        }
-        self.inserted += 1;
-        entry.seq = self.inserted;
-        self.put_back(key, entry);
-        self.order.push_back((key.clone(), self.inserted));
-        while self.bytes > self.budget {
-            let (oldest, seq) = self.order.pop_front().expect("every entry is in order");
-            if self.entries.get(&oldest).is_some_and(|e| e.seq == seq) {
-                self.remove(&oldest);
-            }
-        }
-        // Superseded insertions pile up in `order` as keys are written again: drop them
-        // once they outnumber the live ones.
-        if self.order.len() > 2 * self.entries.len().max(16) {
-            let entries = &self.entries;
-            self.order
-                .retain(|(k, seq)| entries.get(k).is_some_and(|e| e.seq == *seq));
-        }
+    /// Keeps `entry` as the newest, at roughly what it costs in memory.
+    fn put(&mut self, key: &StoreKey, entry: Entry) {
+        let held = (entry.lease.as_ref())
+            .map_or(0, |l| l.record.value.len() + l.record.lineage.len() * 16);
+        let size = 128 + key.key.len() + key.namespace.len() + held;
+        self.entries.insert(key.clone(), entry, size);
     }
 }
 
@@ -239,7 +191,7 @@ mod tests {
         leases.grant(&key(1), lease(4), true);
         leases.refused(&key(1));
         let t = leases.table.lock().unwrap();
-        assert_eq!(t.entries[&key(1)].skip, FIRST_SKIP);
+        assert_eq!(t.entries.get(&key(1)).unwrap().skip, FIRST_SKIP);
     }
 
     #[test]
@@ -264,23 +216,13 @@ mod tests {
 
     #[test]
     fn the_table_keeps_the_newest_entries_within_its_budget() {
-        let one = size(
-            &key(0),
-            &Entry {
-                lease: Some(lease(0)),
-                ..Entry::default()
-            },
-        );
-        let leases = Leases::new(3 * one);
+        let leases = Leases::new(3 * (128 + 4 + 2));
         for round in 0..50u64 {
             for i in 0..5 {
                 leases.grant(&key(i), lease(round * 10 + u64::from(i)), false);
             }
         }
-        let t = leases.table.lock().unwrap();
-        assert_eq!(t.entries.len(), 3);
-        assert!(t.order.len() <= 2 * 16 + 1);
-        drop(t);
+        assert_eq!(leases.table.lock().unwrap().entries.len(), 3);
         assert_eq!(leases.take(&key(0)), None);
         assert_eq!(leases.take(&key(4)), Some(lease(494)));
     }
