@@ -54,6 +54,9 @@ fn good_configs_pass() {
     assert!(check(dir.path(), STORAGE)
         .unwrap()
         .contains("a valid storage server config"));
+    // One-round-trip writes off.
+    let no_leases = format!("{PROXY}\n[leases]\nmemory_bytes = 0\n");
+    assert!(check(dir.path(), &no_leases).is_ok());
 }
 
 #[test]
@@ -85,6 +88,10 @@ fn bad_configs_are_named_with_file_line_and_setting() {
         (
             format!("{PROXY}\n[connections]\nmax_connections = 0\n"),
             vec!["connections.max_connections"],
+        ),
+        (
+            format!("{PROXY}\n[leases]\nmemory = 5\n"),
+            vec!["c.toml", "line 12", "memory"],
         ),
         (
             PROXY.replace("num_shards = 64", "num_shards = 0"),

@@ -244,6 +244,36 @@ fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
     (kops, values)
 }
 
+/// The memo's key for a set of linearized operations (a bit per operation), exact but
+/// short: every completed operation before the first one not linearized is, so only
+/// that position and the completed ones from there on are kept (a completed operation
+/// is linearized only while those invoked before it returned are open: a window the
+/// size of the concurrency, not of the history), then the linearized operations of
+/// unknown outcome, which never return and so would otherwise hold the window open.
+fn memo_key(linearized: &[u64], completed: &[u64], unknown: &[usize]) -> Box<[u64]> {
+    let first_open = (0..linearized.len())
+        .find(|&w| completed[w] & !linearized[w] != 0)
+        .map_or(linearized.len() * 64, |w| {
+            w * 64 + (completed[w] & !linearized[w]).trailing_zeros() as usize
+        });
+    let from = first_open / 64;
+    let to = (from..linearized.len())
+        .rev()
+        .find(|&w| linearized[w] & completed[w] != 0)
+        .map_or(from, |w| w + 1)
+        .max(from);
+    let mut key = Vec::with_capacity(2 + (to - from) + 4);
+    key.push(first_open as u64);
+    key.push((to - from) as u64);
+    key.extend((from..to).map(|w| linearized[w] & completed[w]));
+    key.extend(
+        (unknown.iter())
+            .filter(|&&i| linearized[i / 64] & (1 << (i % 64)) != 0)
+            .map(|&i| i as u64),
+    );
+    key.into_boxed_slice()
+}
+
 fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
     let (kops, values) = prepare(ops);
     let n = ops.len();
@@ -343,6 +373,15 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
     let words = n.div_ceil(64).max(1);
     let mut linearized = vec![0u64; words];
     let mut cache: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
+    let mut cache_bytes = 0usize;
+    let completed: Vec<u64> = (0..words)
+        .map(|w| {
+            (0..64)
+                .filter(|b| kops.get(w * 64 + b).is_some_and(|k| k.end != u64::MAX))
+                .fold(0u64, |m, b| m | 1 << b)
+        })
+        .collect();
+    let unknown: Vec<usize> = (0..n).filter(|&i| kops[i].end == u64::MAX).collect();
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State::INITIAL;
     let mut cur = next[head];
@@ -381,7 +420,10 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
                     continue;
                 }
                 linearized[op / 64] |= 1 << (op % 64);
-                if cache.insert((linearized.clone().into_boxed_slice(), cand)) {
+                let memo_key = memo_key(&linearized, &completed, &unknown);
+                let key_bytes = memo_key.len() * 8 + 64;
+                if cache.insert((memo_key, cand)) {
+                    cache_bytes += key_bytes;
                     state = cand;
                     unlink(&mut next, &mut prev, frame.entry);
                     unlink(&mut next, &mut prev, ret_of[op]);
@@ -401,9 +443,7 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
 
     loop {
         steps += 1;
-        if steps.is_multiple_of(4096)
-            && (Instant::now() > deadline || cache.len() * (words * 8 + 64) > MEMO_BYTES)
-        {
+        if steps.is_multiple_of(4096) && (Instant::now() > deadline || cache_bytes > MEMO_BYTES) {
             return KeyResult::TimedOut;
         }
         // What is left observed nothing: each can be placed last, in any order.
