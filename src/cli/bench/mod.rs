@@ -58,9 +58,9 @@ enum Target {
 }
 
 impl Target {
-    /// Runs one operation; its outcome as the summary counts it.
-    async fn run(&mut self, kind: Kind, key: &[u8], value: &[u8], ttl: u32) -> String {
-        let r: Result<(), String> = match self {
+    /// Runs one operation (an error: the status or failure, as the summary names it).
+    async fn run(&mut self, kind: Kind, key: &[u8], value: &[u8], ttl: u32) -> Result<(), String> {
+        match self {
             Target::Junokv(c) => {
                 let r: Result<(), ClientError> = match kind {
                     Kind::Create => c.create(key, value, ttl).await.map(drop),
@@ -81,10 +81,6 @@ impl Target {
                 Kind::Destroy => c.destroy(key).await,
                 Kind::Create | Kind::Update => unreachable!("refused before the run"),
             },
-        };
-        match r {
-            Ok(()) => format!("{kind:?} Ok"),
-            Err(e) => format!("{kind:?} {e}"),
         }
     }
 }
@@ -148,9 +144,6 @@ pub async fn run(a: BenchArgs) -> CliResult {
             for _ in 0..a.connections.max(1) {
                 clients.push(a.proxy.connect(&a.namespace).await?);
             }
-            if a.preload {
-                preload(&clients, a.keys, &value, a.ttl).await?;
-            }
             for w in 0..a.concurrency {
                 targets.push(Target::Junokv(clients[w % clients.len()].clone()));
             }
@@ -159,10 +152,10 @@ pub async fn run(a: BenchArgs) -> CliResult {
             for _ in 0..a.concurrency {
                 targets.push(Target::Peer(p.connect().await?));
             }
-            if a.preload {
-                preload_peer(&mut targets, a.keys, &value).await?;
-            }
         }
+    }
+    if a.preload {
+        preload(&mut targets, a.keys, &value, a.ttl).await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -201,7 +194,10 @@ pub async fn run(a: BenchArgs) -> CliResult {
                     .map(|(k, _)| *k)
                     .unwrap();
                 let t = Instant::now();
-                let label = target.run(kind, &key, &value, ttl).await;
+                let label = match target.run(kind, &key, &value, ttl).await {
+                    Ok(()) => format!("{kind:?} Ok"),
+                    Err(e) => format!("{kind:?} {e}"),
+                };
                 let _ = hist.record(t.elapsed().as_micros() as u64);
                 *outcomes.entry(label).or_default() += 1;
                 done.fetch_add(1, Ordering::Relaxed);
@@ -255,32 +251,8 @@ pub async fn run(a: BenchArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn preload(clients: &[Client], keys: u64, value: &[u8], ttl: u32) -> Result<(), String> {
-    let mut tasks = Vec::new();
-    let lanes = 64u64;
-    for lane in 0..lanes {
-        let client = clients[lane as usize % clients.len()].clone();
-        let value = value.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let mut k = lane;
-            while k < keys {
-                client
-                    .set(format!("k{k}").as_bytes(), &value, ttl)
-                    .await
-                    .map_err(|e| format!("preload: {e}"))?;
-                k += lanes;
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
-    Ok(())
-}
-
-/// [`preload`] for a peer: the workers' connections share the keys.
-async fn preload_peer(targets: &mut [Target], keys: u64, value: &[u8]) -> Result<(), String> {
+/// Sets every key once, the workers' connections sharing the keys.
+async fn preload(targets: &mut [Target], keys: u64, value: &[u8], ttl: u32) -> Result<(), String> {
     let lanes = targets.len() as u64;
     let loads = targets
         .iter_mut()
@@ -288,15 +260,12 @@ async fn preload_peer(targets: &mut [Target], keys: u64, value: &[u8]) -> Result
         .map(|(lane, target)| async move {
             let mut k = lane as u64;
             while k < keys {
-                let label = target
-                    .run(Kind::Set, format!("k{k}").as_bytes(), value, 0)
-                    .await;
-                if label != "Set Ok" {
-                    return Err(format!("preload: {label}"));
-                }
+                let key = format!("k{k}");
+                (target.run(Kind::Set, key.as_bytes(), value, ttl).await)
+                    .map_err(|e| format!("preload: {e}"))?;
                 k += lanes;
             }
-            Ok(())
+            Ok::<(), String>(())
         });
     futures::future::try_join_all(loads).await.map(drop)
 }
