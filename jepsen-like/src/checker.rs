@@ -106,11 +106,14 @@ fn inert(op: &Op) -> bool {
     }
 }
 
-/// An unknown operation may also never have taken effect. So the search first leaves
-/// out every unknown write whose value no read returned: if the rest is linearizable,
-/// so is the whole (each left-out operation simply never took effect). Only when it is
-/// not does the full search run. Many unknown writes on one key otherwise make the
-/// search space explode.
+/// An unknown operation may also never have taken effect. So, alongside the full
+/// search, a second one leaves out every unknown write whose value no read returned:
+/// if the rest is linearizable, so is the whole (each left-out operation simply never
+/// took effect). Many unknown writes on one key make the full search space explode;
+/// but when the history needs one of them to have taken effect (an unread set that
+/// explains a version), the reduced search can only end by exhausting its space, which
+/// the full one may never have to. So both run at once and the first answer that
+/// decides wins: either's `Valid`, the full one's `Invalid`.
 fn check_key_unobserved_first(
     key: &str,
     ops: &[&Op],
@@ -123,15 +126,32 @@ fn check_key_unobserved_first(
             && op.f != F::Get
             && op.value.as_deref().is_none_or(|v| !seen.contains(v))
     };
+    let never_stop = AtomicBool::new(false);
     if !ops.iter().any(|op| unobserved(&op)) {
-        return check_key(key, ops, model, deadline);
+        return check_key(key, ops, model, deadline, &never_stop);
     }
     let observed: Vec<&Op> = ops.iter().filter(|op| !unobserved(op)).copied().collect();
-    match check_key(key, &observed, model, deadline) {
-        KeyResult::Valid => KeyResult::Valid,
-        KeyResult::TimedOut => KeyResult::TimedOut,
-        KeyResult::Invalid(_) => check_key(key, ops, model, deadline),
-    }
+    let decided = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reduced = scope.spawn(|| {
+            let r = check_key(key, &observed, model, deadline, &decided);
+            if matches!(r, KeyResult::Valid) {
+                decided.store(true, Ordering::Relaxed);
+            }
+            r
+        });
+        let full = check_key(key, ops, model, deadline, &decided);
+        if !matches!(full, KeyResult::TimedOut) {
+            decided.store(true, Ordering::Relaxed);
+        }
+        match (
+            full,
+            reduced.join().expect("the reduced search does not panic"),
+        ) {
+            (_, KeyResult::Valid) => KeyResult::Valid,
+            (full, _) => full,
+        }
+    })
 }
 
 enum KeyResult {
@@ -152,12 +172,16 @@ struct Frame {
     before: State,
     candidates: Vec<State>,
     tried: usize,
+    /// Taken without alternatives (see `read_only`): undoing it undoes the frame
+    /// below too.
+    forced: bool,
 }
 
-/// The most memory one key's memo may take (about; two keys are searched at once on
-/// two cores): past it the key is undecided, as past the time limit, rather than
-/// the process running out of memory (a 16-client chaos soak on 8 keys reached 24 GB).
-const MEMO_BYTES: usize = 4 << 30;
+/// The most memory one search's memo may take (about; on two cores two keys are
+/// checked at once, each by two searches): past it the key is undecided, as past the
+/// time limit, rather than the process running out of memory (a 16-client chaos soak
+/// on 8 keys once reached 24 GB).
+const MEMO_BYTES: usize = 3 << 30;
 
 /// What makes two unknown writes alike: kind, condition, TTL and (unread) value.
 type Alike = (F, Option<u32>, u64, u32);
@@ -244,13 +268,14 @@ fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
     (kops, values)
 }
 
-/// The memo's key for a set of linearized operations (a bit per operation), exact but
-/// short: every completed operation before the first one not linearized is, so only
-/// that position and the completed ones from there on are kept (a completed operation
-/// is linearized only while those invoked before it returned are open: a window the
-/// size of the concurrency, not of the history), then the linearized operations of
-/// unknown outcome, which never return and so would otherwise hold the window open.
-fn memo_key(linearized: &[u64], completed: &[u64], unknown: &[usize]) -> Box<[u64]> {
+/// Where the search stands, for its memo, in two parts. The exact part: every
+/// completed operation before the first one not linearized is, so only that position
+/// and the completed ones from there on are kept (a completed operation is linearized
+/// only while those invoked before it returned are open: a window the size of the
+/// concurrency, not of the history), then the linearized operations of unknown outcome
+/// that must take effect (a read told their version). The rest is the `Usage` of the
+/// optional ones.
+fn memo_key(linearized: &[u64], completed: &[u64], unknown: &Unknowns) -> (Box<[u64]>, Usage) {
     let first_open = (0..linearized.len())
         .find(|&w| completed[w] & !linearized[w] != 0)
         .map_or(linearized.len() * 64, |w| {
@@ -266,15 +291,76 @@ fn memo_key(linearized: &[u64], completed: &[u64], unknown: &[usize]) -> Box<[u6
     key.push(first_open as u64);
     key.push((to - from) as u64);
     key.extend((from..to).map(|w| linearized[w] & completed[w]));
-    key.extend(
-        (unknown.iter())
-            .filter(|&&i| linearized[i / 64] & (1 << (i % 64)) != 0)
-            .map(|&i| i as u64),
-    );
-    key.into_boxed_slice()
+    let mut usage = vec![0u64; unknown.optional.div_ceil(64) + unknown.classes];
+    let counts_at = unknown.optional.div_ceil(64);
+    for &(i, kind) in &unknown.ops {
+        if linearized[i / 64] & (1 << (i % 64)) != 0 {
+            match kind {
+                UnknownKind::Required => key.push(i as u64),
+                UnknownKind::Optional(b) => usage[b / 64] |= 1 << (b % 64),
+                UnknownKind::Class(c) => usage[counts_at + c] += 1,
+            }
+        }
+    }
+    (
+        key.into_boxed_slice(),
+        Usage {
+            words: usage.into_boxed_slice(),
+            counts_at,
+        },
+    )
 }
 
-fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
+/// Which of the unknown operations that may never have taken effect a search has
+/// taken: a bit each, or a count per class of interchangeable ones. A search that
+/// failed with some taken fails with more taken too (any way on from there is a way on
+/// from the fewer, the rest never taking effect), so the memo prunes every state
+/// that uses at least what a failed one used.
+struct Usage {
+    words: Box<[u64]>,
+    counts_at: usize,
+}
+
+impl Usage {
+    /// Whether `self` took no more than `other` (then it can do whatever `other` can).
+    fn within(&self, other: &Usage) -> bool {
+        let (bits, counts) = self.words.split_at(self.counts_at);
+        let (other_bits, other_counts) = other.words.split_at(self.counts_at);
+        bits.iter().zip(other_bits).all(|(a, b)| a & !b == 0)
+            && counts.iter().zip(other_counts).all(|(a, b)| a <= b)
+    }
+}
+
+/// The operations of unknown outcome.
+struct Unknowns {
+    ops: Vec<(usize, UnknownKind)>,
+    /// How many are [`UnknownKind::Optional`], and how many classes.
+    optional: usize,
+    classes: usize,
+}
+
+#[derive(Clone, Copy)]
+enum UnknownKind {
+    /// It must take effect (a read told its version): part of the exact key.
+    Required,
+    /// It may never take effect: bit `n` of the usage.
+    Optional(usize),
+    /// Alike (see [`Alike`]) with others, in a history where no record can expire:
+    /// the model never looks at their invocation times, every invoked one of a class
+    /// does the same, and only how many took effect matters (the usage counts them),
+    /// not which: the memo does not tell apart the many ways of picking them.
+    Class(usize),
+}
+
+/// One key's search; gives up (`TimedOut`) at the deadline, past the memo's memory
+/// bound, or once `stop` is set.
+fn check_key(
+    key: &str,
+    ops: &[&Op],
+    model: Model,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> KeyResult {
     let (kops, values) = prepare(ops);
     let n = ops.len();
     // Every finite time of the history is before `after`. Expiry times and
@@ -372,7 +458,8 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
     };
     let words = n.div_ceil(64).max(1);
     let mut linearized = vec![0u64; words];
-    let mut cache: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
+    // Per exact key and state, the usages explored (none within another).
+    let mut cache: FxHashMap<(Box<[u64]>, State), Vec<Usage>> = FxHashMap::default();
     let mut cache_bytes = 0usize;
     let completed: Vec<u64> = (0..words)
         .map(|w| {
@@ -381,7 +468,42 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
                 .fold(0u64, |m, b| m | 1 << b)
         })
         .collect();
-    let unknown: Vec<usize> = (0..n).filter(|&i| kops[i].end == u64::MAX).collect();
+    // No record of the history can expire within it: every state is stable.
+    let expiry_free = kops.iter().all(|k| {
+        let ttl = match k.f {
+            F::Create | F::Set if k.ttl_ns == 0 => model.default_ttl_ns,
+            F::Destroy => return true,
+            _ if k.ttl_ns == 0 => return true,
+            _ => k.ttl_ns,
+        };
+        k.start.saturating_add(ttl) >= after + slack
+    });
+    let unknown = {
+        let mut classes: FxHashMap<Alike, usize> = FxHashMap::default();
+        let mut optional = 0;
+        let ops = (0..n)
+            .filter(|&i| kops[i].end == u64::MAX)
+            .map(|i| {
+                let kind = match class[i].filter(|_| expiry_free) {
+                    Some(c) => {
+                        let next = classes.len();
+                        UnknownKind::Class(*classes.entry(c).or_insert(next))
+                    }
+                    None if kops[i].observed == Observed::Unknown => {
+                        optional += 1;
+                        UnknownKind::Optional(optional - 1)
+                    }
+                    None => UnknownKind::Required,
+                };
+                (i, kind)
+            })
+            .collect();
+        Unknowns {
+            ops,
+            optional,
+            classes: classes.len(),
+        }
+    };
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State::INITIAL;
     let mut cur = next[head];
@@ -420,9 +542,12 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
                     continue;
                 }
                 linearized[op / 64] |= 1 << (op % 64);
-                let memo_key = memo_key(&linearized, &completed, &unknown);
-                let key_bytes = memo_key.len() * 8 + 64;
-                if cache.insert((memo_key, cand)) {
+                let (exact, usage) = memo_key(&linearized, &completed, &unknown);
+                let key_bytes = exact.len() * 8 + usage.words.len() * 8 + 96;
+                let seen = cache.entry((exact, cand)).or_default();
+                if !seen.iter().any(|u| u.within(&usage)) {
+                    seen.retain(|u| !usage.within(u));
+                    seen.push(usage);
                     cache_bytes += key_bytes;
                     state = cand;
                     unlink(&mut next, &mut prev, frame.entry);
@@ -441,9 +566,51 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
         }};
     }
 
+    // Undoes the last step taken and tries what is left of it (undoing a forced step
+    // undoes the one below it as well); the position to go on from.
+    macro_rules! backtrack {
+        () => {
+            loop {
+                let Some(frame) = stack.pop() else {
+                    return KeyResult::Invalid(KeyFailure {
+                        key: key.to_string(),
+                        prefix: best.1,
+                        stuck: ops[best.2].id,
+                        states: {
+                            let mut seen: Vec<String> =
+                                best.3.iter().map(|s| describe(s, &values)).collect();
+                            seen.dedup();
+                            seen
+                        },
+                        ops: n,
+                    });
+                };
+                let op = entries[frame.entry].op;
+                state = frame.before;
+                count(op, 1, &mut finite_left, &mut constrained_left);
+                linearized[op / 64] &= !(1 << (op % 64));
+                relink(&mut next, &mut prev, ret_of[op]);
+                relink(&mut next, &mut prev, frame.entry);
+                if frame.forced {
+                    continue;
+                }
+                let entry = frame.entry;
+                break if take_candidate!(frame) {
+                    next[head]
+                } else {
+                    next[entry]
+                };
+            }
+        };
+    }
+
     loop {
         steps += 1;
-        if steps.is_multiple_of(4096) && (Instant::now() > deadline || cache_bytes > MEMO_BYTES) {
+        if steps.is_multiple_of(4096)
+            && (Instant::now() > deadline
+                || cache_bytes > MEMO_BYTES
+                || stop.load(Ordering::Relaxed))
+        {
             return KeyResult::TimedOut;
         }
         // What is left observed nothing: each can be placed last, in any order.
@@ -475,22 +642,33 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
             }
         }
         if e.call {
-            let candidates: Vec<State> = model
+            let mut candidates: Vec<State> = model
                 .step(state, &kops[e.op])
                 .into_iter()
                 .map(clamp)
                 .collect();
+            // A read-only operation that fits the state now is placed now, and not
+            // anywhere else: wherever else a linearization places it, it changes
+            // nothing there, and it may as well be here (everything that returned
+            // before it was invoked already is), so no alternative needs trying.
+            let forced = expiry_free && read_only(&kops[e.op]) && candidates.contains(&state);
+            if forced {
+                candidates = vec![state];
+            }
             let frame = Frame {
                 entry: cur,
                 before: state,
                 candidates,
                 tried: 0,
+                forced,
             };
-            if take_candidate!(frame) {
-                cur = next[head];
+            cur = if take_candidate!(frame) {
+                next[head]
+            } else if forced {
+                backtrack!()
             } else {
-                cur = next[cur];
-            }
+                next[cur]
+            };
             continue;
         }
         // A return whose call is not linearized: record how far we got, then backtrack.
@@ -508,33 +686,17 @@ fn check_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResu
         {
             best.3.push(state);
         }
-        let Some(frame) = stack.pop() else {
-            return KeyResult::Invalid(KeyFailure {
-                key: key.to_string(),
-                prefix: best.1,
-                stuck: ops[best.2].id,
-                states: {
-                    let mut seen: Vec<String> =
-                        best.3.iter().map(|s| describe(s, &values)).collect();
-                    seen.dedup();
-                    seen
-                },
-                ops: n,
-            });
-        };
-        let op = entries[frame.entry].op;
-        state = frame.before;
-        count(op, 1, &mut finite_left, &mut constrained_left);
-        linearized[op / 64] &= !(1 << (op % 64));
-        relink(&mut next, &mut prev, ret_of[op]);
-        relink(&mut next, &mut prev, frame.entry);
-        let entry = frame.entry;
-        cur = if take_candidate!(frame) {
-            next[head]
-        } else {
-            next[entry]
-        };
+        cur = backtrack!();
     }
+}
+
+/// An operation that changes the key in no state it can be placed in, when nothing
+/// expires: a failure that observed the state, or a read.
+fn read_only(k: &KeyOp) -> bool {
+    matches!(
+        k.observed,
+        Observed::NoKey | Observed::DupKey | Observed::VersionConflict
+    ) || (k.f == F::Get && matches!(k.observed, Observed::Ok { .. }))
 }
 
 /// A state in the history's terms.

@@ -30,6 +30,10 @@ enum Command {
         /// How far (ms) the store's expiry clock may be from the history's clock.
         #[arg(long, default_value_t = 1500)]
         clock_uncertainty_ms: u64,
+        /// How much earlier than its TTL the store may expire a record (JunoKV keeps
+        /// expiry times in whole seconds: 1000).
+        #[arg(long, default_value_t = 0)]
+        expiry_rounding_ms: u64,
     },
     /// Drive a live cluster with the mixed workload, record and check the history.
     Run(jepsen_like::runner::RunArgs),
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             html,
             time_limit,
             clock_uncertainty_ms,
+            expiry_rounding_ms,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
             };
             let model = Model {
                 clock_uncertainty_ns: clock_uncertainty_ms * 1_000_000,
+                expiry_rounding_ns: expiry_rounding_ms * 1_000_000,
                 ..Model::default()
             };
             check_and_report(

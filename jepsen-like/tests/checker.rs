@@ -278,6 +278,11 @@ fn malformed_files_name_the_line() {
 // ---- generated histories (see `jepsen_like::synth`) --------------------------------
 
 fn spec() -> impl Strategy<Value = Spec> {
+    spec_losing(0.1)
+}
+
+/// Operations of which a share `lost` have an unknown outcome.
+fn spec_losing(lost: f64) -> impl Strategy<Value = Spec> {
     (
         0u64..4,
         0u8..5,
@@ -285,7 +290,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         0u64..40,
         0u64..12,
         any::<u64>(),
-        proptest::bool::weighted(0.1),
+        proptest::bool::weighted(lost),
     )
         .prop_map(|(process, kind, if_version, start, len, at, lost)| Spec {
             process,
@@ -396,6 +401,15 @@ proptest! {
 
     #[test]
     fn mutations_are_caught_exactly_when_brute_force_says_so(specs in proptest::collection::vec(spec(), 1..7), which in any::<usize>(), how in any::<u8>()) {
+        let text = mutate(&generate(&specs), which, how);
+        prop_assert_eq!(is_valid(&text), brute_force(&text), "{}", text);
+    }
+
+    /// Many unknown outcomes exercise what the search prunes on their account (their
+    /// classes, the memo's usage dominance) and the read-only operations it places
+    /// without alternatives.
+    #[test]
+    fn mutations_with_many_unknowns_match_brute_force(specs in proptest::collection::vec(spec_losing(0.3), 1..9), which in any::<usize>(), how in any::<u8>()) {
         let text = mutate(&generate(&specs), which, how);
         prop_assert_eq!(is_valid(&text), brute_force(&text), "{}", text);
     }
