@@ -255,6 +255,7 @@ pub fn kind_name(req: &ReplicaRequest) -> &'static str {
         ReplicaRequest::Accept { .. } => "accept",
         ReplicaRequest::Purge { .. } => "purge",
         ReplicaRequest::Forget { .. } => "forget",
+        ReplicaRequest::NodeStatus => "node_status",
     }
 }
 

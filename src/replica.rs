@@ -37,16 +37,21 @@ pub enum ReplicaRequest {
     /// written): fold that promise into the floor and drop the slot. Sent by the
     /// replica's own sweeper.
     Forget { key: StoreKey, promised: Ballot },
+    /// About the storage server itself, not a key (for `junokv status`): answered
+    /// with [`ReplicaReply::Node`] by the server, before any key's replica sees it.
+    NodeStatus,
 }
 
 impl ReplicaRequest {
-    pub fn key(&self) -> &StoreKey {
+    /// The key the message is about (none for [`ReplicaRequest::NodeStatus`]).
+    pub fn key(&self) -> Option<&StoreKey> {
         match self {
             ReplicaRequest::Read { key }
             | ReplicaRequest::Prepare { key, .. }
             | ReplicaRequest::Accept { key, .. }
             | ReplicaRequest::Purge { key, .. }
-            | ReplicaRequest::Forget { key, .. } => key,
+            | ReplicaRequest::Forget { key, .. } => Some(key),
+            ReplicaRequest::NodeStatus => None,
         }
     }
 }
@@ -69,6 +74,19 @@ pub enum ReplicaReply {
     /// The key's slot is damaged (see the module doc): the replica accepts a repair
     /// only at a ballot above `promised`, and promises nothing until then.
     Damaged { promised: Ballot },
+    /// Answer to NodeStatus.
+    Node(NodeInfo),
+}
+
+/// What a storage server says of itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its JunoKV version.
+    pub version: String,
+    /// What its engine holds (RocksDB: SST files and memtables), and what compactions
+    /// still have to rewrite.
+    pub engine_bytes: u64,
+    pub pending_compaction_bytes: u64,
 }
 
 /// What [`step`] asks the storage server to persist before replying.
@@ -175,6 +193,15 @@ pub fn step(
                 ReplicaReply::Purged,
             )
         }
+        ReplicaRequest::NodeStatus => (None, not_about_a_key()),
+    }
+}
+
+/// The answer of a key's replica to [`ReplicaRequest::NodeStatus`], which the server
+/// answers itself and never hands on.
+fn not_about_a_key() -> ReplicaReply {
+    ReplicaReply::Failed {
+        reason: "NodeStatus is about the server, not a key".into(),
     }
 }
 
@@ -202,6 +229,7 @@ fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, Replica
         ReplicaRequest::Read { .. } | ReplicaRequest::Prepare { .. } => {
             (None, ReplicaReply::Damaged { promised })
         }
+        ReplicaRequest::NodeStatus => (None, not_about_a_key()),
     }
 }
 

@@ -93,6 +93,11 @@ async fn metrics_move_with_requests_and_readiness_follows_the_quorum() {
         .collect();
     assert_eq!(up, [true, false, false]);
     assert_eq!(json["nodes"][0]["shards"], 64);
+    // The node up says what it is and holds; the ones down say nothing.
+    let info = &json["nodes"][0]["info"];
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{json}");
+    assert!(info["engine_bytes"].as_u64().unwrap() > 0, "{json}");
+    assert!(json["nodes"][1]["info"].is_null(), "{json}");
     // `junokv status` says so, and exits 1.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junokv"))
         .args(["status", "--admin", &addr.to_string()])

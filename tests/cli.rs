@@ -70,11 +70,13 @@ fn status_shows_every_storage_node() {
     let (code, out) = dev.run(&["status", "--admin", &admin], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1024 shards, 3 zones, quorum 2"), "{out}");
-    assert_eq!(
-        out.lines().filter(|l| l.ends_with("  1024  up")).count(),
-        3,
-        "{out}"
-    );
+    // Each node: its shards, up, what its engine holds and its version.
+    let version = env!("CARGO_PKG_VERSION");
+    let nodes: Vec<&str> = (out.lines())
+        .filter(|l| l.contains("  1024  up  ") && l.ends_with(&format!("B  {version}")))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{out}");
+    assert!(out.contains("DISK  VERSION"), "{out}");
     assert!(out.ends_with("every shard has a quorum\n"), "{out}");
     let (code, out) = dev.run(&["status", "--admin", &admin, "--output", "json"], &[]);
     assert_eq!(code, 0);

@@ -41,11 +41,18 @@ pub async fn run(a: StatusArgs) -> CliResult {
             status.version, status.epoch, status.shards, zones, status.quorum
         );
         let width = status.nodes.iter().map(|n| n.addr.len()).max().unwrap_or(4);
-        println!("{:width$}  ZONE  DATACENTER  SHARDS  STATE", "NODE");
+        println!(
+            "{:width$}  ZONE  DATACENTER  SHARDS  STATE  {:>9}  VERSION",
+            "NODE", "DISK"
+        );
         for n in &status.nodes {
             let state = if n.up { "up" } else { "DOWN" };
+            let (disk, version) = match &n.info {
+                Some(i) => (bytes(i.engine_bytes), i.version.as_str()),
+                None => ("-".to_string(), "-"),
+            };
             println!(
-                "{:width$}  {:<4}  {:<10}  {:>6}  {state}",
+                "{:width$}  {:<4}  {:<10}  {:>6}  {state:<5}  {disk:>9}  {version}",
                 n.addr, n.zone, n.datacenter, n.shards
             );
         }
@@ -55,6 +62,21 @@ pub async fn run(a: StatusArgs) -> CliResult {
         }
     }
     Ok(ExitCode::from(u8::from(status.shards_without_quorum > 0)))
+}
+
+/// A size as people read it: 512 B, 3.4 MiB.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut size = n as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{size:.1} {}", UNITS[unit]),
+    }
 }
 
 /// One HTTP/1.1 GET, the body of a 200 answer.

@@ -15,7 +15,7 @@ use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, Status};
 use crate::record::Ballot;
-use crate::replica::{ReplicaReply, ReplicaRequest};
+use crate::replica::{NodeInfo, ReplicaReply, ReplicaRequest};
 use crate::rpc::{write_frames, Peer};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
@@ -137,14 +137,11 @@ impl Proxy {
         self.connector.reload()
     }
 
-    /// Every storage node as this proxy sees it: asked now (a read of a probe key),
-    /// with its zone and shard count, and how many shards lack a quorum of answering
-    /// replicas.
+    /// Every storage node as this proxy sees it: asked now, with its zone, shard
+    /// count, engine size and version, and how many shards lack a quorum of
+    /// answering replicas.
     pub async fn status(&self) -> ClusterStatus {
         let map = &self.config.cluster;
-        let probe = ReplicaRequest::Read {
-            key: StoreKey::new(b"junokv", b"readyz", map.num_shards),
-        };
         let timeout = self.config.timeouts.round();
         // Each shard's replicas, worked out once.
         let placement: Vec<Vec<&str>> = (0..map.num_shards).map(|s| map.replicas(s)).collect();
@@ -154,16 +151,20 @@ impl Proxy {
                 .map(move |node| (z, &zone.datacenter, &node.addr))
         });
         let asks = placed.map(|(zone, datacenter, node)| {
-            let (peer, probe) = (self.peers[node.as_str()].clone(), probe.clone());
+            let peer = self.peers[node.as_str()].clone();
             let shards = placement.iter().filter(|r| r[zone] == node).count();
             async move {
-                let answer = peer.call(&probe, timeout).await;
+                let info = match peer.call(&ReplicaRequest::NodeStatus, timeout).await {
+                    Ok(ReplicaReply::Node(info)) => Some(info),
+                    _ => None,
+                };
                 NodeStatus {
                     addr: node.clone(),
                     zone,
                     datacenter: datacenter.clone(),
                     shards,
-                    up: matches!(answer, Ok(ReplicaReply::Value { .. })),
+                    up: info.is_some(),
+                    info,
                 }
             }
         });
@@ -448,8 +449,10 @@ pub struct NodeStatus {
     pub datacenter: String,
     /// Shards it holds a replica of.
     pub shards: usize,
-    /// Whether it answered the probe.
+    /// Whether it answered.
     pub up: bool,
+    /// What it said of itself, when up.
+    pub info: Option<NodeInfo>,
 }
 
 /// A JunoDB request id as JunoDB prints it (a UUID), or `-`.

@@ -7,8 +7,9 @@ use super::group_commit::GroupCommit;
 use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
+use crate::key::StoreKey;
 use crate::record::{Ballot, Slot};
-use crate::replica::{step, Bounds, ReplicaReply, ReplicaRequest, Stored, Write};
+use crate::replica::{step, Bounds, NodeInfo, ReplicaReply, ReplicaRequest, Stored, Write};
 use crate::rpc::encode_frame;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -198,13 +199,20 @@ impl Replica {
             .replica_requests
             .get_or_create(&crate::metrics::KindLabel { kind })
             .inc();
-        let key = req.key().to_bytes();
+        let Some(key) = req.key().map(StoreKey::to_bytes) else {
+            let stats = self.engine.stats();
+            return reply_to.send(&ReplicaReply::Node(NodeInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                engine_bytes: stats.size_bytes,
+                pending_compaction_bytes: stats.pending_compaction_bytes,
+            }));
+        };
         let loaded = match self.load(&key) {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
-        tracing::trace!(key = ?String::from_utf8_lossy(&req.key().key), ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
+        tracing::trace!(?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
         let expect = match (&write, &loaded.0) {
             (Some(w), _) => durability_check::of_write(&key, w),
             // The reply may describe a write still in flight.
