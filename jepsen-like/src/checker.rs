@@ -22,6 +22,9 @@ pub struct KeyFailure {
     pub states: Vec<String>,
     /// Number of operations on the key.
     pub ops: usize,
+    /// When an anomaly proves it without a search ([`crate::anomaly`]): what it is.
+    /// The prefix then holds the operations that must precede the stuck one.
+    pub why: Option<String>,
 }
 
 /// The checker's answer.
@@ -120,6 +123,22 @@ fn check_key_unobserved_first(
     model: Model,
     deadline: Instant,
 ) -> KeyResult {
+    if let Some(a) = crate::anomaly::overwritten_read(ops) {
+        return KeyResult::Invalid(KeyFailure {
+            key: key.to_string(),
+            prefix: vec![ops[a.write].id, ops[a.overwrite].id],
+            stuck: ops[a.read].id,
+            states: Vec::new(),
+            ops: ops.len(),
+            why: Some(format!(
+                "the read (invoked on line {}) returned the value the write invoked on line {} \
+                 wrote, which the operation completed on line {} had overwritten by then",
+                ops[a.read].invoke_line,
+                ops[a.write].invoke_line,
+                ops[a.overwrite].complete_line.unwrap_or(0),
+            )),
+        });
+    }
     let seen = read_values(ops);
     let unobserved = |op: &&&Op| {
         op.outcome == Outcome::Info
@@ -583,6 +602,7 @@ fn check_key(
                             seen
                         },
                         ops: n,
+                        why: None,
                     });
                 };
                 let op = entries[frame.entry].op;

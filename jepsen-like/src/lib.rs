@@ -2,6 +2,7 @@
 //! with memoisation, per key, in parallel), its reports, and the real-cluster workload
 //! runner that produces histories.
 
+pub mod anomaly;
 pub mod checker;
 pub mod history;
 pub mod model;

@@ -56,16 +56,22 @@ pub fn text(verdict: &Verdict, ops: &[Op]) -> String {
                 "invalid\nkey {:?} ({} operations) is not linearizable\n",
                 f.key, f.ops
             );
-            let _ = writeln!(
-                s,
-                "longest linearizable prefix ({} operations, in linearization order):",
-                f.prefix.len()
-            );
+            let _ = match &f.why {
+                Some(_) => writeln!(s, "these take effect in this order (real time):"),
+                None => writeln!(
+                    s,
+                    "longest linearizable prefix ({} operations, in linearization order):",
+                    f.prefix.len()
+                ),
+            };
             for id in &f.prefix {
                 let _ = writeln!(s, "  {}", describe_op(&ops[*id]));
             }
             let _ = writeln!(s, "cannot place: {}", describe_op(&ops[f.stuck]));
-            let _ = writeln!(s, "states it could have seen: {}", f.states.join("; "));
+            let _ = match &f.why {
+                Some(why) => writeln!(s, "why: {why}"),
+                None => writeln!(s, "states it could have seen: {}", f.states.join("; ")),
+            };
             s
         }
     }
