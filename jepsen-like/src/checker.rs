@@ -123,20 +123,14 @@ fn check_key_unobserved_first(
     model: Model,
     deadline: Instant,
 ) -> KeyResult {
-    if let Some(a) = crate::anomaly::overwritten_read(ops) {
+    if let Some(a) = crate::anomaly::find(ops) {
         return KeyResult::Invalid(KeyFailure {
             key: key.to_string(),
-            prefix: vec![ops[a.write].id, ops[a.overwrite].id],
-            stuck: ops[a.read].id,
+            prefix: a.before.iter().map(|&i| ops[i].id).collect(),
+            stuck: ops[a.culprit].id,
             states: Vec::new(),
             ops: ops.len(),
-            why: Some(format!(
-                "the read (invoked on line {}) returned the value the write invoked on line {} \
-                 wrote, which the operation completed on line {} had overwritten by then",
-                ops[a.read].invoke_line,
-                ops[a.write].invoke_line,
-                ops[a.overwrite].complete_line.unwrap_or(0),
-            )),
+            why: Some(a.why),
         });
     }
     let seen = read_values(ops);

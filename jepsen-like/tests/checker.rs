@@ -511,3 +511,22 @@ fn a_read_of_an_overwritten_value_is_invalid_at_once() {
     rows.swap(n - 3, n - 2);
     assert!(is_valid(&h(&rows)));
 }
+
+/// A read that reports its value at another version than the value's write did is
+/// proved invalid without a search.
+#[test]
+fn a_value_at_two_versions_is_invalid_at_once() {
+    let rows: Vec<Row> = vec![
+        (0, "invoke", "set", Some("x"), None, None, 1),
+        (1, "invoke", "get", None, None, None, 1),
+        (0, "ok", "set", None, Some(1), None, 2),
+        (1, "ok", "get", Some("x"), Some(2), None, 3),
+    ];
+    let Verdict::Invalid(f) = verdict(&h(&rows)) else {
+        panic!("a value at two versions passed");
+    };
+    assert!(
+        f.why.is_some_and(|w| w.contains("keeps the version")),
+        "no reason given"
+    );
+}
