@@ -415,6 +415,26 @@ proptest! {
     }
 }
 
+/// Sets of `values` by processes 100, 101, …, invoked at `invoked` and reported
+/// unknown at `lost` (seconds).
+fn push_unknown_sets<'a>(rows: &mut Vec<Row<'a>>, values: &'a [String], invoked: u64, lost: u64) {
+    for (i, v) in values.iter().enumerate() {
+        let set = (
+            100 + i as u64,
+            "invoke",
+            "set",
+            Some(v.as_str()),
+            None,
+            None,
+            invoked,
+        );
+        rows.push(set);
+    }
+    for i in 0..values.len() as u64 {
+        rows.push((100 + i, "info", "set", None, None, None, lost));
+    }
+}
+
 /// A key written by 30 unknown sets nobody read, then an update reporting the version
 /// that `taken` of them imply. Deciding it means finding which of the sets took
 /// effect: C(30, taken) subsets to a search that tells the sets apart.
@@ -424,20 +444,7 @@ fn many_unknown_sets(taken: u32) -> String {
         (0, "invoke", "create", Some("a"), None, None, 1),
         (0, "ok", "create", None, Some(1), None, 2),
     ];
-    for (i, v) in owned.iter().enumerate() {
-        rows.push((
-            100 + i as u64,
-            "invoke",
-            "set",
-            Some(v.as_str()),
-            None,
-            None,
-            3,
-        ));
-    }
-    for i in 0..30 {
-        rows.push((100 + i, "info", "set", None, None, None, 4));
-    }
+    push_unknown_sets(&mut rows, &owned, 3, 4);
     rows.push((1, "invoke", "update", Some("b"), None, None, 5));
     rows.push((1, "ok", "update", None, Some(2 + taken), None, 6));
     rows.push((2, "invoke", "get", None, None, None, 7));
@@ -477,18 +484,7 @@ fn a_read_of_an_overwritten_value_is_invalid_at_once() {
         (0, "ok", "set", None, Some(1), None, 2),
     ];
     let lost: Vec<String> = (0..30).map(|i| format!("lost{i}")).collect();
-    for (i, v) in lost.iter().enumerate() {
-        rows.push((
-            100 + i as u64,
-            "invoke",
-            "set",
-            Some(v.as_str()),
-            None,
-            None,
-            3,
-        ));
-        rows.push((100 + i as u64, "info", "set", None, None, None, 3));
-    }
+    push_unknown_sets(&mut rows, &lost, 3, 3);
     rows.extend([
         (1, "invoke", "set", Some("y"), None, None, 4),
         (1, "ok", "set", None, None, None, 5),
