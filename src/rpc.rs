@@ -1,6 +1,7 @@
 //! The internal proxy-to-storage protocol: bincode frames `[u32 length][u64 id][body]`
 //! over TCP, many requests in flight per connection, replies matched by id and
-//! allowed out of order.
+//! allowed out of order. A request's body is the client's request id (if any) and the
+//! [`ReplicaRequest`]; a reply's, the [`ReplicaReply`].
 
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::transport::Connector;
@@ -128,17 +129,19 @@ impl Peer {
         }
     }
 
-    /// Sends `req` and waits for its reply, at most `timeout`.
+    /// Sends `req` (on behalf of the client request `request_id`, which the storage
+    /// server's log lines about it name) and waits for its reply, at most `timeout`.
     pub async fn call(
         &self,
         req: &ReplicaRequest,
+        request_id: Option<[u8; 16]>,
         timeout: Duration,
     ) -> Result<ReplicaReply, CallError> {
         let conn = self.connection().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap().insert(id, tx);
-        if conn.tx.send(encode_frame(id, req)).is_err() {
+        if conn.tx.send(encode_frame(id, &(request_id, req))).is_err() {
             conn.pending.lock().unwrap().remove(&id);
             self.forget(&conn);
             return Err(CallError::Lost);

@@ -201,7 +201,11 @@ async fn a_missing_or_different_key_is_refused_not_repaired() {
     let read = ReplicaRequest::Read {
         key: StoreKey::new(b"test", b"k", 64),
     };
-    match peer.call(&read, Duration::from_secs(5)).await.unwrap() {
+    match peer
+        .call(&read, None, Duration::from_secs(5))
+        .await
+        .unwrap()
+    {
         ReplicaReply::Failed { reason } => assert!(reason.contains("data key 1"), "{reason}"),
         other => panic!("expected a failure naming the key, got {other:?}"),
     }

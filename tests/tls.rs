@@ -127,7 +127,7 @@ async fn storage_answers(storage: &StorageServer, connector: Connector) -> bool 
         key: StoreKey::new(b"tls", b"k", 16),
     };
     matches!(
-        peer.call(&read, Duration::from_secs(2)).await,
+        peer.call(&read, None, Duration::from_secs(2)).await,
         Ok(ReplicaReply::Value { .. })
     )
 }

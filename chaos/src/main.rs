@@ -216,7 +216,7 @@ async fn divergent_replicas(
         for addr in map.replicas(key.shard) {
             let peer = Peer::new(addr.to_string(), connector.clone(), Duration::from_secs(1));
             let req = ReplicaRequest::Read { key: key.clone() };
-            states.push(match peer.call(&req, Duration::from_secs(2)).await {
+            states.push(match peer.call(&req, None, Duration::from_secs(2)).await {
                 Ok(ReplicaReply::Value { accepted }) => {
                     Ok(accepted.map(|(b, r)| (b, r.version, r.tombstone)))
                 }

@@ -26,6 +26,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             .expect("a re-sealed slot opens");
         assert_eq!(again.slot, decoded.slot);
     }
-    let _ = bincode::deserialize::<ReplicaRequest>(data);
+    let _ = bincode::deserialize::<(Option<[u8; 16]>, ReplicaRequest)>(data);
     let _ = bincode::deserialize::<ReplicaReply>(data);
 });

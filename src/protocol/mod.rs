@@ -64,3 +64,22 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     r.read_exact(&mut buf[HEADER_LEN..]).await?;
     Ok(buf)
 }
+
+/// A JunoDB request id as JunoDB prints it (a UUID), or `-`: in the proxy's and the
+/// storage servers' log lines about a request.
+pub struct RequestId(pub Option<[u8; 16]>);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(id) = self.0 else {
+            return f.write_str("-");
+        };
+        for (i, b) in id.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}

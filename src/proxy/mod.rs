@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
 use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
+use crate::protocol::RequestId;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, Status};
 use crate::record::Ballot;
 use crate::replica::{NodeInfo, ReplicaReply, ReplicaRequest};
@@ -154,7 +155,7 @@ impl Proxy {
             let peer = self.peers[node.as_str()].clone();
             let shards = placement.iter().filter(|r| r[zone] == node).count();
             async move {
-                let info = match peer.call(&ReplicaRequest::NodeStatus, timeout).await {
+                let info = match peer.call(&ReplicaRequest::NodeStatus, None, timeout).await {
                     Ok(ReplicaReply::Node(info)) => Some(info),
                     _ => None,
                 };
@@ -358,7 +359,7 @@ impl Proxy {
                 Ok(op) => {
                     let key =
                         StoreKey::new(&msg.namespace, &msg.key, self.config.cluster.num_shards);
-                    self.execute(key, op, now_ns).await
+                    self.execute(key, op, now_ns, msg.meta.request_id).await
                 }
                 Err(status) => Err(status),
             },
@@ -382,7 +383,13 @@ impl Proxy {
 
     /// Runs one operation, as of wall-clock time `now_ns`, to its outcome (or Timeout
     /// at the deadline).
-    pub async fn execute(self: &Arc<Self>, key: StoreKey, op: Op, now_ns: u64) -> Outcome {
+    pub async fn execute(
+        self: &Arc<Self>,
+        key: StoreKey,
+        op: Op,
+        now_ns: u64,
+        request_id: Option<[u8; 16]>,
+    ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let peers: Vec<Arc<Peer>> = self
             .config
@@ -408,7 +415,14 @@ impl Proxy {
         // The coordinator may linger after answering (to remove a tombstone): let it,
         // without holding up the client or the next request on the key.
         let answer = Answer { tx, turn, key };
-        let driving = drive(coordinator, lease, peers, self.clone(), deadline, answer);
+        let driving = drive(
+            coordinator,
+            lease,
+            peers,
+            self.clone(),
+            (deadline, request_id),
+            answer,
+        );
         tokio::spawn(tracing::Instrument::in_current_span(driving));
         rx.await.unwrap_or(Err(Status::Timeout))
     }
@@ -453,24 +467,6 @@ pub struct NodeStatus {
     pub up: bool,
     /// What it said of itself, when up.
     pub info: Option<NodeInfo>,
-}
-
-/// A JunoDB request id as JunoDB prints it (a UUID), or `-`.
-struct RequestId(Option<[u8; 16]>);
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(id) = self.0 else {
-            return f.write_str("-");
-        };
-        for (i, b) in id.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
 }
 
 /// A response on its way to the client, holding its share of the connection's budget
@@ -530,13 +526,14 @@ impl Answer {
 }
 
 /// Carries out a coordinator's actions (from its start on `lease`, if any) until it is
-/// finished, sending its answer (or Timeout at `deadline`) on `answer`.
+/// finished, sending its answer (or Timeout at `deadline`) on `answer`. Its messages
+/// name the client's `request_id`, for the storage servers' logs.
 async fn drive(
     mut co: Coordinator,
     lease: Option<crate::coordinator::Lease>,
     peers: Vec<Arc<Peer>>,
     proxy: Arc<Proxy>,
-    deadline: Instant,
+    (deadline, request_id): (Instant, Option<[u8; 16]>),
     answer: Answer,
 ) {
     let ballots = &proxy.ballots;
@@ -563,10 +560,9 @@ async fn drive(
                     round_deadline = Instant::now() + round_timeout;
                     inflight.push(async move {
                         let sent = Instant::now();
-                        let reply = peer.call(&msg, round_timeout).await.unwrap_or_else(|e| {
-                            ReplicaReply::Failed {
-                                reason: e.to_string(),
-                            }
+                        let call = peer.call(&msg, request_id, round_timeout);
+                        let reply = call.await.unwrap_or_else(|e| ReplicaReply::Failed {
+                            reason: e.to_string(),
                         });
                         (round, to, reply, sent.elapsed())
                     });

@@ -260,20 +260,21 @@ async fn serve_connection(
     }
     let writer = tokio::spawn(write_frames(wr, out_rx, None));
     loop {
-        let (id, req) = match read_frame::<ReplicaRequest, _>(&mut rd).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "closing internal connection");
-                break;
-            }
-        };
+        let (id, (request_id, req)) =
+            match read_frame::<(Option<[u8; 16]>, ReplicaRequest), _>(&mut rd).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing internal connection");
+                    break;
+                }
+            };
         let reply_to = replica_actor::ReplyTo {
             id,
             out: out_tx.clone(),
         };
         if replica
-            .send(replica_actor::Envelope::Request(req, reply_to))
+            .send(replica_actor::Envelope::Request(req, request_id, reply_to))
             .is_err()
         {
             break;

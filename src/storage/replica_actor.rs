@@ -8,6 +8,7 @@ use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
+use crate::protocol::RequestId;
 use crate::record::{Ballot, Slot};
 use crate::replica::{step, Bounds, NodeInfo, ReplicaReply, ReplicaRequest, Stored, Write};
 use crate::rpc::encode_frame;
@@ -48,8 +49,9 @@ impl ReplyTo {
 
 /// What the replica task is asked to do.
 pub enum Envelope {
-    /// A protocol message and where its reply goes.
-    Request(ReplicaRequest, ReplyTo),
+    /// A protocol message, the client request it serves (for log lines) and where its
+    /// reply goes.
+    Request(ReplicaRequest, Option<[u8; 16]>, ReplyTo),
     /// Write these keys' slots again, unchanged, so that they are sealed with the
     /// newest data key (sent by the sweeper after a key rotation, a page at a time);
     /// the sender hears once they are on their way to disk.
@@ -99,7 +101,9 @@ pub fn start(
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Envelope::Request(req, reply_to)) => replica.handle(req, reply_to),
+                    Some(Envelope::Request(req, request_id, reply_to)) => {
+                        replica.handle(req, RequestId(request_id), reply_to)
+                    }
                     Some(Envelope::Reseal(keys, done)) => {
                         keys.into_iter().for_each(|key| replica.reseal(key));
                         let _ = done.send(());
@@ -186,13 +190,15 @@ impl Replica {
         if self.dirty.contains_key(&key) || self.commit.has_failed() {
             return;
         }
-        if let Ok(Stored::Slot(Some(slot))) = self.load(&key).map(|(stored, _)| stored) {
+        if let Ok(Stored::Slot(Some(slot))) =
+            self.load(&key, &RequestId(None)).map(|(stored, _)| stored)
+        {
             crate::metrics::metrics().slots_resealed.inc();
             self.persist(key, Write::Put(slot));
         }
     }
 
-    fn handle(&mut self, req: ReplicaRequest, reply_to: ReplyTo) {
+    fn handle(&mut self, req: ReplicaRequest, request: RequestId, reply_to: ReplyTo) {
         let kind = crate::metrics::kind_name(&req);
         let metrics = crate::metrics::metrics();
         metrics
@@ -207,12 +213,12 @@ impl Replica {
                 pending_compaction_bytes: stats.pending_compaction_bytes,
             }));
         };
-        let loaded = match self.load(&key) {
+        let loaded = match self.load(&key, &request) {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
-        tracing::trace!(?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
+        tracing::trace!(%request, ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
         let expect = match (&write, &loaded.0) {
             (Some(w), _) => durability_check::of_write(&key, w),
             // The reply may describe a write still in flight.
@@ -270,8 +276,9 @@ impl Replica {
         }
     }
 
-    /// What is stored for `key` and the sequence number it must be durable up to.
-    fn load(&mut self, key: &[u8]) -> Result<(Stored, u64), String> {
+    /// What is stored for `key` and the sequence number it must be durable up to, for
+    /// `request` (named in the log lines about what was found).
+    fn load(&mut self, key: &[u8], request: &RequestId) -> Result<(Stored, u64), String> {
         if self.commit.has_failed() {
             return Err("replica stopped after a failed durable write".into());
         }
@@ -284,11 +291,11 @@ impl Replica {
                 Ok(decoded) => Ok((Stored::Slot(Some(decoded.slot)), 0)),
                 Err(Unreadable::Damaged(e)) => {
                     crate::metrics::metrics().damaged_slots.inc();
-                    tracing::warn!(key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
+                    tracing::warn!(%request, key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
                     Ok((Stored::Damaged, 0))
                 }
                 Err(e @ Unreadable::NoKey(_)) => {
-                    tracing::error!(key = ?String::from_utf8_lossy(key), error = %e, "unreadable slot");
+                    tracing::error!(%request, key = ?String::from_utf8_lossy(key), error = %e, "unreadable slot");
                     Err(e.to_string())
                 }
             },

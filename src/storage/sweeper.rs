@@ -185,7 +185,9 @@ impl Sweeper {
                     let proxy = self.proxy.clone();
                     resolving.push(async move {
                         // The answer does not matter: the read path purges or repairs.
-                        let _ = proxy.execute(key, Op::Get { extend_ttl: 0 }, now_ns).await;
+                        let _ = proxy
+                            .execute(key, Op::Get { extend_ttl: 0 }, now_ns, None)
+                            .await;
                     });
                     while resolving.len() >= self.config.concurrency.max(1) {
                         resolving.next().await;
@@ -211,6 +213,6 @@ impl Sweeper {
             out: ignored.clone(),
         };
         // A replica that has stopped has nothing left to sweep.
-        let _ = self.replica.send(Envelope::Request(req, reply_to));
+        let _ = self.replica.send(Envelope::Request(req, None, reply_to));
     }
 }
