@@ -62,7 +62,7 @@ pub fn check(ops: &[Op], model: Model, time_limit: Duration) -> Verdict {
                 if i >= keys.len() || stop.load(Ordering::Relaxed) {
                     return;
                 }
-                let r = check_key_unobserved_first(keys[i].0, &keys[i].1, model, deadline);
+                let r = check_one_key(keys[i].0, &keys[i].1, model, deadline);
                 if matches!(r, KeyResult::TimedOut) {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -109,20 +109,16 @@ fn inert(op: &Op) -> bool {
     }
 }
 
-/// An unknown operation may also never have taken effect. So, alongside the full
-/// search, a second one leaves out every unknown write whose value no read returned:
-/// if the rest is linearizable, so is the whole (each left-out operation simply never
-/// took effect). Many unknown writes on one key make the full search space explode;
+/// One key: first its anomalies ([`crate::anomaly`]), which decide at once when they
+/// prove it invalid; then the search. An unknown operation may also never have taken
+/// effect. So, alongside the full search, a second one leaves out every unknown write
+/// whose value no read returned: if the rest is linearizable, so is the whole (each
+/// left-out operation simply never took effect). Many unknown writes on one key make the full search space explode;
 /// but when the history needs one of them to have taken effect (an unread set that
 /// explains a version), the reduced search can only end by exhausting its space, which
 /// the full one may never have to. So both run at once and the first answer that
 /// decides wins: either's `Valid`, the full one's `Invalid`.
-fn check_key_unobserved_first(
-    key: &str,
-    ops: &[&Op],
-    model: Model,
-    deadline: Instant,
-) -> KeyResult {
+fn check_one_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
     if let Some(a) = crate::anomaly::find(ops) {
         return KeyResult::Invalid(KeyFailure {
             key: key.to_string(),
