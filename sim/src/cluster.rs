@@ -52,7 +52,7 @@ fn codec(seed: u64) -> SlotCodec {
 
 /// The least workload time after the heal has settled, over which availability is
 /// judged. A share measured over a few seconds swings with one burst of contention on
-/// a hot key (about 250 operations in 12 s): over 12 s, fresh seeds went over the 6%
+/// a hot key (about 250 operations in 12 s): over 12 s, fresh seeds went over a 6%
 /// bound about once in 1,300 (up to 7.8%, contention on the hottest keys); over 24 s,
 /// 2,000 seeds leave at most 4.9% (`liveness::MAX_UNAVAILABLE_SHARE`).
 pub const LIVENESS_WINDOW: Duration = Duration::from_secs(24);
