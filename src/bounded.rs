@@ -1,6 +1,6 @@
 //! A map bounded in bytes, dropping its oldest insertions first: for what a process
-//! keeps only to go faster (a proxy's leases, a storage server's hot slots), where
-//! losing an entry costs a round trip or a disk read, never correctness.
+//! keeps only to go faster (a proxy's leases), where losing an entry costs a round
+//! trip, never correctness.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};

@@ -113,10 +113,10 @@ fn inert(op: &Op) -> bool {
 /// prove it invalid; then the search. An unknown operation may also never have taken
 /// effect. So, alongside the full search, a second one leaves out every unknown write
 /// whose value no read returned: if the rest is linearizable, so is the whole (each
-/// left-out operation simply never took effect). Many unknown writes on one key make the full search space explode;
-/// but when the history needs one of them to have taken effect (an unread set that
-/// explains a version), the reduced search can only end by exhausting its space, which
-/// the full one may never have to. So both run at once and the first answer that
+/// left-out operation simply never took effect). Many unknown writes on one key make
+/// the full search space explode; but when the history needs one of them to have taken
+/// effect (an unread set that explains a version), the reduced search can only end by
+/// exhausting its space, which the full one may never have to. So both run at once and the first answer that
 /// decides wins: either's `Valid`, the full one's `Invalid`.
 fn check_one_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> KeyResult {
     if let Some(a) = crate::anomaly::find(ops) {
