@@ -56,10 +56,17 @@ pub enum Bug {
     BatchLosesLastChange,
     /// A read takes a damaged replica's answer for "nothing accepted here".
     ReadTakesDamagedAsAbsent,
+    /// A restarted in-memory replica serves the keys it lost as absent at once.
+    ForgottenAsAbsent,
+    /// A restarted in-memory replica recovers at once, without waiting out the
+    /// requests that may still count its forgotten accepts.
+    RecoveryWithoutWait,
+    /// A restarted in-memory replica recovers from the keys of one peer only.
+    RecoveryAsksOnePeer,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 21] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -78,6 +85,9 @@ impl Bug {
         Bug::LeaseOutlivesRejection,
         Bug::BatchLosesLastChange,
         Bug::ReadTakesDamagedAsAbsent,
+        Bug::ForgottenAsAbsent,
+        Bug::RecoveryWithoutWait,
+        Bug::RecoveryAsksOnePeer,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -101,7 +111,19 @@ impl Bug {
             Bug::LeaseOutlivesRejection => "lease-outlives-rejection",
             Bug::BatchLosesLastChange => "batch-loses-last-change",
             Bug::ReadTakesDamagedAsAbsent => "read-takes-damaged-as-absent",
+            Bug::ForgottenAsAbsent => "forgotten-as-absent",
+            Bug::RecoveryWithoutWait => "recovery-without-wait",
+            Bug::RecoveryAsksOnePeer => "recovery-asks-one-peer",
         }
+    }
+
+    /// Whether the variant breaks only in-memory replicas' recovery (the simulator's
+    /// `--memory` runs), rather than the protocol on durable engines.
+    pub fn in_memory_recovery(self) -> bool {
+        matches!(
+            self,
+            Bug::ForgottenAsAbsent | Bug::RecoveryWithoutWait | Bug::RecoveryAsksOnePeer
+        )
     }
 
     pub fn from_name(name: &str) -> Option<Bug> {
@@ -184,6 +206,24 @@ mod sim {
         hook.and_then(|h| h(server, key))
     }
 
+    /// Told when the storage server named by its address has recovered what it lost
+    /// in a restart (an in-memory replica).
+    pub type RecoveredHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+    static RECOVERED_HOOK: RwLock<Option<RecoveredHook>> = RwLock::new(None);
+
+    pub fn set_recovered_hook(f: RecoveredHook) {
+        *RECOVERED_HOOK.write().unwrap() = Some(f);
+    }
+
+    /// See [`RecoveredHook`].
+    pub fn recovered(server: &str) {
+        let hook = RECOVERED_HOOK.read().unwrap().clone();
+        if let Some(h) = hook {
+            h(server)
+        }
+    }
+
     static VIOLATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
     pub(super) fn record_violation(what: String) {
@@ -198,9 +238,15 @@ mod sim {
 
 #[cfg(madsim)]
 pub use sim::{
-    bug, crash_point, durable_bytes, set_bugs, set_crash_hook, set_durable_hook, set_link_delay,
-    take_violations, CrashHook, DurableHook, LinkDelay,
+    bug, crash_point, durable_bytes, recovered, set_bugs, set_crash_hook, set_durable_hook,
+    set_link_delay, set_recovered_hook, take_violations, CrashHook, DurableHook, LinkDelay,
+    RecoveredHook,
 };
+
+/// A storage server recovered what it lost in a restart: only the simulator listens.
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn recovered(_server: &str) {}
 
 /// A protocol invariant that holds whatever the faults failed: the code is wrong. Logged
 /// as an error (a process keeps serving: one request's view is not worth every other

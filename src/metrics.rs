@@ -5,7 +5,7 @@
 
 use crate::engine::Engine;
 use crate::protocol::OpCode;
-use crate::replica::ReplicaRequest;
+use crate::replica::{NodeRequest, ReplicaRequest};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -255,7 +255,8 @@ pub fn kind_name(req: &ReplicaRequest) -> &'static str {
         ReplicaRequest::Accept { .. } => "accept",
         ReplicaRequest::Purge { .. } => "purge",
         ReplicaRequest::Forget { .. } => "forget",
-        ReplicaRequest::NodeStatus => "node_status",
+        ReplicaRequest::Node(NodeRequest::Status) => "node_status",
+        ReplicaRequest::Node(NodeRequest::ListKeys { .. }) => "list_keys",
     }
 }
 

@@ -37,13 +37,24 @@ pub enum ReplicaRequest {
     /// written): fold that promise into the floor and drop the slot. Sent by the
     /// replica's own sweeper.
     Forget { key: StoreKey, promised: Ballot },
-    /// About the storage server itself, not a key (for `junokv status`): answered
-    /// with [`ReplicaReply::Node`] by the server, before any key's replica sees it.
-    NodeStatus,
+    /// About the storage server itself, not a key: answered by the server, before
+    /// any key's replica sees it.
+    Node(NodeRequest),
+}
+
+/// What a storage server is asked about itself rather than about a key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum NodeRequest {
+    /// For `junokv status`: answered with [`ReplicaReply::Node`].
+    Status,
+    /// Up to `limit` keys this server holds a slot for, in store order, after `after`:
+    /// how a restarted in-memory replica learns which keys it may have forgotten.
+    /// Answered with [`ReplicaReply::Keys`].
+    ListKeys { after: Option<StoreKey>, limit: u32 },
 }
 
 impl ReplicaRequest {
-    /// The key the message is about (none for [`ReplicaRequest::NodeStatus`]).
+    /// The key the message is about (none for [`ReplicaRequest::Node`]).
     pub fn key(&self) -> Option<&StoreKey> {
         match self {
             ReplicaRequest::Read { key }
@@ -51,7 +62,7 @@ impl ReplicaRequest {
             | ReplicaRequest::Accept { key, .. }
             | ReplicaRequest::Purge { key, .. }
             | ReplicaRequest::Forget { key, .. } => Some(key),
-            ReplicaRequest::NodeStatus => None,
+            ReplicaRequest::Node(_) => None,
         }
     }
 }
@@ -74,8 +85,10 @@ pub enum ReplicaReply {
     /// The key's slot is damaged (see the module doc): the replica accepts a repair
     /// only at a ballot above `promised`, and promises nothing until then.
     Damaged { promised: Ballot },
-    /// Answer to NodeStatus.
+    /// Answer to [`NodeRequest::Status`].
     Node(NodeInfo),
+    /// Answer to [`NodeRequest::ListKeys`]: fewer than asked for means the end.
+    Keys { keys: Vec<StoreKey> },
 }
 
 /// What a storage server says of itself.
@@ -87,6 +100,9 @@ pub struct NodeInfo {
     /// still have to rewrite.
     pub engine_bytes: u64,
     pub pending_compaction_bytes: u64,
+    /// An in-memory replica that restarted and has not yet recovered the records it
+    /// lost from its peers.
+    pub recovering: bool,
 }
 
 /// What [`step`] asks the storage server to persist before replying.
@@ -109,13 +125,12 @@ pub struct Bounds {
     pub ceiling: u64,
 }
 
-impl Bounds {
-    /// The promise a damaged slot must assume.
-    pub fn damaged_promise(&self) -> Ballot {
-        Ballot {
-            counter: self.ceiling,
-            proposer: u64::MAX,
-        }
+/// The highest ballot with counter `ceiling`: what a damaged slot must assume it
+/// promised when no promise it made had a higher counter.
+pub fn promise_at_most(ceiling: u64) -> Ballot {
+    Ballot {
+        counter: ceiling,
+        proposer: u64::MAX,
     }
 }
 
@@ -123,8 +138,12 @@ impl Bounds {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
     Slot(Option<Slot>),
-    /// The stored bytes failed their checksum.
-    Damaged,
+    /// The replica does not know what it promised or accepted for the key (the stored
+    /// bytes failed their checksum, or an in-memory replica lost them in a restart),
+    /// only that no promise it made had a counter above `ceiling`.
+    Damaged {
+        ceiling: u64,
+    },
 }
 
 /// Applies one message to a key's stored slot.
@@ -135,7 +154,7 @@ pub fn step(
 ) -> (Option<Write>, ReplicaReply) {
     let slot = match stored {
         Stored::Slot(slot) => slot.as_ref(),
-        Stored::Damaged => return step_damaged(bounds, req),
+        Stored::Damaged { ceiling } => return step_damaged(promise_at_most(*ceiling), req),
     };
     let floor = bounds.floor;
     let current = slot.cloned().unwrap_or_default();
@@ -193,22 +212,21 @@ pub fn step(
                 ReplicaReply::Purged,
             )
         }
-        ReplicaRequest::NodeStatus => (None, not_about_a_key()),
+        ReplicaRequest::Node(_) => (None, not_about_a_key()),
     }
 }
 
-/// The answer of a key's replica to [`ReplicaRequest::NodeStatus`], which the server
-/// answers itself and never hands on.
+/// The answer of a key's replica to [`ReplicaRequest::Node`], which the server answers
+/// itself and never hands on.
 fn not_about_a_key() -> ReplicaReply {
     ReplicaReply::Failed {
-        reason: "NodeStatus is about the server, not a key".into(),
+        reason: "a request about the server, not a key".into(),
     }
 }
 
 /// [`step`] for a damaged slot: only an accept above every promise it may have made
 /// is taken, and it repairs the slot.
-fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
-    let promised = bounds.damaged_promise();
+fn step_damaged(promised: Ballot, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
     match req {
         ReplicaRequest::Accept {
             ballot,
@@ -229,7 +247,7 @@ fn step_damaged(bounds: Bounds, req: &ReplicaRequest) -> (Option<Write>, Replica
         ReplicaRequest::Read { .. } | ReplicaRequest::Prepare { .. } => {
             (None, ReplicaReply::Damaged { promised })
         }
-        ReplicaRequest::NodeStatus => (None, not_about_a_key()),
+        ReplicaRequest::Node(_) => (None, not_about_a_key()),
     }
 }
 
@@ -408,8 +426,11 @@ mod tests {
     fn a_damaged_slot_promises_nothing_and_is_repaired_only_above_the_ceiling() {
         let bounds = Bounds {
             floor: b(1),
-            ceiling: 7,
+            ceiling: 70,
         };
+        // What it may have promised is known to be at most 7 (the ceiling when it lost
+        // the slot), not the replica's ceiling now.
+        let damaged = Stored::Damaged { ceiling: 7 };
         let above = Ballot {
             counter: 8,
             proposer: 0,
@@ -418,12 +439,12 @@ mod tests {
             key: key(),
             ballot: above,
         };
-        let (w, reply) = step(&Stored::Damaged, bounds, &prepare);
+        let (w, reply) = step(&damaged, bounds, &prepare);
         assert_eq!(w, None);
         assert_eq!(
             reply,
             ReplicaReply::Damaged {
-                promised: bounds.damaged_promise()
+                promised: promise_at_most(7)
             }
         );
         let accept = |ballot| ReplicaRequest::Accept {
@@ -433,10 +454,10 @@ mod tests {
             next: None,
         };
         // At the ceiling it may have promised (to another proposer): refused.
-        let (w, reply) = step(&Stored::Damaged, bounds, &accept(b(7)));
+        let (w, reply) = step(&damaged, bounds, &accept(b(7)));
         assert_eq!(w, None);
         assert!(matches!(reply, ReplicaReply::Rejected { .. }));
-        let (w, reply) = step(&Stored::Damaged, bounds, &accept(above));
+        let (w, reply) = step(&damaged, bounds, &accept(above));
         assert_eq!(reply, ReplicaReply::Accepted);
         assert_eq!(
             w,

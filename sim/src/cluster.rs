@@ -11,7 +11,7 @@ use junokv::at_rest::{SlotCodec, StaticKeys, KEY_LEN};
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
-use junokv::storage::{is_record_key, StorageServer, SweepConfig};
+use junokv::storage::{is_record_key, MemoryConfig, StorageServer, SweepConfig};
 use junokv::transport::Acceptor;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, Runtime};
@@ -77,6 +77,8 @@ pub struct Plan {
     pub leases: bool,
     /// The share of operations after the heal allowed to end without an answer.
     pub max_unavailable: f64,
+    /// Storage nodes keep records in memory (`engine = "memory"`): a crash loses them.
+    pub memory: bool,
 }
 
 /// What one seed produced.
@@ -177,19 +179,28 @@ async fn simulate(plan: Plan) -> Run {
     let codec = codec(plan.seed);
     let mut storage = Vec::new();
     for spot in topo.storage() {
-        let engine = Arc::new(SimEngine::default());
+        let engine = Arc::new(match plan.memory {
+            true => SimEngine::volatile(),
+            false => SimEngine::default(),
+        });
         let disk = engine.clone();
         let node_map = map.clone();
         let node_codec = codec.clone();
+        // Longer than any proxy request lasts (see `junokv::storage`'s recovery).
+        let memory = MemoryConfig {
+            recovery_delay_ms: (2 * plan.request_ms).max(5000),
+            ..MemoryConfig::default()
+        };
         let node = handle
             .create_node()
             .name(format!("storage-z{}-{}", spot.zone, spot.addr.ip()))
             .ip(spot.addr.ip())
             .init(move || {
                 let (engine, map, codec) = (disk.clone(), node_map.clone(), node_codec.clone());
+                let memory = memory.clone();
                 async move {
                     engine.crash(); // a (re)start after a crash finds only synced data
-                    serve_storage(spot.addr, engine, codec, map).await;
+                    serve_storage(spot.addr, engine, codec, map, memory).await;
                 }
             })
             .build();
@@ -258,9 +269,9 @@ async fn simulate(plan: Plan) -> Run {
         }
     }
     let swarm = if plan.all_faults {
-        Swarm::everything()
+        Swarm::everything(plan.memory)
     } else {
-        Swarm::draw(&mut rng)
+        Swarm::draw(&mut rng, plan.memory)
     };
     let zones = map.zones.len();
     let targets = Targets {
@@ -269,6 +280,7 @@ async fn simulate(plan: Plan) -> Run {
         clients: clients.clone(),
         corruptible_zone: rng.gen_range(0..zones),
         zones,
+        memory: plan.memory,
     };
     let nemesis = Nemesis::new(targets, swarm.clone());
     // The durability oracle: every storage server's replies are checked against what
@@ -282,6 +294,8 @@ async fn simulate(plan: Plan) -> Run {
     if plan.faults {
         let n = nemesis.clone();
         junokv::fault::set_crash_hook(Arc::new(move |server, point| n.crash_point(server, point)));
+        let n = nemesis.clone();
+        junokv::fault::set_recovered_hook(Arc::new(move |server| n.recovered(server)));
     }
     let nemesis_task = plan
         .faults
@@ -341,6 +355,12 @@ async fn simulate(plan: Plan) -> Run {
             .into_iter()
             .filter(|p| first.contains(p)),
     );
+    // A restarted in-memory node must have recovered by now (tens of seconds after
+    // the heal): one that never does counts every key it lacks as damaged for ever.
+    problems.extend(
+        (nemesis.unrecovered().iter())
+            .map(|addr| format!("in-memory storage node {addr} never recovered its records")),
+    );
     // The first few violations (one broken rule is usually broken many times over).
     let violations = junokv::fault::take_violations();
     problems
@@ -370,13 +390,14 @@ async fn serve_storage(
     engine: Arc<SimEngine>,
     codec: SlotCodec,
     map: junokv::cluster::ShardMap,
+    memory: MemoryConfig,
 ) {
     match TcpListener::bind(addr).await {
         Ok(listener) => match StorageServer::start(listener, engine, codec, Acceptor::Plain) {
             Ok(mut server) => {
                 let clock = Clock::default();
                 match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
-                    Ok(proxy) => server.start_sweeper(proxy, clock, sweep_config()),
+                    Ok(proxy) => server.start_background(proxy, clock, sweep_config(), &memory),
                     Err(e) => tracing::error!(error = %e, "sweeper did not start"),
                 }
                 std::future::pending::<()>().await

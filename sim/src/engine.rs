@@ -1,7 +1,8 @@
 //! `SimEngine`: the storage engine of simulated storage nodes. In memory, with the
 //! failure behaviour of a real disk under the nemesis's control: writes not yet synced
 //! are lost in a crash, reads and writes can be made to fail, and stored records can
-//! be corrupted.
+//! be corrupted. A volatile one (the simulator's `--memory`) is `engine = "memory"`:
+//! a crash loses every record, and keeps only the replica's own state.
 
 use junokv::engine::{scan_map, Change, Engine, Entry};
 use madsim::rand::Rng;
@@ -23,12 +24,26 @@ struct State {
 #[derive(Default)]
 pub struct SimEngine {
     state: Mutex<State>,
+    volatile: bool,
 }
 
 impl SimEngine {
-    /// The node crashed: what was never synced is gone.
+    /// An engine whose records are lost in every crash (an in-memory engine).
+    pub fn volatile() -> Self {
+        SimEngine {
+            volatile: true,
+            ..SimEngine::default()
+        }
+    }
+
+    /// The node crashed: what was never synced is gone, and every record if the
+    /// engine is volatile.
     pub fn crash(&self) {
-        self.state.lock().unwrap().unsynced.clear();
+        let mut st = self.state.lock().unwrap();
+        st.unsynced.clear();
+        if self.volatile {
+            st.durable.retain(|k, _| !junokv::storage::is_record_key(k));
+        }
     }
 
     pub fn set_read_error_rate(&self, p: f64) {
@@ -109,6 +124,10 @@ impl Engine for SimEngine {
             return Err(io::Error::other("scan with unsynced writes pending"));
         }
         Ok(scan_map(&st.durable, after, limit))
+    }
+
+    fn volatile(&self) -> bool {
+        self.volatile
     }
 }
 

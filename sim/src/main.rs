@@ -69,6 +69,11 @@ struct Args {
     no_leases: bool,
     #[arg(long, default_value_t = 1)]
     clients_per_dc: usize,
+    /// Storage nodes keep records in memory (`engine = "memory"`): a crash loses them,
+    /// and the nemesis never has two zones' nodes down or recovering at once (what a
+    /// cache cluster survives); with `--list-bugs`, the variants for this mode.
+    #[arg(long)]
+    memory: bool,
     /// Where a failing seed leaves its history, reports and trace log
     /// (`DIR/seed-N/`).
     #[arg(long)]
@@ -90,7 +95,8 @@ fn main() -> std::process::ExitCode {
     use std::process::ExitCode;
     let args = Args::parse();
     if args.list_bugs {
-        for b in junokv::fault::Bug::ALL {
+        let mode = junokv::fault::Bug::ALL.into_iter();
+        for b in mode.filter(|b| b.in_memory_recovery() == args.memory) {
             println!("{}", b.name());
         }
         return ExitCode::SUCCESS;
@@ -124,6 +130,7 @@ fn main() -> std::process::ExitCode {
         request_ms: args.request_ms,
         leases: !args.no_leases,
         max_unavailable: args.max_unavailable / 100.0,
+        memory: args.memory,
     };
     let wall = std::time::Instant::now();
     let outcome = cluster::run_seed(&plan);

@@ -82,6 +82,18 @@ impl Kind {
         Kind::CrashMidCommit,
     ];
 
+    /// Whether the kind runs against in-memory storage nodes. Not those that take down
+    /// nodes of several zones at once (their records would be lost: what a cache
+    /// cluster does not survive), nor disk faults, nor corruption (a corrupted slot on
+    /// one zone and a forgotten one on another leave a 3-zone key without a quorum
+    /// that knows it, until an operator restarts a node).
+    fn in_memory(self) -> bool {
+        !matches!(
+            self,
+            Kind::CrashDatacenter | Kind::PowerLoss | Kind::DiskErrors | Kind::Corruption
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::PartitionNode => "partition-node",
@@ -122,14 +134,17 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// Each kind on with probability 1/2 (at least one), rates drawn too.
-    pub fn draw(rng: &mut impl Rng) -> Self {
+    /// Each kind on with probability 1/2 (at least one), rates drawn too; only the
+    /// kinds that run against in-memory nodes if `memory`.
+    pub fn draw(rng: &mut impl Rng, memory: bool) -> Self {
         let mut kinds: Vec<Kind> = Kind::ALL
             .into_iter()
             .filter(|_| rng.gen_bool(0.5))
+            .filter(|k| !memory || k.in_memory())
             .collect();
         if kinds.is_empty() {
-            kinds.push(Kind::ALL[rng.gen_range(0..Kind::ALL.len())]);
+            let possible = Self::everything(memory).kinds;
+            kinds.push(possible[rng.gen_range(0..possible.len())]);
         }
         Swarm {
             kinds,
@@ -139,10 +154,13 @@ impl Swarm {
         }
     }
 
-    /// Every kind, often: what the bug-catching runs use.
-    pub fn everything() -> Self {
+    /// Every kind (that runs against in-memory nodes if `memory`), often: what the
+    /// bug-catching runs use.
+    pub fn everything(memory: bool) -> Self {
         Swarm {
-            kinds: Kind::ALL.to_vec(),
+            kinds: (Kind::ALL.into_iter())
+                .filter(|k| !memory || k.in_memory())
+                .collect(),
             mean_gap: Duration::from_millis(300),
             max_length: Duration::from_millis(2500),
             loops: 2,
@@ -187,6 +205,8 @@ pub struct Targets {
     /// quorum of sound replicas.
     pub corruptible_zone: usize,
     pub zones: usize,
+    /// Storage nodes lose their records when they crash (`--memory`).
+    pub memory: bool,
 }
 
 /// How to undo one injected fault.
@@ -214,6 +234,9 @@ struct Held {
     armed: BTreeMap<NodeId, CrashPoint>,
     /// Nodes that crashed at a crash point and are still down for it.
     crashed_at_point: Vec<NodeId>,
+    /// In-memory storage nodes that crashed and have not yet recovered their records
+    /// (down, or up and recovering).
+    amnesic: std::collections::BTreeSet<NodeId>,
 }
 
 /// The fault injector of one run.
@@ -259,7 +282,7 @@ impl Nemesis {
             return false;
         };
         let mut held = self.held.lock().unwrap();
-        if held.armed.get(&node.id) != Some(&point) {
+        if held.armed.get(&node.id) != Some(&point) || !self.may_lose(&held, &[node.id]) {
             return false;
         }
         held.armed.remove(&node.id);
@@ -270,12 +293,53 @@ impl Nemesis {
         true
     }
 
-    /// Takes down every one of `nodes` at the same instant.
+    /// Takes down every one of `nodes` at the same instant (unless in-memory nodes
+    /// would then lose records no other replica keeps).
     fn crash_together(&self, nodes: Vec<NodeId>, handle: &Handle) -> Heal {
+        if !self.may_lose(&self.held.lock().unwrap(), &nodes) {
+            tracing::info!(
+                ?nodes,
+                "not crashed: another zone's in-memory node has not recovered"
+            );
+            return Heal::Nothing;
+        }
         for &n in &nodes {
             self.take_down(n, handle);
         }
         Heal::Restart(nodes)
+    }
+
+    /// Whether `nodes` may crash now. In-memory storage nodes lose their records in a
+    /// crash; a key survives as long as one replica that remembers it is left, which
+    /// holds while no two zones have a node that forgot (each key has one replica per
+    /// zone). So: not while a node of another zone is down or recovering.
+    fn may_lose(&self, held: &Held, nodes: &[NodeId]) -> bool {
+        let t = &self.targets;
+        let zone_of = |n: &NodeId| t.storage.iter().find(|s| s.id == *n).map(|s| s.zone);
+        let zones: Vec<usize> = nodes.iter().filter_map(zone_of).collect();
+        !t.memory
+            || held
+                .amnesic
+                .iter()
+                .all(|n| zone_of(n).is_none_or(|z| zones.contains(&z)))
+    }
+
+    /// In-memory storage nodes that crashed and have not recovered since.
+    pub fn unrecovered(&self) -> Vec<std::net::SocketAddr> {
+        let held = self.held.lock().unwrap();
+        let t = &self.targets.storage;
+        t.iter()
+            .filter(|s| held.amnesic.contains(&s.id))
+            .map(|s| s.addr)
+            .collect()
+    }
+
+    /// The simulator's recovered hook: an in-memory storage node has its records back.
+    pub fn recovered(&self, server: &str) {
+        let t = &self.targets;
+        if let Some(node) = t.storage.iter().find(|s| s.addr.to_string() == server) {
+            self.held.lock().unwrap().amnesic.remove(&node.id);
+        }
     }
 
     /// Injects faults for `period`, from `swarm.loops` concurrent loops, then heals
@@ -525,6 +589,9 @@ impl Nemesis {
 
     fn take_down(&self, node: NodeId, handle: &Handle) {
         let mut held = self.held.lock().unwrap();
+        if self.targets.memory && self.targets.storage.iter().any(|s| s.id == node) {
+            held.amnesic.insert(node);
+        }
         let count = held.down.entry(node).or_default();
         *count += 1;
         if *count == 1 {
@@ -601,7 +668,17 @@ impl Nemesis {
 
     /// Undoes whatever is still held (every loop has stopped).
     fn heal_all(&self) {
-        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        let held = {
+            let mut held = self.held.lock().unwrap();
+            let amnesic = held.amnesic.clone(); // (they recover on their own)
+            std::mem::replace(
+                &mut *held,
+                Held {
+                    amnesic,
+                    ..Held::default()
+                },
+            )
+        };
         let net = NetSim::current();
         let handle = Handle::current();
         for (a, b) in held.links.keys() {

@@ -8,8 +8,11 @@ use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
 use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::engine::RocksEngine;
+use junokv::engine::{Engine, VolatileEngine};
 use junokv::proxy::{Proxy, ProxyConfig};
-use junokv::storage::{StorageConfig, StorageServer, SweepConfig};
+use junokv::storage::{
+    EngineKind, MemoryConfig, StorageConfig, StorageServer, SweepConfig, META_PREFIX,
+};
 use junokv::transport::{Acceptor, TlsFiles};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +52,14 @@ pub struct DevArgs {
     /// (made on first start).
     #[arg(long)]
     clear_at_rest: bool,
+    /// Where the storage servers keep records: `memory` makes a cache cluster, whose
+    /// records are lost when it stops.
+    #[arg(long, value_enum, default_value_t = EngineKind::Rocksdb)]
+    engine: EngineKind,
+    /// With `--engine memory`: each storage server's cap, in MiB (eviction of the
+    /// soonest-expiring records starts at 90% of it).
+    #[arg(long, default_value_t = MemoryConfig::default().limit_mb)]
+    memory_limit_mb: u64,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -65,12 +76,19 @@ async fn bind(addr: &str) -> Result<TcpListener, String> {
 async fn start_storage(
     listen: &str,
     dir: &Path,
+    engine: (EngineKind, &MemoryConfig),
     codec: SlotCodec,
     acceptor: Acceptor,
 ) -> Result<StorageServer, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let engine = RocksEngine::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
-    StorageServer::start(bind(listen).await?, Arc::new(engine), codec, acceptor)
+    let opened: std::io::Result<Arc<dyn Engine>> = match engine {
+        (EngineKind::Rocksdb, _) => RocksEngine::open(dir).map(|e| Arc::new(e) as _),
+        (EngineKind::Memory, memory) => {
+            VolatileEngine::open(dir, META_PREFIX, memory.limit_bytes()).map(|e| Arc::new(e) as _)
+        }
+    };
+    let engine = opened.map_err(|e| format!("open {}: {e}", dir.display()))?;
+    StorageServer::start(bind(listen).await?, engine, codec, acceptor)
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
@@ -172,7 +190,10 @@ pub async fn run_storage(config: &Path) -> CliResult {
     let bad = |e: String| format!("{}: {e}", config.display());
     let acceptor = cfg.acceptor().map_err(bad)?;
     let codec = cfg.codec().map_err(bad)?;
-    let mut server = start_storage(&cfg.listen, &cfg.data_dir, codec, acceptor.clone()).await?;
+    let memory = cfg.memory.clone().unwrap_or_default();
+    let engine = (cfg.engine, &memory);
+    let mut server =
+        start_storage(&cfg.listen, &cfg.data_dir, engine, codec, acceptor.clone()).await?;
     let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), Arc::new(Serving)).await?;
     let sweeping = match cfg.cluster {
         Some(map) => {
@@ -182,7 +203,7 @@ pub async fn run_storage(config: &Path) -> CliResult {
                 cfg.tls.as_ref(),
                 Clock::default(),
             )?;
-            server.start_sweeper(proxy.clone(), Clock::default(), cfg.sweeper);
+            server.start_background(proxy.clone(), Clock::default(), cfg.sweeper, &memory);
             Some(proxy)
         }
         None => {
@@ -267,12 +288,20 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
             path: key_file.clone(),
         })),
     };
+    let memory = MemoryConfig {
+        limit_mb: a.memory_limit_mb,
+        ..MemoryConfig::default()
+    };
+    memory
+        .validate()
+        .map_err(|e| format!("--memory-limit-mb: {e}"))?;
     let mut storages = Vec::new();
     let mut zones = Vec::new();
     for z in 0..a.zones {
         let dir = a.data_dir.join(format!("zone-{z}"));
         let acceptor = Acceptor::new(Some(&member))?;
-        let server = start_storage("127.0.0.1:0", &dir, codec()?, acceptor).await?;
+        let engine = (a.engine, &memory);
+        let server = start_storage("127.0.0.1:0", &dir, engine, codec()?, acceptor).await?;
         zones.push(Zone {
             datacenter: "dc1".into(),
             nodes: vec![Node::at(server.addr().to_string())],
@@ -301,7 +330,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         ..SweepConfig::default()
     };
     for s in &mut storages {
-        s.start_sweeper(shared.clone(), Clock::default(), sweep.clone());
+        s.start_background(shared.clone(), Clock::default(), sweep.clone(), &memory);
     }
     // Clients need no certificate of their own here.
     let client_port = TlsFiles {

@@ -42,17 +42,21 @@ pub async fn run(a: StatusArgs) -> CliResult {
         );
         let width = status.nodes.iter().map(|n| n.addr.len()).max().unwrap_or(4);
         println!(
-            "{:width$}  ZONE  DATACENTER  SHARDS  STATE  {:>9}  VERSION",
+            "{:width$}  ZONE  DATACENTER  SHARDS  STATE       {:>9}  VERSION",
             "NODE", "DISK"
         );
         for n in &status.nodes {
-            let state = if n.up { "up" } else { "DOWN" };
+            let state = match &n.info {
+                Some(i) if i.recovering => "recovering",
+                Some(_) => "up",
+                None => "DOWN",
+            };
             let (disk, version) = match &n.info {
                 Some(i) => (bytes(i.engine_bytes), i.version.as_str()),
                 None => ("-".to_string(), "-"),
             };
             println!(
-                "{:width$}  {:<4}  {:<10}  {:>6}  {state:<5}  {disk:>9}  {version}",
+                "{:width$}  {:<4}  {:<10}  {:>6}  {state:<10}  {disk:>9}  {version}",
                 n.addr, n.zone, n.datacenter, n.shards
             );
         }

@@ -4,10 +4,12 @@
 mod memory;
 #[cfg(all(not(madsim), feature = "rocksdb"))]
 mod rocks;
+mod volatile;
 
 pub use memory::{scan_map, MemoryEngine};
 #[cfg(all(not(madsim), feature = "rocksdb"))]
 pub use rocks::RocksEngine;
+pub use volatile::VolatileEngine;
 
 use std::io;
 
@@ -30,6 +32,19 @@ pub trait Engine: Send + Sync + 'static {
     /// compaction). Called after a sweep that removed records.
     fn reclaim(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// Whether records are gone after a restart (an in-memory engine that keeps only
+    /// the replica's own state on disk): the replica must then not take a missing
+    /// record for an absent one.
+    fn volatile(&self) -> bool {
+        false
+    }
+
+    /// The size ([`EngineStats::size_bytes`]) at which the replica refuses new records
+    /// (an in-memory engine's cap), while eviction makes room.
+    fn size_limit(&self) -> Option<u64> {
+        None
     }
 
     /// How much the engine holds, for the metrics.

@@ -15,7 +15,7 @@ use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
 use crate::record::Ballot;
-use crate::replica::{NodeInfo, ReplicaReply, ReplicaRequest};
+use crate::replica::{NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest};
 use crate::rpc::{write_frames, Peer};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
@@ -142,7 +142,6 @@ impl Proxy {
     /// answering replicas.
     pub async fn status(&self) -> ClusterStatus {
         let map = &self.config.cluster;
-        let timeout = self.config.timeouts.round();
         // Each shard's replicas, worked out once.
         let placement: Vec<Vec<&str>> = (0..map.num_shards).map(|s| map.replicas(s)).collect();
         let placed = map.zones.iter().enumerate().flat_map(|(z, zone)| {
@@ -151,10 +150,9 @@ impl Proxy {
                 .map(move |node| (z, &zone.datacenter, &node.addr))
         });
         let asks = placed.map(|(zone, datacenter, node)| {
-            let peer = self.peers[node.as_str()].clone();
             let shards = placement.iter().filter(|r| r[zone] == node).count();
             async move {
-                let info = match peer.call(&ReplicaRequest::NodeStatus, None, timeout).await {
+                let info = match self.ask_node(node, NodeRequest::Status).await {
                     Ok(ReplicaReply::Node(info)) => Some(info),
                     _ => None,
                 };
@@ -206,6 +204,15 @@ impl Proxy {
     /// The cluster map this proxy routes by.
     pub fn map(&self) -> &crate::cluster::ShardMap {
         &self.config.cluster
+    }
+
+    /// Asks the storage node at `addr` (one in the map) about itself, waiting at most
+    /// one round's timeout.
+    pub async fn ask_node(&self, addr: &str, req: NodeRequest) -> Result<ReplicaReply, String> {
+        let peer = (self.peers.get(addr)).ok_or_else(|| format!("{addr} is not in the map"))?;
+        let timeout = self.config.timeouts.round();
+        let reply = peer.call(&ReplicaRequest::Node(req), None, timeout).await;
+        reply.map_err(|e| format!("{addr}: {e}"))
     }
 
     /// Serves clients on `listener` (through `acceptor`: plain or TLS) until the

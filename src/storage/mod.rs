@@ -2,11 +2,13 @@
 //! internal protocol, and persists through group commit.
 
 mod durability_check;
+mod evictor;
 mod group_commit;
+mod recovery;
 mod replica_actor;
 mod sweeper;
 
-pub use replica_actor::is_record_key;
+pub use replica_actor::{is_record_key, META_PREFIX};
 pub use sweeper::{SweepConfig, Swept};
 
 use crate::at_rest::{KeyFile, SlotCodec};
@@ -48,6 +50,12 @@ pub struct StorageConfig {
     pub plaintext: bool,
     #[serde(default)]
     pub sweeper: SweepConfig,
+    /// Where records are kept: `rocksdb` (durable, the default) or `memory`.
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// The in-memory engine's cap and recovery (with `engine = "memory"` only).
+    #[serde(default)]
+    pub memory: Option<MemoryConfig>,
     /// Encryption at rest: without it, records are stored in clear.
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
@@ -74,7 +82,57 @@ pub struct StorageServer {
     stop: watch::Sender<bool>,
     accepting: tokio::task::JoinHandle<()>,
     replica: tokio::task::JoinHandle<()>,
-    sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// What runs through a proxy: the sweeper, eviction, recovery.
+    background: Vec<tokio::task::JoinHandle<()>>,
+    /// An in-memory replica that lost its records in a restart (see `recovery.rs`).
+    needs_recovery: bool,
+}
+
+/// `engine` in a storage server's config.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// RocksDB: durable.
+    #[default]
+    Rocksdb,
+    /// Records in memory, lost when the process stops (a cache cluster).
+    Memory,
+}
+
+/// `[memory]` in a storage server's config: the in-memory engine's settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The cap on what the engine holds (keys, records and their headers), in MiB:
+    /// past 90% of it the soonest-expiring records are evicted, at 100% new records
+    /// are refused.
+    pub limit_mb: u64,
+    /// How long a restarted replica waits before it recovers (see `recovery.rs`):
+    /// longer than any proxy request can last (the proxies' `timeouts.request_ms`
+    /// and the network's worst delay).
+    pub recovery_delay_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limit_mb: 1024,
+            recovery_delay_ms: 5000,
+        }
+    }
+}
+
+impl MemoryConfig {
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_mb.saturating_mul(1 << 20)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.limit_mb == 0 {
+            return Err("memory.limit_mb must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl StorageConfig {
@@ -105,6 +163,20 @@ impl StorageConfig {
         }
         if let Some(map) = &self.cluster {
             map.validate().map_err(|e| format!("[cluster]: {e}"))?;
+        }
+        match (&self.engine, &self.memory, &self.cluster) {
+            (EngineKind::Rocksdb, Some(_), _) => {
+                return Err("[memory] is for engine = \"memory\" only".into())
+            }
+            (EngineKind::Memory, _, None) => {
+                return Err(
+                    "engine = \"memory\" needs [cluster]: a restarted in-memory replica \
+                     recovers its records from the other replicas"
+                        .into(),
+                )
+            }
+            (_, Some(memory), _) => memory.validate()?,
+            _ => {}
         }
         let s = &self.sweeper;
         if s.interval_ms == 0 || s.concurrency == 0 || s.purge_grace_secs == 0 {
@@ -140,8 +212,8 @@ impl StorageServer {
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         crate::metrics::metrics().watch_engine(&engine);
-        let (inbox, replica) =
-            replica_actor::start(engine.clone(), codec.clone(), addr.to_string())?;
+        let started = replica_actor::start(engine.clone(), codec.clone(), addr.to_string())?;
+        let (inbox, replica) = (started.inbox, started.task);
         let (stop, stopped) = watch::channel(false);
         let connections = inbox.clone();
         let accepting = tokio::spawn(serve_until_stopped(listener, stopped, move |stream| {
@@ -156,16 +228,50 @@ impl StorageServer {
             stop,
             accepting,
             replica,
-            sweeper: None,
+            background: Vec::new(),
+            needs_recovery: started.recovering,
         })
     }
 
-    /// Starts the background sweeper, which resolves keys through `proxy`'s read
-    /// path (see `sweeper.rs`). `clock` judges how long records have been dead.
-    pub fn start_sweeper(&mut self, proxy: Arc<Proxy>, clock: Clock, config: SweepConfig) {
-        let sweeper = self.make_sweeper(proxy, clock, config);
-        if let Some(old) = self.sweeper.replace(tokio::spawn(sweeper.run())) {
-            old.abort();
+    /// Whether this is an in-memory replica that lost its records in a restart: until
+    /// [`StorageServer::start_background`] has recovered them, keys it lacks count as
+    /// damaged.
+    pub fn needs_recovery(&self) -> bool {
+        self.needs_recovery
+    }
+
+    /// Starts the background work done through `proxy` (`clock` judges expiry): the
+    /// sweeper; for a capped engine, eviction; for a restarted in-memory replica,
+    /// recovery after `memory.recovery_delay_ms`. Replaces what was started before.
+    pub fn start_background(
+        &mut self,
+        proxy: Arc<Proxy>,
+        clock: Clock,
+        sweep: SweepConfig,
+        memory: &MemoryConfig,
+    ) {
+        self.background.drain(..).for_each(|t| t.abort());
+        let sweeper = self.make_sweeper(proxy.clone(), clock.clone(), sweep);
+        self.background.push(tokio::spawn(sweeper.run()));
+        if let Some(limit) = self.engine.size_limit() {
+            let evictor = evictor::Evictor {
+                engine: self.engine.clone(),
+                limit,
+                codec: self.codec.clone(),
+                proxy: proxy.clone(),
+                clock: clock.clone(),
+            };
+            self.background.push(tokio::spawn(evictor.run()));
+        }
+        if self.needs_recovery {
+            let recovery = recovery::Recovery {
+                me: self.addr.to_string(),
+                replica: self.inbox.clone(),
+                proxy,
+                clock,
+                delay: std::time::Duration::from_millis(memory.recovery_delay_ms),
+            };
+            self.background.push(tokio::spawn(recovery.run()));
         }
     }
 
@@ -233,9 +339,9 @@ impl StorageServer {
     /// Stops the sweeper and accepting, closes every connection and waits until the
     /// engine is released (so that its files can be reopened).
     pub async fn stop(self) {
-        if let Some(sweeper) = self.sweeper {
-            sweeper.abort();
-            let _ = sweeper.await;
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
         }
         drop(self.inbox);
         let _ = self.stop.send(true);

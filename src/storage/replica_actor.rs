@@ -10,19 +10,25 @@ use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::protocol::RequestId;
 use crate::record::{Ballot, Slot};
-use crate::replica::{step, Bounds, NodeInfo, ReplicaReply, ReplicaRequest, Stored, Write};
+use crate::replica::{
+    promise_at_most, step, Bounds, NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest, Stored,
+    Write,
+};
 use crate::rpc::encode_frame;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Engine keys of the replica's own state start with this (shards use the first two
-/// bytes, and never reach 0xFFFF).
-const META_PREFIX: &[u8] = b"\xff\xff\x00";
+/// bytes, and never reach 0xFFFF). An in-memory engine keeps these on disk.
+pub const META_PREFIX: &[u8] = b"\xff\xff\x00";
 /// Engine key of the replica-wide ballot floor.
 const FLOOR_KEY: &[u8] = b"\xff\xff\x00floor";
 /// Engine key of the replica-wide ballot ceiling.
 const CEILING_KEY: &[u8] = b"\xff\xff\x00ceiling";
+/// Engine key present once an in-memory replica has started: a later start has lost
+/// whatever records it held.
+const STARTED_KEY: &[u8] = b"\xff\xff\x00started";
 /// Engine key of the fingerprints of every data key this store has sealed with.
 const DATA_KEYS_KEY: &[u8] = b"\xff\xff\x00datakeys";
 /// How far the persisted ceiling runs ahead of the highest ballot stored, so that it
@@ -56,6 +62,13 @@ pub enum Envelope {
     /// newest data key (sent by the sweeper after a key rotation, a page at a time);
     /// the sender hears once they are on their way to disk.
     Reseal(Vec<Vec<u8>>, tokio::sync::oneshot::Sender<()>),
+    /// Whether the replica counts this key's slot as damaged (has forgotten it, or
+    /// holds bytes that fail their checksum): asked by the recovery of a restarted
+    /// in-memory replica.
+    IsDamaged(Vec<u8>, tokio::sync::oneshot::Sender<bool>),
+    /// Recovery is done (see `recovery.rs`): a missing slot is absent again, behind a
+    /// floor above every ballot this replica may have promised before it restarted.
+    Recovered,
 }
 
 struct Replica {
@@ -65,6 +78,11 @@ struct Replica {
     codec: SlotCodec,
     commit: GroupCommit,
     bounds: Bounds,
+    /// An in-memory replica restarted without its records and not yet recovered: a
+    /// missing slot may be one it forgot, so it counts as damaged, having promised at
+    /// most up to the ceiling it had at the restart (kept here: the ceiling rises as
+    /// repairs land, and a forgotten slot must not refuse them for it).
+    recovering: Option<u64>,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
@@ -73,17 +91,30 @@ struct Replica {
     held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply, Option<Expect>)>>,
 }
 
-/// Starts the replica task; send it [`Envelope`]s. The task ends, having released the
-/// engine, once every sender is dropped.
-pub fn start(
-    engine: Arc<dyn Engine>,
-    codec: SlotCodec,
-    name: String,
-) -> std::io::Result<(mpsc::UnboundedSender<Envelope>, tokio::task::JoinHandle<()>)> {
+/// The replica task as started.
+pub struct Started {
+    /// Where its [`Envelope`]s go. The task ends, having released the engine, once
+    /// every sender is dropped.
+    pub inbox: mpsc::UnboundedSender<Envelope>,
+    pub task: tokio::task::JoinHandle<()>,
+    /// It is an in-memory replica that ran before and lost its records: it needs a
+    /// recovery (see `recovery.rs`) before it serves missing keys as absent.
+    pub recovering: bool,
+}
+
+/// Starts the replica task.
+pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io::Result<Started> {
     if let Some(keys) = codec.keyring() {
         record_data_keys(&*engine, &keys).map_err(std::io::Error::other)?;
     }
     let bounds = load_bounds(&*engine, &codec)?;
+    let recovering = engine.volatile() && engine.get(STARTED_KEY)?.is_some();
+    if engine.volatile() && !recovering {
+        engine.write(&[(STARTED_KEY.to_vec(), Some(Vec::new()))], true)?;
+    }
+    if recovering {
+        tracing::warn!(server = %name, "in-memory replica restarted without its records: keys it lacks count as damaged until it has recovered");
+    }
     let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name.clone());
     let mut durable = commit.subscribe();
     let mut replica = Replica {
@@ -92,6 +123,7 @@ pub fn start(
         codec,
         commit,
         bounds,
+        recovering: recovering.then_some(bounds.ceiling),
         dirty: HashMap::new(),
         seq: 0,
         held: BTreeMap::new(),
@@ -108,6 +140,11 @@ pub fn start(
                         keys.into_iter().for_each(|key| replica.reseal(key));
                         let _ = done.send(());
                     }
+                    Some(Envelope::IsDamaged(key, answer)) => {
+                        let damaged = replica.load(&key, &RequestId(None));
+                        let _ = answer.send(matches!(damaged, Ok((Stored::Damaged { .. }, _))));
+                    }
+                    Some(Envelope::Recovered) => replica.recovered(),
                     None => break,
                 },
                 changed = durable.changed() => {
@@ -121,7 +158,11 @@ pub fn start(
         drop(replica);
         let _ = committer.await;
     });
-    Ok((tx, task))
+    Ok(Started {
+        inbox: tx,
+        task,
+        recovering,
+    })
 }
 
 /// The replica-wide bounds as persisted. A store without a ceiling (written before
@@ -205,20 +246,21 @@ impl Replica {
             .replica_requests
             .get_or_create(&crate::metrics::KindLabel { kind })
             .inc();
-        let Some(key) = req.key().map(StoreKey::to_bytes) else {
-            let stats = self.engine.stats();
-            return reply_to.send(&ReplicaReply::Node(NodeInfo {
-                version: env!("CARGO_PKG_VERSION").into(),
-                engine_bytes: stats.size_bytes,
-                pending_compaction_bytes: stats.pending_compaction_bytes,
-            }));
+        let key = match &req {
+            ReplicaRequest::Node(node) => return reply_to.send(&self.about_node(node)),
+            ReplicaRequest::Accept { record, .. } if !record.tombstone && self.full() => {
+                return reply_to.send(&ReplicaReply::Failed {
+                    reason: "in-memory engine full: evicting".into(),
+                })
+            }
+            req => req.key().map(StoreKey::to_bytes).expect("about a key"),
         };
         let loaded = match self.load(&key, &request) {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
-        tracing::trace!(%request, ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged => None }, "replica step");
+        tracing::trace!(%request, ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged { .. } => None }, "replica step");
         let expect = match (&write, &loaded.0) {
             (Some(w), _) => durability_check::of_write(&key, w),
             // The reply may describe a write still in flight.
@@ -240,6 +282,57 @@ impl Replica {
                 .or_default()
                 .push((reply_to, reply, expect));
         }
+    }
+
+    /// The answer to a request about the server itself.
+    fn about_node(&self, req: &NodeRequest) -> ReplicaReply {
+        match req {
+            NodeRequest::Status => {
+                let stats = self.engine.stats();
+                ReplicaReply::Node(NodeInfo {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    engine_bytes: stats.size_bytes,
+                    pending_compaction_bytes: stats.pending_compaction_bytes,
+                    recovering: self.recovering.is_some(),
+                })
+            }
+            NodeRequest::ListKeys { after, limit } => {
+                let after = after.as_ref().map(StoreKey::to_bytes);
+                let limit = (*limit).clamp(1, 4096) as usize;
+                match self.engine.scan(after.as_deref(), limit) {
+                    Ok(page) => ReplicaReply::Keys {
+                        keys: (page.iter())
+                            .take_while(|(k, _)| is_record_key(k))
+                            .filter_map(|(k, _)| StoreKey::from_bytes(k))
+                            .collect(),
+                    },
+                    Err(e) => ReplicaReply::Failed {
+                        reason: format!("engine scan: {e}"),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Whether the engine is at its size limit (an in-memory engine's cap), where
+    /// new records are refused until eviction makes room.
+    fn full(&self) -> bool {
+        (self.engine.size_limit()).is_some_and(|limit| self.engine.stats().size_bytes >= limit)
+    }
+
+    /// Ends the recovery of a restarted in-memory replica: every ballot it may have
+    /// promised before is at most its ceiling, which becomes the floor.
+    fn recovered(&mut self) {
+        let Some(ceiling) = self.recovering.take() else {
+            return;
+        };
+        self.bounds.floor = self.bounds.floor.max(promise_at_most(ceiling));
+        let floor = bincode::serialize(&self.bounds.floor).expect("a ballot serialises");
+        self.seq += 1;
+        self.commit
+            .submit(self.seq, vec![(FLOOR_KEY.to_vec(), Some(floor))]);
+        tracing::info!(server = %self.name, floor = ?self.bounds.floor, "in-memory replica recovered: keys it lacks are absent again");
+        crate::fault::recovered(&self.name);
     }
 
     /// Sends a reply (the simulator first checks that what it says is on disk).
@@ -286,13 +379,18 @@ impl Replica {
             return Ok((Stored::Slot(slot.clone()), *seq));
         }
         match self.engine.get(key) {
+            Ok(None) if self.recovering.is_some() && !bug(Bug::ForgottenAsAbsent) => {
+                let ceiling = self.recovering.expect("recovering");
+                Ok((Stored::Damaged { ceiling }, 0))
+            }
             Ok(None) => Ok((Stored::Slot(None), 0)),
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
                 Ok(decoded) => Ok((Stored::Slot(Some(decoded.slot)), 0)),
                 Err(Unreadable::Damaged(e)) => {
                     crate::metrics::metrics().damaged_slots.inc();
                     tracing::warn!(%request, key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
-                    Ok((Stored::Damaged, 0))
+                    let ceiling = self.bounds.ceiling;
+                    Ok((Stored::Damaged { ceiling }, 0))
                 }
                 Err(e @ Unreadable::NoKey(_)) => {
                     tracing::error!(%request, key = ?String::from_utf8_lossy(key), error = %e, "unreadable slot");

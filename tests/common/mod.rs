@@ -7,9 +7,9 @@ use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::client::Client;
 use junokv::clock::Clock;
 use junokv::cluster::{Node, ShardMap, Zone};
-use junokv::engine::{Engine, MemoryEngine, RocksEngine};
+use junokv::engine::{Engine, MemoryEngine, RocksEngine, VolatileEngine};
 use junokv::proxy::{Proxy, ProxyConfig, ProxyServer};
-use junokv::storage::{StorageServer, SweepConfig, Swept};
+use junokv::storage::{MemoryConfig, StorageServer, SweepConfig, Swept, META_PREFIX};
 use junokv::transport::Acceptor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +18,12 @@ use tokio::net::TcpListener;
 
 /// Where a zone's storage server keeps its data across restarts.
 pub enum Store {
+    /// Every write kept, across restarts too (the test's stand-in for a disk).
     Memory(Arc<MemoryEngine>),
     Rocks(PathBuf),
+    /// `engine = "memory"`: records lost in a restart; the replica's state in the
+    /// directory; capped at the given bytes.
+    Volatile(PathBuf, u64),
 }
 
 impl Store {
@@ -27,6 +31,9 @@ impl Store {
         match self {
             Store::Memory(m) => m.clone(),
             Store::Rocks(dir) => Arc::new(RocksEngine::open(dir).expect("open rocksdb")),
+            Store::Volatile(dir, limit) => {
+                Arc::new(VolatileEngine::open(dir, META_PREFIX, *limit).expect("open state"))
+            }
         }
     }
 }
@@ -119,6 +126,21 @@ impl TestCluster {
     pub fn stored(&self, i: usize, key: &[u8]) -> Option<Vec<u8>> {
         let k = junokv::key::StoreKey::new(b"test", key, 64);
         self.engines[i].get(&k.to_bytes()).unwrap()
+    }
+
+    /// Starts zone `i`'s background work (sweeper, eviction, recovery) through a
+    /// proxy of its own, recovering (if it must) after `recovery_delay_ms`.
+    pub fn start_background(&mut self, i: usize, recovery_delay_ms: u64) {
+        let config = SweepConfig::default();
+        let clock = Clock::default();
+        let proxy =
+            StorageServer::sweeping_proxy(self.map(), &config, None, clock.clone()).unwrap();
+        let memory = MemoryConfig {
+            recovery_delay_ms,
+            ..MemoryConfig::default()
+        };
+        let server = self.storages[i].as_mut().expect("running");
+        server.start_background(proxy, clock, config, &memory);
     }
 
     /// One sweep of zone `i`'s storage server, judging death by `clock`.

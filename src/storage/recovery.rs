@@ -1,0 +1,158 @@
+//! Recovery of a restarted in-memory replica, which lost every record but kept its
+//! ballot bounds (the engine keeps those on disk).
+//!
+//! Until it has recovered, a key it lacks counts as damaged: it promises nothing for
+//! it and accepts only a repair above its ceiling. Declaring a missing key absent is
+//! safe only once no value it had accepted before the restart can still be chosen
+//! through it alone. A value accepted by a quorum that included this replica was also
+//! accepted by another replica of that quorum, so recovery:
+//!
+//! 1. waits out `recovery_delay_ms`, longer than any proxy request lasts: a write this
+//!    replica accepted before the restart is by then either acknowledged (so every
+//!    other member of its quorum holds it) or over;
+//! 2. lists the keys every other replica of its shards holds, and reads each one
+//!    through the proxy's read path, which writes the chosen record back to this
+//!    replica (a repair above the ceiling), until this replica holds it;
+//! 3. raises its floor to its ceiling (no forgotten promise can be broken) and serves
+//!    missing keys as absent again.
+//!
+//! Writes made after the restart need no listing: they never counted on this replica
+//! (it promised nothing), so a quorum of the others holds them. A replica whose peers
+//! are unreachable keeps trying; meanwhile the others serve its keys (with a quorum).
+
+use super::replica_actor::Envelope;
+use crate::clock::Clock;
+use crate::fault::{bug, Bug};
+use crate::key::StoreKey;
+use crate::proxy::Proxy;
+use crate::replica::{NodeRequest, ReplicaReply};
+use crate::semantics::Op;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Keys asked of a peer at once.
+const PAGE: u32 = 1024;
+/// Keys resolved through the read path at once.
+const CONCURRENCY: usize = 32;
+/// Reads of one key before the pass gives up on it (and the pass is retried).
+const ATTEMPTS: u32 = 5;
+
+/// What a recovery needs: this server's address in the map, its replica, and a proxy
+/// (the read path, and a connection to every peer).
+pub struct Recovery {
+    pub me: String,
+    pub replica: mpsc::UnboundedSender<Envelope>,
+    pub proxy: Arc<Proxy>,
+    pub clock: Clock,
+    pub delay: Duration,
+}
+
+impl Recovery {
+    /// Recovers, retrying a pass every few seconds until one completes.
+    pub async fn run(self) {
+        if !bug(Bug::RecoveryWithoutWait) {
+            tokio::time::sleep(self.delay).await;
+        }
+        loop {
+            match self.pass().await {
+                Ok(keys) => {
+                    tracing::info!(server = %self.me, keys, "recovery pass complete");
+                    let _ = self.replica.send(Envelope::Recovered);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.me, error = %e, "recovery pass incomplete: retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
+    /// Lists every peer's keys of this server's shards and makes sure this replica
+    /// holds each one. Returns how many keys it looked at.
+    async fn pass(&self) -> Result<u64, String> {
+        let map = self.proxy.map();
+        let placements = (0..map.num_shards).map(|s| (s, map.replicas(s)));
+        let mine: BTreeSet<u16> = placements
+            .clone()
+            .filter(|(_, r)| r.contains(&self.me.as_str()))
+            .map(|(s, _)| s)
+            .collect();
+        if mine.is_empty() {
+            return Err(format!(
+                "this server ({}) holds no shard in the map: it must be named there by the \
+                 address it listens on",
+                self.me
+            ));
+        }
+        let peers: BTreeSet<&str> = placements
+            .filter(|(s, _)| mine.contains(s))
+            .flat_map(|(_, r)| r)
+            .filter(|a| *a != self.me)
+            .take(if bug(Bug::RecoveryAsksOnePeer) {
+                1
+            } else {
+                usize::MAX
+            })
+            .collect();
+        let mut seen = 0;
+        for peer in peers {
+            let mut after = None;
+            loop {
+                let req = NodeRequest::ListKeys {
+                    after: after.clone(),
+                    limit: PAGE,
+                };
+                let keys = match self.proxy.ask_node(peer, req).await? {
+                    ReplicaReply::Keys { keys } => keys,
+                    other => return Err(format!("{peer} answered a key listing with {other:?}")),
+                };
+                let end = keys.len() < PAGE as usize;
+                after = keys.last().cloned();
+                let ours: Vec<StoreKey> = (keys.into_iter())
+                    .filter(|k| mine.contains(&k.shard))
+                    .collect();
+                seen += ours.len() as u64;
+                stream::iter(ours.into_iter().map(|k| self.hold(k)))
+                    .buffer_unordered(CONCURRENCY)
+                    .try_collect::<()>()
+                    .await?;
+                if end {
+                    break;
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Reads `key` through the proxy until this replica holds it: the read repairs a
+    /// damaged replica after answering, so the repair may land a little later.
+    async fn hold(&self, key: StoreKey) -> Result<(), String> {
+        for attempt in 0..ATTEMPTS {
+            if !self.damaged_here(&key).await? {
+                return Ok(());
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let read = Op::Get { extend_ttl: 0 };
+            let _ = (self.proxy.clone())
+                .execute(key.clone(), read, self.clock.now_ns(), None)
+                .await;
+        }
+        match self.damaged_here(&key).await? {
+            false => Ok(()),
+            true => Err(format!("{key:?} still not repaired after {ATTEMPTS} reads")),
+        }
+    }
+
+    async fn damaged_here(&self, key: &StoreKey) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || "the replica stopped".to_string();
+        (self.replica.send(Envelope::IsDamaged(key.to_bytes(), tx))).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+}
