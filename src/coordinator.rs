@@ -124,6 +124,11 @@ enum Phase {
     Accepting {
         acks: usize,
         refused: usize,
+        /// Refusals from replicas at their size cap ([`ReplicaReply::Full`]).
+        full: usize,
+        /// The round sends the request's own record, and no round before it did: if
+        /// every replica refuses it as full, the request certainly took no effect.
+        first_write: bool,
         /// What a quorum of acks to this round grants.
         grants: Option<Lease>,
     },
@@ -448,20 +453,30 @@ impl Coordinator {
             Phase::Accepting {
                 acks,
                 refused,
+                full,
+                first_write,
                 grants,
             } => {
                 match reply {
                     ReplicaReply::Accepted => *acks += 1,
+                    ReplicaReply::Full => (*refused, *full) = (*refused + 1, *full + 1),
                     _ => *refused += 1,
                 }
                 let (acks, refused) = (*acks, *refused);
+                // Every replica is full: a cache with no room, told as such at once.
+                let out_of_room = *first_write && *full == refused && acks == 0;
+                if !self.replied && out_of_room && refused == self.q.replicas {
+                    self.wrote.pop();
+                    self.phase = Phase::Finished;
+                    return vec![self.reply(Err(Status::SSOutofResource))];
+                }
                 if acks == quorum {
                     self.granted = grants.take();
                     if self.on_lease {
                         self.lease_outcome = Some(true);
                     }
                 }
-                if !self.replied && refused > self.q.replicas - quorum {
+                if !self.replied && refused > self.q.replicas - quorum && !out_of_room {
                     if self.on_lease {
                         self.lease_outcome = Some(false);
                     }
@@ -520,6 +535,7 @@ impl Coordinator {
                 apply(&self.op, current.as_ref(), &ctx)
             }
         };
+        let first_write = !self.sent_own_write;
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
                 self.sent_own_write = true;
@@ -555,6 +571,8 @@ impl Coordinator {
                 self.phase = Phase::Accepting {
                     acks: 0,
                     refused: 0,
+                    full: 0,
+                    first_write: first_write && self.sent_own_write,
                     grants: Some(Lease {
                         ballot: next,
                         record: record.clone(),
@@ -1242,5 +1260,56 @@ mod tests {
         assert_eq!(cl.read(), Err(Status::NoKey));
         cl.create_now(val(3), 0, 3);
         assert_eq!(cl.read().unwrap().unwrap().value, vec![3]);
+    }
+
+    #[test]
+    fn a_write_every_replica_is_too_full_for_fails_at_once_and_certainly() {
+        let ctx = Context {
+            now_ns: 1000 * 1_000_000_000,
+            request_id: [9; 16],
+            default_ttl: 3600,
+        };
+        let set = || Op::Set {
+            value: Value {
+                kind: 0,
+                data: b"v".to_vec(),
+            },
+            ttl: 0,
+        };
+        for accepted_by_one in [false, true] {
+            let key = StoreKey::new(b"ns", b"k", 16);
+            let mut co = Coordinator::new(key, set(), ctx, Quorum::majority(3));
+            let ballots = Counter(Cell::new(0), 1);
+            co.start(&ballots, None);
+            let (mut actions, prepared) = (Vec::new(), co.round());
+            for from in 0..3 {
+                let promise = ReplicaReply::Promise { accepted: None };
+                actions.extend(co.on_reply(prepared, from, promise, &ballots, ctx.now_ns));
+            }
+            assert!(matches!(
+                actions[..],
+                [
+                    Action::Send {
+                        msg: ReplicaRequest::Accept { .. },
+                        ..
+                    },
+                    ..
+                ]
+            ));
+            let round = co.round();
+            let mut last = Vec::new();
+            for from in 0..3 {
+                let reply = match (from, accepted_by_one) {
+                    (0, true) => ReplicaReply::Accepted,
+                    _ => ReplicaReply::Full,
+                };
+                last.extend(co.on_reply(round, from, reply, &ballots, ctx.now_ns));
+            }
+            let failed = last
+                .iter()
+                .any(|a| matches!(a, Action::Reply(Err(Status::SSOutofResource))));
+            // A record one replica took may yet be chosen: then it is not a failure.
+            assert_eq!(failed, !accepted_by_one, "{last:?}");
+        }
     }
 }

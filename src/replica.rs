@@ -82,6 +82,9 @@ pub enum ReplicaReply {
     Purged,
     /// The replica could not serve the key (engine error).
     Failed { reason: String },
+    /// Answer to an Accept of a new record by an in-memory replica at its size cap:
+    /// nothing was written (eviction is making room).
+    Full,
     /// The key's slot is damaged (see the module doc): the replica accepts a repair
     /// only at a ballot above `promised`, and promises nothing until then.
     Damaged { promised: Ballot },

@@ -83,3 +83,28 @@ fn status_shows_every_storage_node() {
     assert_eq!(json(&out)["shards_without_quorum"], 0);
     dev.stop();
 }
+
+#[test]
+fn a_memory_dev_cluster_forgets_everything_when_it_restarts_and_recovers() {
+    let args = ["--engine", "memory", "--admin-listen", "127.0.0.1:0"];
+    let dev = DevProcess::start(&[], &args, "warn");
+    assert_eq!(dev.cli(&["set", "k", "v1"]).0, 0);
+    assert!(dev.cli(&["get", "k"]).1.ends_with("value v1\n"));
+    let (dir, _) = dev.stop_keeping_data();
+    // Every replica lost its records: each counts every key as forgotten until it has
+    // recovered from the others (none of which remembers anything either).
+    let dev = DevProcess::start_in(dir, &[], &args, "warn");
+    let admin = dev.admin.clone().expect("an admin port");
+    let (code, out) = dev.run(&["status", "--admin", &admin], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("  recovering  ").count(), 3, "{out}");
+    assert!(out.ends_with("1024 shards lack a quorum: their keys cannot be read or written\n"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dev.run(&["status", "--admin", &admin], &[]).0 != 0 {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(dev.cli(&["get", "k"]), (1, "NoKey\n".into()));
+    assert_eq!(dev.cli(&["set", "k", "v2"]).0, 0);
+    dev.stop();
+}

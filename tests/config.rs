@@ -57,11 +57,19 @@ fn good_configs_pass() {
     // One-round-trip writes off.
     let no_leases = format!("{PROXY}\n[leases]\nmemory_bytes = 0\n");
     assert!(check(dir.path(), &no_leases).is_ok());
+    // A cache: records in memory, capped.
+    let cluster = PROXY.split_once("[cluster]").unwrap().1;
+    let memory = format!(
+        "engine = \"memory\"\n{STORAGE}[memory]\nlimit_mb = 64\nrecovery_delay_ms = 3000\n\
+         [cluster]{cluster}"
+    );
+    assert!(check(dir.path(), &memory).is_ok(), "{memory}");
 }
 
 #[test]
 fn bad_configs_are_named_with_file_line_and_setting() {
     let dir = tempfile::tempdir().unwrap();
+    let cluster = PROXY.split_once("[cluster]").unwrap().1;
     let cases = [
         // An unknown key: the file, its line, and the key.
         (
@@ -110,6 +118,24 @@ fn bad_configs_are_named_with_file_line_and_setting() {
         (
             format!("{STORAGE}[sweeper]\nconcurrency = 0\n"),
             vec!["sweeper.concurrency"],
+        ),
+        // The in-memory engine: a known engine, its settings only with it, and a map to
+        // recover from.
+        (
+            format!("engine = \"ram\"\n{STORAGE}"),
+            vec!["c.toml", "line 1", "rocksdb", "memory"],
+        ),
+        (
+            format!("{STORAGE}[memory]\nlimit_mb = 64\n"),
+            vec!["[memory] is for engine = \"memory\" only"],
+        ),
+        (
+            format!("engine = \"memory\"\n{STORAGE}"),
+            vec!["engine = \"memory\" needs [cluster]"],
+        ),
+        (
+            format!("engine = \"memory\"\n{STORAGE}[memory]\nlimit_mb = 0\n[cluster]{cluster}"),
+            vec!["memory.limit_mb must be at least 1"],
         ),
         // Files that must be there, and private.
         (

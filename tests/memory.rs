@@ -134,7 +134,10 @@ async fn a_full_memory_engine_refuses_new_records_but_takes_destroys() {
     let c = cluster.client().await.with_timeout(Duration::from_secs(5));
     // No eviction running: the first record takes the engines past their cap.
     c.set(b"big", &vec![7; 100 << 10], 0).await.unwrap();
-    assert!(c.set(b"small", b"x", 0).await.is_err());
+    assert_eq!(
+        status(c.set(b"small", b"x", 0).await),
+        Status::SSOutofResource
+    );
     c.destroy(b"big").await.unwrap();
     assert_eq!(status(c.get(b"big").await), Status::NoKey);
     cluster.stop().await;

@@ -167,7 +167,7 @@ impl Proxy {
             }
         });
         let nodes = futures::future::join_all(asks).await;
-        let up = |addr: &str| nodes.iter().any(|n| n.up && n.addr == addr);
+        let up = |addr: &str| nodes.iter().any(|n| n.serving() && n.addr == addr);
         let shards_without_quorum = (placement.iter())
             .filter(|replicas| replicas.iter().filter(|r| up(r)).count() < self.quorum.quorum)
             .count();
@@ -185,9 +185,12 @@ impl Proxy {
     /// answers). Ok names the nodes down, if any.
     pub async fn ready(&self) -> Result<String, String> {
         let status = self.status().await;
-        let down: Vec<&str> = (status.nodes.iter())
-            .filter(|n| !n.up)
-            .map(|n| n.addr.as_str())
+        let down: Vec<String> = (status.nodes.iter())
+            .filter(|n| !n.serving())
+            .map(|n| match n.up {
+                true => format!("{} (recovering)", n.addr),
+                false => n.addr.clone(),
+            })
             .collect();
         match (status.shards_without_quorum, down.is_empty()) {
             (0, true) => Ok(String::new()),
@@ -476,6 +479,14 @@ pub struct NodeStatus {
     pub up: bool,
     /// What it said of itself, when up.
     pub info: Option<NodeInfo>,
+}
+
+impl NodeStatus {
+    /// Whether it serves its shards: it answers, and is not an in-memory replica still
+    /// recovering (which serves only the keys it has recovered so far).
+    pub fn serving(&self) -> bool {
+        self.info.as_ref().is_some_and(|i| !i.recovering)
+    }
 }
 
 /// A response on its way to the client, holding its share of the connection's budget

@@ -249,9 +249,7 @@ impl Replica {
         let key = match &req {
             ReplicaRequest::Node(node) => return reply_to.send(&self.about_node(node)),
             ReplicaRequest::Accept { record, .. } if !record.tombstone && self.full() => {
-                return reply_to.send(&ReplicaReply::Failed {
-                    reason: "in-memory engine full: evicting".into(),
-                })
+                return reply_to.send(&ReplicaReply::Full)
             }
             req => req.key().map(StoreKey::to_bytes).expect("about a key"),
         };

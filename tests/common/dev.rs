@@ -18,7 +18,16 @@ impl DevProcess {
     /// Starts `junokv ARGS dev DEV_ARGS` on free loopback ports, logging `rust_log`
     /// (`RUST_LOG`) to a file.
     pub fn start(args: &[&str], dev_args: &[&str], rust_log: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), args, dev_args, rust_log)
+    }
+
+    /// [`DevProcess::start`] over the data a stopped one left in `dir`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        dev_args: &[&str],
+        rust_log: &str,
+    ) -> Self {
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_junokv"))
             .args(args)
@@ -80,7 +89,12 @@ impl DevProcess {
     }
 
     /// Stops it with SIGTERM (it must exit cleanly) and returns what it logged.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_keeping_data().1
+    }
+
+    /// [`DevProcess::stop`], handing back its directory (for [`DevProcess::start_in`]).
+    pub fn stop_keeping_data(mut self) -> (tempfile::TempDir, String) {
         let killed = Command::new("kill")
             .arg(self.child.id().to_string())
             .status()
@@ -90,6 +104,7 @@ impl DevProcess {
             self.child.wait().unwrap().success(),
             "junokv dev exits cleanly on SIGTERM"
         );
-        std::fs::read_to_string(&self.log).unwrap()
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        (self.dir, log)
     }
 }
