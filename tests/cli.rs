@@ -100,7 +100,10 @@ fn a_memory_dev_cluster_forgets_everything_when_it_restarts_and_recovers() {
     assert_eq!(out.matches("  recovering  ").count(), 3, "{out}");
     assert!(out.ends_with("1024 shards lack a quorum: their keys cannot be read or written\n"));
     let readyz = http_get(&admin, "/readyz");
-    assert!(readyz.starts_with("HTTP/1.1 503") && readyz.contains("(recovering)"), "{readyz}");
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("(recovering)"),
+        "{readyz}"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while dev.run(&["status", "--admin", &admin], &[]).0 != 0 {
         assert!(std::time::Instant::now() < deadline, "never recovered");
@@ -116,7 +119,11 @@ fn a_memory_dev_cluster_forgets_everything_when_it_restarts_and_recovers() {
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     response
