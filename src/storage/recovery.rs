@@ -128,25 +128,26 @@ impl Recovery {
         Ok(seen)
     }
 
-    /// Reads `key` through the proxy until this replica holds it: the read repairs a
-    /// damaged replica after answering, so the repair may land a little later.
+    /// Reads `key` through the proxy until this replica holds it. The read answers
+    /// first and repairs a damaged replica after, so each read is followed by a short
+    /// wait for the repair to land (a round trip or two) before the next.
     async fn hold(&self, key: StoreKey) -> Result<(), String> {
-        for attempt in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS {
             if !self.damaged_here(&key).await? {
                 return Ok(());
-            }
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             let read = Op::Get { extend_ttl: 0 };
             let _ = (self.proxy.clone())
                 .execute(key.clone(), read, self.clock.now_ns(), None)
                 .await;
+            for wait_ms in [1, 2, 4, 8, 16, 32, 64, 128] {
+                if !self.damaged_here(&key).await? {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
         }
-        match self.damaged_here(&key).await? {
-            false => Ok(()),
-            true => Err(format!("{key:?} still not repaired after {ATTEMPTS} reads")),
-        }
+        Err(format!("{key:?} still not repaired after {ATTEMPTS} reads"))
     }
 
     async fn damaged_here(&self, key: &StoreKey) -> Result<bool, String> {
