@@ -110,6 +110,12 @@ enum KeysCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    if !matches!(
+        cli.command,
+        Command::Storage { .. } | Command::Proxy { .. } | Command::Dev(_) | Command::Bench(_)
+    ) {
+        end_quietly_on_closed_stdout();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
@@ -203,5 +209,17 @@ impl ProxyArgs {
         junokv::client::Client::connect_with(&addr, ns, &connector)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))
+    }
+}
+
+/// A client command whose output is cut short (`junokv status | head -1`) ends as Unix
+/// tools do, killed by SIGPIPE, instead of panicking on a write to a closed pipe. (Rust
+/// ignores SIGPIPE; the servers keep that, and sockets never raise it: writes to them
+/// pass MSG_NOSIGNAL.)
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: sets a signal's disposition back to its default, before any thread is
+    // started that could depend on it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
