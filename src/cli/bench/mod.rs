@@ -252,6 +252,9 @@ pub async fn run(a: BenchArgs) -> CliResult {
 }
 
 /// Sets every key once, the workers' connections sharing the keys.
+/// How often the preload sends one key's set before it gives up.
+const PRELOAD_TRIES: u32 = 5;
+
 async fn preload(targets: &mut [Target], keys: u64, value: &[u8], ttl: u32) -> Result<(), String> {
     let lanes = targets.len() as u64;
     let loads = targets
@@ -261,8 +264,16 @@ async fn preload(targets: &mut [Target], keys: u64, value: &[u8], ttl: u32) -> R
             let mut k = lane as u64;
             while k < keys {
                 let key = format!("k{k}");
-                (target.run(Kind::Set, key.as_bytes(), value, ttl).await)
-                    .map_err(|e| format!("preload: {e}"))?;
+                // A set may be sent again: a load of millions of keys should not stop at
+                // one request that ran out of time.
+                let mut tries = 1;
+                while let Err(e) = target.run(Kind::Set, key.as_bytes(), value, ttl).await {
+                    if tries == PRELOAD_TRIES {
+                        return Err(format!("preload: {e} ({tries} tries)"));
+                    }
+                    eprintln!("preload: {e} on {key}: trying again");
+                    tries += 1;
+                }
                 k += lanes;
             }
             Ok::<(), String>(())
