@@ -143,19 +143,24 @@ async fn recovery_waits_for_every_peer() {
     ];
     let mut cluster = TestCluster::start(stores).await;
     let c = cluster.client().await;
+    // Written while zone 2 is down: only zones 0 and 1 hold it.
+    cluster.kill(2).await;
     c.set(b"k", b"v", 0).await.unwrap();
     cluster.kill(1).await;
     cluster.kill(0).await;
     cluster.restart(0).await;
+    cluster.restart(2).await;
     cluster.start_background(0, RECOVERY_DELAY_MS);
-    // Zone 1 might hold keys zone 0 forgot: without its list, zone 0 stays recovering
-    // (a recovery with nothing to repair ends a few milliseconds after its delay, so
-    // twice the delay is ample to see it wait).
+    // Zone 2 lists nothing of k; zone 1, down, is the only other replica that holds
+    // it: zone 0 must wait for it. (A recovery that went without zone 1 would end a
+    // few milliseconds after its delay: twice the delay is ample to see it wait.)
     tokio::time::sleep(Duration::from_millis(2 * RECOVERY_DELAY_MS)).await;
     assert!(recovering(&cluster, 0).await);
     cluster.restart(1).await;
     recovered(&cluster, 0).await;
     assert!(cluster.stored(0, b"k").is_some());
+    cluster.kill(1).await;
+    assert_eq!(c.get(b"k").await.unwrap().value, b"v");
     cluster.stop().await;
 }
 
