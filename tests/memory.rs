@@ -165,6 +165,31 @@ async fn recovery_waits_for_every_peer() {
 }
 
 #[tokio::test]
+async fn in_five_zones_recovery_does_without_one_peer() {
+    // Zone 0 keeps records in memory; the other four keep everything.
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = vec![Store::Volatile(dir.path().join("zone-0"), 1 << 30)];
+    stores.extend((1..5).map(|_| Store::Memory(Default::default())));
+    let mut cluster = TestCluster::start(stores).await;
+    let c = cluster.client().await;
+    // Held by zones 0, 1 and 2 only: a quorum of five.
+    cluster.kill(3).await;
+    cluster.kill(4).await;
+    c.set(b"k", b"v", 0).await.unwrap();
+    cluster.restart(3).await;
+    cluster.restart(4).await;
+    // With zone 1 down, three of zone 0's four peers list their keys; zone 2 is among
+    // them, and holds k.
+    cluster.kill(1).await;
+    cluster.kill(0).await;
+    cluster.restart(0).await;
+    cluster.start_background(0, RECOVERY_DELAY_MS);
+    recovered(&cluster, 0).await;
+    assert!(cluster.stored(0, b"k").is_some());
+    cluster.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_memory_engine_refuses_new_records_but_takes_destroys() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = memory_cluster(dir.path(), 64 << 10).await;

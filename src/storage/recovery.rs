@@ -10,15 +10,16 @@
 //! 1. waits out `recovery_delay_ms`, longer than any proxy request lasts: a write this
 //!    replica accepted before the restart is by then either acknowledged (so every
 //!    other member of its quorum holds it) or over;
-//! 2. lists the keys every other replica of its shards holds, and reads each one
-//!    through the proxy's read path, which writes the chosen record back to this
-//!    replica (a repair above the ceiling), until this replica holds it;
+//! 2. lists the keys the other replicas of its shards hold (all of them but `q - 2` of
+//!    each shard's: see [`Recovery::pass`]), and reads each one through the proxy's
+//!    read path, which writes the chosen record back to this replica (a repair above
+//!    the ceiling), until this replica holds it;
 //! 3. raises its floor to its ceiling (no forgotten promise can be broken) and serves
 //!    missing keys as absent again.
 //!
 //! Writes made after the restart need no listing: they never counted on this replica
-//! (it promised nothing), so a quorum of the others holds them. A replica whose peers
-//! are unreachable keeps trying; meanwhile the others serve its keys (with a quorum).
+//! (it promised nothing), so a quorum of the others holds them. A replica with too few
+//! peers reachable keeps trying; meanwhile the others serve its keys (with a quorum).
 
 use super::replica_actor::Envelope;
 use crate::clock::Clock;
@@ -28,7 +29,7 @@ use crate::proxy::Proxy;
 use crate::replica::{NodeRequest, ReplicaReply};
 use crate::semantics::Op;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -71,15 +72,18 @@ impl Recovery {
         }
     }
 
-    /// Lists every peer's keys of this server's shards and makes sure this replica
-    /// holds each one. Returns how many keys it looked at.
+    /// Lists the keys its peers hold of this server's shards, and makes sure this
+    /// replica holds each one. Returns how many keys it looked at.
+    ///
+    /// Not every peer need answer: a value chosen through this replica was accepted by
+    /// a quorum of `q` of a shard's `n` replicas, so `q - 1` of its `n - 1` peers hold
+    /// it, and any `n - q + 1` of them include one (three zones: both peers; five:
+    /// three of four). A shard with fewer peers listed fails the pass.
     async fn pass(&self) -> Result<u64, String> {
         let map = self.proxy.map();
         let placements = (0..map.num_shards).map(|s| (s, map.replicas(s)));
-        let mine: BTreeSet<u16> = placements
-            .clone()
+        let mine: BTreeMap<u16, Vec<&str>> = placements
             .filter(|(_, r)| r.contains(&self.me.as_str()))
-            .map(|(s, _)| s)
             .collect();
         if mine.is_empty() {
             return Err(format!(
@@ -88,9 +92,8 @@ impl Recovery {
                 self.me
             ));
         }
-        let peers: BTreeSet<&str> = placements
-            .filter(|(s, _)| mine.contains(s))
-            .flat_map(|(_, r)| r)
+        let peers: BTreeSet<&str> = (mine.values().flatten())
+            .copied()
             .filter(|a| *a != self.me)
             .take(if bug(Bug::RecoveryAsksOnePeer) {
                 1
@@ -98,34 +101,63 @@ impl Recovery {
                 usize::MAX
             })
             .collect();
-        let mut seen = 0;
+        let (mut seen, mut listed, mut unlisted) = (0, BTreeSet::new(), Vec::new());
         for peer in peers {
-            let mut after = None;
-            loop {
-                let req = NodeRequest::ListKeys {
-                    after: after.clone(),
-                    limit: PAGE,
-                };
-                let keys = match self.proxy.ask_node(peer, req).await? {
-                    ReplicaReply::Keys { keys } => keys,
-                    other => return Err(format!("{peer} answered a key listing with {other:?}")),
-                };
-                let end = keys.len() < PAGE as usize;
-                after = keys.last().cloned();
-                let ours: Vec<StoreKey> = (keys.into_iter())
-                    .filter(|k| mine.contains(&k.shard))
-                    .collect();
-                seen += ours.len() as u64;
-                stream::iter(ours.into_iter().map(|k| self.hold(k)))
-                    .buffer_unordered(CONCURRENCY)
-                    .try_collect::<()>()
-                    .await?;
-                if end {
-                    break;
+            match self.recover_from(peer, &mine).await? {
+                Ok(keys) => {
+                    seen += keys;
+                    listed.insert(peer);
                 }
+                Err(e) => unlisted.push(e),
             }
         }
-        Ok(seen)
+        let zones = map.zones.len();
+        let needed = zones - (zones / 2 + 1) + 1;
+        let short = (mine.iter())
+            .find(|(_, replicas)| replicas.iter().filter(|r| listed.contains(*r)).count() < needed);
+        match short {
+            Some((shard, _)) if !bug(Bug::RecoveryAsksOnePeer) => Err(format!(
+                "shard {shard}: fewer than {needed} of its other replicas listed their keys \
+                 ({})",
+                unlisted.join("; ")
+            )),
+            _ => Ok(seen),
+        }
+    }
+
+    /// Pages through `peer`'s keys, making sure this replica holds those of its own
+    /// shards. The outer error fails the pass (a key it could not make sure of); the
+    /// inner one only leaves the peer out (it did not answer the listing).
+    async fn recover_from(
+        &self,
+        peer: &str,
+        mine: &BTreeMap<u16, Vec<&str>>,
+    ) -> Result<Result<u64, String>, String> {
+        let (mut seen, mut after) = (0, None);
+        loop {
+            let req = NodeRequest::ListKeys {
+                after: after.clone(),
+                limit: PAGE,
+            };
+            let keys = match self.proxy.ask_node(peer, req).await {
+                Ok(ReplicaReply::Keys { keys }) => keys,
+                Ok(other) => return Ok(Err(format!("{peer} answered a listing with {other:?}"))),
+                Err(e) => return Ok(Err(e)),
+            };
+            let end = keys.len() < PAGE as usize;
+            after = keys.last().cloned();
+            let ours: Vec<StoreKey> = (keys.into_iter())
+                .filter(|k| mine.contains_key(&k.shard))
+                .collect();
+            seen += ours.len() as u64;
+            stream::iter(ours.into_iter().map(|k| self.hold(k)))
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<()>()
+                .await?;
+            if end {
+                return Ok(Ok(seen));
+            }
+        }
     }
 
     /// Reads `key` through the proxy until this replica holds it. The read answers
