@@ -27,6 +27,15 @@ async fn memory_cluster(dir: &std::path::Path, limit: u64) -> TestCluster {
     TestCluster::start(stores).await
 }
 
+/// `zones` zones, zone 0 keeping records in memory, the others keeping everything
+/// (so that only zone 0 forgets); and the directory of zone 0's state.
+async fn zone_0_in_memory(zones: usize) -> (tempfile::TempDir, TestCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = vec![Store::Volatile(dir.path().join("zone-0"), 1 << 30)];
+    stores.extend((1..zones).map(|_| Store::Memory(Default::default())));
+    (dir, TestCluster::start(stores).await)
+}
+
 /// What zone `i` says of itself through a proxy: whether it is still recovering.
 async fn recovering(cluster: &TestCluster, i: usize) -> bool {
     let proxy = StorageServer::sweeping_proxy(
@@ -98,14 +107,7 @@ async fn restarted_replicas_recover_every_key_from_their_peers() {
 
 #[tokio::test]
 async fn a_recovering_replica_never_takes_a_key_it_lacks_for_absent() {
-    // Zone 0 keeps records in memory; zones 1 and 2 keep everything.
-    let dir = tempfile::tempdir().unwrap();
-    let stores = vec![
-        Store::Volatile(dir.path().join("zone-0"), 1 << 30),
-        Store::Memory(Default::default()),
-        Store::Memory(Default::default()),
-    ];
-    let mut cluster = TestCluster::start(stores).await;
+    let (_dir, mut cluster) = zone_0_in_memory(3).await;
     let c = cluster.client().await.with_timeout(Duration::from_secs(5));
     // Written while zone 1 is down: only zones 0 and 2 hold it.
     cluster.kill(1).await;
@@ -134,14 +136,7 @@ async fn a_recovering_replica_never_takes_a_key_it_lacks_for_absent() {
 
 #[tokio::test]
 async fn recovery_waits_for_every_peer() {
-    // Zone 0 keeps records in memory; zones 1 and 2 keep everything.
-    let dir = tempfile::tempdir().unwrap();
-    let stores = vec![
-        Store::Volatile(dir.path().join("zone-0"), 1 << 30),
-        Store::Memory(Default::default()),
-        Store::Memory(Default::default()),
-    ];
-    let mut cluster = TestCluster::start(stores).await;
+    let (_dir, mut cluster) = zone_0_in_memory(3).await;
     let c = cluster.client().await;
     // Written while zone 2 is down: only zones 0 and 1 hold it.
     cluster.kill(2).await;
@@ -166,11 +161,7 @@ async fn recovery_waits_for_every_peer() {
 
 #[tokio::test]
 async fn in_five_zones_recovery_does_without_one_peer() {
-    // Zone 0 keeps records in memory; the other four keep everything.
-    let dir = tempfile::tempdir().unwrap();
-    let mut stores = vec![Store::Volatile(dir.path().join("zone-0"), 1 << 30)];
-    stores.extend((1..5).map(|_| Store::Memory(Default::default())));
-    let mut cluster = TestCluster::start(stores).await;
+    let (_dir, mut cluster) = zone_0_in_memory(5).await;
     let c = cluster.client().await;
     // Held by zones 0, 1 and 2 only: a quorum of five.
     cluster.kill(3).await;
