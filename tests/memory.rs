@@ -3,6 +3,7 @@
 mod common;
 
 use common::{eventually, Store, TestCluster};
+use junokv::admin::Health;
 use junokv::client::ClientError;
 use junokv::clock::Clock;
 use junokv::protocol::Status;
@@ -54,10 +55,15 @@ async fn recovering(cluster: &TestCluster, i: usize) -> bool {
 async fn restart_and_recover(cluster: &mut TestCluster, i: usize) {
     cluster.kill(i).await;
     cluster.restart(i).await;
-    assert!(cluster.storages[i].as_ref().unwrap().needs_recovery());
+    let server = cluster.storages[i].as_ref().unwrap();
+    assert!(server.needs_recovery());
+    // Its `/readyz` says so, for rolling restarts and disruption budgets to wait on.
+    let health = server.health();
+    assert!(health.ready().await.unwrap_err().contains("recovering"));
     assert!(recovering(cluster, i).await);
     cluster.start_background(i, RECOVERY_DELAY_MS);
     recovered(cluster, i).await;
+    assert_eq!(health.ready().await, Ok(String::new()));
 }
 
 /// Waits until zone `i` has recovered (at most 20 s).

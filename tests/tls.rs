@@ -315,7 +315,7 @@ async fn the_admin_port_serves_https_with_the_servers_certificate() {
     let (_dir, _ca, node) = setup();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let acceptor = Acceptor::new(Some(&server_only(&node))).unwrap();
-    let admin = AdminServer::start(listener, acceptor, Arc::new(Serving)).unwrap();
+    let admin = AdminServer::start(listener, acceptor, Arc::new(Serving::default())).unwrap();
     let addr = admin.addr().to_string();
     let trusting = Connector::client(node.ca.as_deref(), None).unwrap();
     let (mut s, _) = trusting

@@ -1,6 +1,7 @@
 //! The admin HTTP port of a proxy or storage server: `/metrics` (Prometheus' text
 //! format), `/healthz` (the process answers) and `/readyz` (it can serve: a proxy
-//! reaches a quorum of every shard's replicas; a storage server has opened its engine).
+//! reaches a quorum of every shard's replicas; a storage server has opened its engine,
+//! and recovered its records if it keeps them in memory).
 //! Plain HTTP or HTTPS, through the same acceptor as the other ports.
 
 #[cfg(not(madsim))]
@@ -11,6 +12,8 @@ pub use server::AdminServer;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What the admin port asks of the server it belongs to.
 pub trait Health: Send + Sync + 'static {
@@ -24,12 +27,23 @@ pub trait Health: Send + Sync + 'static {
     }
 }
 
-/// A storage server: ready once it serves (its engine is open).
-pub struct Serving;
+/// A storage server: ready once it serves (its engine is open), but for an in-memory
+/// replica still recovering the records it lost in a restart (so that a rolling
+/// restart, or a disruption budget, waits for it before taking the next zone).
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub recovering: Arc<AtomicBool>,
+}
 
 impl Health for Serving {
     fn ready(&self) -> BoxFuture<'_, Result<String, String>> {
-        Box::pin(async { Ok(String::new()) })
+        let recovering = self.recovering.load(Ordering::Relaxed);
+        Box::pin(async move {
+            match recovering {
+                false => Ok(String::new()),
+                true => Err("recovering the records it lost in a restart".into()),
+            }
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! SIGTERM.
 
 use super::CliResult;
-use junokv::admin::{AdminConfig, AdminServer, Health, Serving};
+use junokv::admin::{AdminConfig, AdminServer, Health};
 use junokv::at_rest::{KeyFile, SlotCodec};
 use junokv::certs::{DevCerts, CA_CERT};
 use junokv::clock::Clock;
@@ -194,7 +194,8 @@ pub async fn run_storage(config: &Path) -> CliResult {
     let engine = (cfg.engine, &memory);
     let mut server =
         start_storage(&cfg.listen, &cfg.data_dir, engine, codec, acceptor.clone()).await?;
-    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), Arc::new(Serving)).await?;
+    let health = Arc::new(server.health());
+    let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), health).await?;
     let sweeping = match cfg.cluster {
         Some(map) => {
             let proxy = StorageServer::sweeping_proxy(

@@ -84,8 +84,9 @@ pub struct StorageServer {
     replica: tokio::task::JoinHandle<()>,
     /// What runs through a proxy: the sweeper, eviction, recovery.
     background: Vec<tokio::task::JoinHandle<()>>,
-    /// An in-memory replica that lost its records in a restart (see `recovery.rs`).
-    needs_recovery: bool,
+    /// Set while an in-memory replica has not recovered the records it lost in a
+    /// restart (see `recovery.rs`).
+    recovering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `engine` in a storage server's config.
@@ -229,15 +230,22 @@ impl StorageServer {
             accepting,
             replica,
             background: Vec::new(),
-            needs_recovery: started.recovering,
+            recovering: started.recovering,
         })
     }
 
-    /// Whether this is an in-memory replica that lost its records in a restart: until
-    /// [`StorageServer::start_background`] has recovered them, keys it lacks count as
-    /// damaged.
+    /// Whether this is an in-memory replica that lost its records in a restart and has
+    /// not recovered them (see [`StorageServer::start_background`]): until then, keys
+    /// it lacks count as damaged.
     pub fn needs_recovery(&self) -> bool {
-        self.needs_recovery
+        self.recovering.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What its admin port's `/readyz` tells: not ready while it recovers.
+    pub fn health(&self) -> crate::admin::Serving {
+        crate::admin::Serving {
+            recovering: self.recovering.clone(),
+        }
     }
 
     /// Starts the background work done through `proxy` (`clock` judges expiry): the
@@ -263,7 +271,7 @@ impl StorageServer {
             };
             self.background.push(tokio::spawn(evictor.run()));
         }
-        if self.needs_recovery {
+        if self.needs_recovery() {
             let recovery = recovery::Recovery {
                 me: self.addr.to_string(),
                 replica: self.inbox.clone(),

@@ -16,6 +16,7 @@ use crate::replica::{
 };
 use crate::rpc::encode_frame;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -83,6 +84,8 @@ struct Replica {
     /// most up to the ceiling it had at the restart (kept here: the ceiling rises as
     /// repairs land, and a forgotten slot must not refuse them for it).
     recovering: Option<u64>,
+    /// Whether `recovering` is set, for the server's readiness.
+    recovering_flag: Arc<AtomicBool>,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
@@ -97,9 +100,10 @@ pub struct Started {
     /// every sender is dropped.
     pub inbox: mpsc::UnboundedSender<Envelope>,
     pub task: tokio::task::JoinHandle<()>,
-    /// It is an in-memory replica that ran before and lost its records: it needs a
-    /// recovery (see `recovery.rs`) before it serves missing keys as absent.
-    pub recovering: bool,
+    /// While set, it is an in-memory replica that ran before and lost its records: it
+    /// needs a recovery (see `recovery.rs`) before it serves missing keys as absent.
+    /// Cleared once recovered.
+    pub recovering: Arc<AtomicBool>,
 }
 
 /// Starts the replica task.
@@ -115,6 +119,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
     if recovering {
         tracing::warn!(server = %name, "in-memory replica restarted without its records: keys it lacks count as damaged until it has recovered");
     }
+    let flag = Arc::new(AtomicBool::new(recovering));
     let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name.clone());
     let mut durable = commit.subscribe();
     let mut replica = Replica {
@@ -124,6 +129,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         commit,
         bounds,
         recovering: recovering.then_some(bounds.ceiling),
+        recovering_flag: flag.clone(),
         dirty: HashMap::new(),
         seq: 0,
         held: BTreeMap::new(),
@@ -161,7 +167,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
     Ok(Started {
         inbox: tx,
         task,
-        recovering,
+        recovering: flag,
     })
 }
 
@@ -324,6 +330,7 @@ impl Replica {
         let Some(ceiling) = self.recovering.take() else {
             return;
         };
+        self.recovering_flag.store(false, Ordering::Relaxed);
         self.bounds.floor = self.bounds.floor.max(promise_at_most(ceiling));
         let floor = bincode::serialize(&self.bounds.floor).expect("a ballot serialises");
         self.seq += 1;
