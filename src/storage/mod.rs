@@ -109,8 +109,8 @@ pub struct MemoryConfig {
     /// are refused.
     pub limit_mb: u64,
     /// How long a restarted replica waits before it recovers (see `recovery.rs`):
-    /// longer than any proxy request can last (the proxies' `timeouts.request_ms`
-    /// and the network's worst delay).
+    /// longer than any proxy request can last (the proxies' `timeouts.request_ms`), so
+    /// that every write it took before the restart is acknowledged or over.
     pub recovery_delay_ms: u64,
 }
 
@@ -124,10 +124,12 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
+    /// The cap in the unit the engine counts in.
     pub fn limit_bytes(&self) -> u64 {
         self.limit_mb.saturating_mul(1 << 20)
     }
 
+    /// What the storage server checks of `[memory]` before it starts.
     pub fn validate(&self) -> Result<(), String> {
         if self.limit_mb == 0 {
             return Err("memory.limit_mb must be at least 1".into());
