@@ -535,7 +535,7 @@ impl Coordinator {
                 apply(&self.op, current.as_ref(), &ctx)
             }
         };
-        let first_write = !self.sent_own_write;
+        let sent_before = self.sent_own_write;
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
                 self.sent_own_write = true;
@@ -572,7 +572,7 @@ impl Coordinator {
                     acks: 0,
                     refused: 0,
                     full: 0,
-                    first_write: first_write && self.sent_own_write,
+                    first_write: !sent_before && self.sent_own_write,
                     grants: Some(Lease {
                         ballot: next,
                         record: record.clone(),

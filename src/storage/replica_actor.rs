@@ -79,13 +79,14 @@ struct Replica {
     codec: SlotCodec,
     commit: GroupCommit,
     bounds: Bounds,
-    /// An in-memory replica restarted without its records and not yet recovered: a
-    /// missing slot may be one it forgot, so it counts as damaged, having promised at
-    /// most up to the ceiling it had at the restart (kept here: the ceiling rises as
-    /// repairs land, and a forgotten slot must not refuse them for it).
-    recovering: Option<u64>,
-    /// Whether `recovering` is set, for the server's readiness.
-    recovering_flag: Arc<AtomicBool>,
+    /// Set while an in-memory replica that restarted without its records has not
+    /// recovered them: a missing slot may be one it forgot, so it counts as damaged
+    /// (shared with the server, whose readiness tells it).
+    recovering: Arc<AtomicBool>,
+    /// The ceiling at the start: what a forgotten slot may have promised at most
+    /// (the live ceiling rises as repairs land, and a forgotten slot must not refuse
+    /// them for it).
+    start_ceiling: u64,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
     seq: u64,
@@ -119,7 +120,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
     if recovering {
         tracing::warn!(server = %name, "in-memory replica restarted without its records: keys it lacks count as damaged until it has recovered");
     }
-    let flag = Arc::new(AtomicBool::new(recovering));
+    let recovering = Arc::new(AtomicBool::new(recovering));
     let (commit, committer) = GroupCommit::start(engine.clone(), 4096, name.clone());
     let mut durable = commit.subscribe();
     let mut replica = Replica {
@@ -128,8 +129,8 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         codec,
         commit,
         bounds,
-        recovering: recovering.then_some(bounds.ceiling),
-        recovering_flag: flag.clone(),
+        recovering: recovering.clone(),
+        start_ceiling: bounds.ceiling,
         dirty: HashMap::new(),
         seq: 0,
         held: BTreeMap::new(),
@@ -167,7 +168,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
     Ok(Started {
         inbox: tx,
         task,
-        recovering: flag,
+        recovering,
     })
 }
 
@@ -297,7 +298,7 @@ impl Replica {
                     version: env!("CARGO_PKG_VERSION").into(),
                     engine_bytes: stats.size_bytes,
                     pending_compaction_bytes: stats.pending_compaction_bytes,
-                    recovering: self.recovering.is_some(),
+                    recovering: self.recovering(),
                 })
             }
             NodeRequest::ListKeys { after, limit } => {
@@ -327,17 +328,18 @@ impl Replica {
     /// Ends the recovery of a restarted in-memory replica: every ballot it may have
     /// promised before is at most its ceiling, which becomes the floor.
     fn recovered(&mut self) {
-        let Some(ceiling) = self.recovering.take() else {
+        if !self.recovering.swap(false, Ordering::Relaxed) {
             return;
-        };
-        self.recovering_flag.store(false, Ordering::Relaxed);
-        self.bounds.floor = self.bounds.floor.max(promise_at_most(ceiling));
-        let floor = bincode::serialize(&self.bounds.floor).expect("a ballot serialises");
+        }
+        self.bounds.floor = (self.bounds.floor).max(promise_at_most(self.start_ceiling));
         self.seq += 1;
-        self.commit
-            .submit(self.seq, vec![(FLOOR_KEY.to_vec(), Some(floor))]);
+        (self.commit).submit(self.seq, vec![ballot_entry(FLOOR_KEY, self.bounds.floor)]);
         tracing::info!(server = %self.name, floor = ?self.bounds.floor, "in-memory replica recovered: keys it lacks are absent again");
         crate::fault::recovered(&self.name);
+    }
+
+    fn recovering(&self) -> bool {
+        self.recovering.load(Ordering::Relaxed)
     }
 
     /// Sends a reply (the simulator first checks that what it says is on disk).
@@ -384,8 +386,8 @@ impl Replica {
             return Ok((Stored::Slot(slot.clone()), *seq));
         }
         match self.engine.get(key) {
-            Ok(None) if self.recovering.is_some() && !bug(Bug::ForgottenAsAbsent) => {
-                let ceiling = self.recovering.expect("recovering");
+            Ok(None) if self.recovering() && !bug(Bug::ForgottenAsAbsent) => {
+                let ceiling = self.start_ceiling;
                 Ok((Stored::Damaged { ceiling }, 0))
             }
             Ok(None) => Ok((Stored::Slot(None), 0)),
@@ -408,7 +410,6 @@ impl Replica {
 
     fn persist(&mut self, key: Vec<u8>, write: Write) -> u64 {
         self.seq += 1;
-        let encode = |b: Ballot| bincode::serialize(&b).expect("a ballot serialises");
         let (slot, mut changes): (Option<Slot>, Vec<Change>) = match write {
             Write::Put(slot) => {
                 let bytes = self.codec.encode(&key, &slot);
@@ -419,7 +420,7 @@ impl Replica {
                 self.bounds.floor = self.bounds.floor.max(ballot);
                 let mut changes = vec![(key.clone(), None)];
                 if !bug(Bug::FloorNotPersisted) {
-                    changes.push((FLOOR_KEY.to_vec(), Some(encode(self.bounds.floor))));
+                    changes.push(ballot_entry(FLOOR_KEY, self.bounds.floor));
                 }
                 (None, changes)
             }
@@ -432,10 +433,16 @@ impl Replica {
                 counter: self.bounds.ceiling,
                 proposer: 0,
             };
-            changes.push((CEILING_KEY.to_vec(), Some(encode(ceiling))));
+            changes.push(ballot_entry(CEILING_KEY, ceiling));
         }
         self.commit.submit(self.seq, changes);
         self.dirty.insert(key, (slot, self.seq));
         self.seq
     }
+}
+
+/// The engine entry of one of the replica's own ballots (its floor or ceiling).
+fn ballot_entry(key: &[u8], ballot: Ballot) -> Change {
+    let bytes = bincode::serialize(&ballot).expect("a ballot serialises");
+    (key.to_vec(), Some(bytes))
 }
