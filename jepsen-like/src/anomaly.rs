@@ -12,6 +12,8 @@
 //!   after that and completed before the read was invoked, it took effect in between,
 //!   and `x` can never be read again. (A stale read; or a lost write: the overwriting
 //!   write was acknowledged.)
+//! - **A read of a value never written** by the time the read returned (no write of
+//!   the key wrote it, or none had been invoked yet).
 //! - **A value at two versions.** A value keeps the version its write gave it (only a
 //!   write changes the version, and it writes a new value), so a write and the reads
 //!   of its value report one version between them.
@@ -48,8 +50,41 @@ pub fn find(ops: &[&Op]) -> Option<Anomaly> {
         Some(&[write]) => Some(write),
         _ => None,
     };
-    two_versions(ops, &reads, &written_once)
+    unwritten_read(ops, &reads, &writers)
+        .or_else(|| two_versions(ops, &reads, &written_once))
         .or_else(|| overwritten_read(ops, &reads, &written_once))
+}
+
+/// The first read (in completion order) of a value no write of the key wrote, or
+/// that returned before every write of its value was invoked.
+fn unwritten_read(
+    ops: &[&Op],
+    reads: &[usize],
+    writers: &FxHashMap<&str, Vec<usize>>,
+) -> Option<Anomaly> {
+    reads.iter().find_map(|&read| {
+        let Outcome::Ok { value: Some(x), .. } = &ops[read].outcome else {
+            return None;
+        };
+        let returned = ops[read].complete_line?;
+        let why = match writers.get(x.as_str()) {
+            None => format!(
+                "the read invoked on line {} returned {x:?}, which no write of the key wrote",
+                ops[read].invoke_line
+            ),
+            Some(ws) if ws.iter().all(|&w| ops[w].invoke_line > returned) => format!(
+                "the read invoked on line {} returned {x:?} on line {returned}, before the \
+                 write of it (line {}) was invoked",
+                ops[read].invoke_line, ops[ws[0]].invoke_line
+            ),
+            Some(_) => return None,
+        };
+        Some(Anomaly {
+            before: Vec::new(),
+            culprit: read,
+            why,
+        })
+    })
 }
 
 /// The first read (in completion order) that reports its value at another version

@@ -179,7 +179,9 @@ struct Entry {
 struct Frame {
     entry: usize,
     before: State,
-    candidates: Vec<State>,
+    /// Each state the operation may leave, after the run of pooled unknown writes
+    /// placed before it (see [`runs`]).
+    candidates: Vec<(State, Vec<usize>)>,
     tried: usize,
     /// Taken without alternatives (see `read_only`): undoing it undoes the frame
     /// below too.
@@ -192,8 +194,10 @@ struct Frame {
 /// on 8 keys once reached 24 GB).
 const MEMO_BYTES: usize = 3 << 30;
 
-/// What makes two unknown writes alike: kind, condition, TTL and (unread) value.
-type Alike = (F, Option<u32>, u64, u32);
+/// What makes two unknown writes alike: kind, condition and (unread) value. Not the
+/// TTL: only writes whose record outlives the history are alike, and for those the
+/// search's states do not tell TTLs apart.
+type Alike = (F, Option<u32>, u32);
 
 /// The interned value standing for every value of an unknown write that no read
 /// returned: such values cannot be told apart by any operation of the history, so
@@ -284,59 +288,85 @@ fn prepare<'a>(ops: &[&'a Op]) -> (Vec<KeyOp>, Vec<&'a str>) {
 /// concurrency, not of the history), then the linearized operations of unknown outcome
 /// that must take effect (a read told their version). The rest is the `Usage` of the
 /// optional ones.
-fn memo_key(linearized: &[u64], completed: &[u64], unknown: &Unknowns) -> (Box<[u64]>, Usage) {
+fn memo_key(
+    linearized: &[u64],
+    completed: &[u64],
+    observers: &[u64],
+    unknown: &Unknowns,
+) -> (Box<[u64]>, Usage) {
     let first_open = (0..linearized.len())
         .find(|&w| completed[w] & !linearized[w] != 0)
         .map_or(linearized.len() * 64, |w| {
             w * 64 + (completed[w] & !linearized[w]).trailing_zeros() as usize
         });
     let from = first_open / 64;
-    let to = (from..linearized.len())
-        .rev()
-        .find(|&w| linearized[w] & completed[w] != 0)
-        .map_or(from, |w| w + 1)
-        .max(from);
+    let last = |mask: &dyn Fn(usize) -> u64| {
+        (from..linearized.len())
+            .rev()
+            .find(|&w| mask(w) != 0)
+            .map_or(from, |w| w + 1)
+    };
+    let changers = |w: usize| linearized[w] & completed[w] & !observers[w];
+    let placed = |w: usize| linearized[w] & observers[w];
+    let to = last(&changers);
     let mut key = Vec::with_capacity(2 + (to - from) + 4);
     key.push(first_open as u64);
     key.push((to - from) as u64);
-    key.extend((from..to).map(|w| linearized[w] & completed[w]));
-    let mut usage = vec![0u64; unknown.optional.div_ceil(64) + unknown.classes];
+    key.extend((from..to).map(changers));
     let counts_at = unknown.optional.div_ceil(64);
+    let mut usage = vec![0u64; counts_at + unknown.upsets.len()];
+    let mut taken = vec![0u64; unknown.classes];
     for &(i, kind) in &unknown.ops {
         if linearized[i / 64] & (1 << (i % 64)) != 0 {
             match kind {
                 UnknownKind::Required => key.push(i as u64),
                 UnknownKind::Optional(b) => usage[b / 64] |= 1 << (b % 64),
-                UnknownKind::Class(c) => usage[counts_at + c] += 1,
+                UnknownKind::Class(c) => taken[c] += 1,
             }
         }
+    }
+    for (sum, &upset) in usage[counts_at..].iter_mut().zip(&unknown.upsets) {
+        *sum = (0..unknown.classes)
+            .filter(|c| upset & 1 << c != 0)
+            .map(|c| taken[c])
+            .sum();
     }
     (
         key.into_boxed_slice(),
         Usage {
             words: usage.into_boxed_slice(),
             counts_at,
+            observed: (from..last(&placed)).map(placed).collect(),
         },
     )
 }
 
-/// Which of the unknown operations that may never have taken effect a search has
-/// taken: a bit each, or a count per class of interchangeable ones. A search that
-/// failed with some taken fails with more taken too (any way on from there is a way on
-/// from the fewer, the rest never taking effect), so the memo prunes every state
-/// that uses at least what a failed one used.
+/// What a search has spent and done that the memo compares by inclusion rather than
+/// equality. Spent: which of the unknown operations that may never have taken effect
+/// it has taken, a bit each or a count per class of interchangeable ones. A search
+/// that failed with some taken fails with more taken too (any way on from there is a
+/// way on from the fewer, the rest never taking effect). Done: which completed
+/// operations that change nothing (see [`read_only`]) it has placed. A search that
+/// failed with some placed fails with fewer placed too (any way on from the fewer is
+/// one from the more, without them). So the memo prunes every state that took at
+/// least and placed at most what a failed one did.
 struct Usage {
     words: Box<[u64]>,
     counts_at: usize,
+    /// The read-only operations placed, from the memo key's first word on.
+    observed: Box<[u64]>,
 }
 
 impl Usage {
-    /// Whether `self` took no more than `other` (then it can do whatever `other` can).
+    /// Whether `self` took no more and placed no fewer than `other` (then it can do
+    /// whatever `other` can).
     fn within(&self, other: &Usage) -> bool {
         let (bits, counts) = self.words.split_at(self.counts_at);
         let (other_bits, other_counts) = other.words.split_at(self.counts_at);
+        let placed = |u: &Usage, w: usize| u.observed.get(w).copied().unwrap_or(0);
         bits.iter().zip(other_bits).all(|(a, b)| a & !b == 0)
             && counts.iter().zip(other_counts).all(|(a, b)| a <= b)
+            && (0..other.observed.len()).all(|w| placed(other, w) & !placed(self, w) == 0)
     }
 }
 
@@ -346,6 +376,11 @@ struct Unknowns {
     /// How many are [`UnknownKind::Optional`], and how many classes.
     optional: usize,
     classes: usize,
+    /// Sets of classes (bit per class) closed under [`weaker`]'s converse: a search
+    /// that took no more from each of these than another can do whatever the other
+    /// can, for an operation of a class can stand in for one of a weaker class (Hall's
+    /// condition). Each class alone when there are too many classes to list them.
+    upsets: Vec<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -422,8 +457,11 @@ fn check_key(
     next.push(if entries.is_empty() { NONE } else { 0 });
     prev.push(NONE);
     let mut ret_of = vec![0usize; n];
+    let mut call_of = vec![0usize; n];
     for (i, e) in entries.iter().enumerate() {
-        if !e.call {
+        if e.call {
+            call_of[e.op] = i;
+        } else {
             ret_of[e.op] = i;
         }
     }
@@ -457,7 +495,7 @@ fn check_key(
                 && k.f != F::Get
                 && matches!(k.value, 0 | UNREAD)
                 && outlives;
-            alike.then_some((k.f, k.if_version, k.ttl_ns, k.value))
+            alike.then_some((k.f, k.if_version, k.value))
         })
         .collect();
     // A state no operation of the history can see expire.
@@ -487,6 +525,18 @@ fn check_key(
         };
         k.start.saturating_add(ttl) >= after + slack
     });
+    // Completed operations that change nothing wherever they are placed, when
+    // nothing expires (see `Usage`).
+    let observers: Vec<u64> = (0..words)
+        .map(|w| {
+            (0..64)
+                .filter(|b| {
+                    kops.get(w * 64 + b)
+                        .is_some_and(|k| expiry_free && k.end != u64::MAX && read_only(k))
+                })
+                .fold(0u64, |m, b| m | 1 << b)
+        })
+        .collect();
     let unknown = {
         let mut classes: FxHashMap<Alike, usize> = FxHashMap::default();
         let mut optional = 0;
@@ -507,12 +557,68 @@ fn check_key(
                 (i, kind)
             })
             .collect();
+        let by_id: Vec<Alike> = {
+            let mut v: Vec<(usize, Alike)> = classes.iter().map(|(a, &c)| (c, *a)).collect();
+            v.sort_unstable_by_key(|&(c, _)| c);
+            v.into_iter().map(|(_, a)| a).collect()
+        };
         Unknowns {
             ops,
             optional,
             classes: classes.len(),
+            upsets: upsets(&by_id),
         }
     };
+    // The pooled unknown writes leave the list: they are placed only in the runs
+    // before the operations that need them (see `runs`).
+    let mut pools: Vec<Pool> = Vec::with_capacity(unknown.classes);
+    for &(op, kind) in &unknown.ops {
+        let UnknownKind::Class(c) = kind else {
+            continue;
+        };
+        if pools.len() <= c {
+            pools.resize_with(c + 1, Pool::default);
+        }
+        pools[c].alike = class[op];
+        pools[c].calls.push((call_of[op], op));
+        unlink(&mut next, &mut prev, call_of[op]);
+        unlink(&mut next, &mut prev, ret_of[op]);
+    }
+    for pool in &mut pools {
+        pool.calls.sort_unstable();
+    }
+    let walk = RunWalk {
+        model,
+        kops: &kops,
+        clamp: &clamp,
+        vmax: kops
+            .iter()
+            .filter_map(|k| match k.observed {
+                Observed::Ok { version, .. } => version.max(k.if_version),
+                _ => k.if_version,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(1),
+    };
+    // The reads of each value one write alone wrote: once the key leaves that value
+    // it never has it again, so a read of it not placed by then never can be (a
+    // step that strands one is not taken: the search would learn it only at that
+    // read's return, after exploring everything in between).
+    let mut writes_of: FxHashMap<u32, usize> = FxHashMap::default();
+    for k in &kops {
+        if matches!(k.f, F::Create | F::Set | F::Update) && !matches!(k.value, 0 | UNREAD) {
+            *writes_of.entry(k.value).or_default() += 1;
+        }
+    }
+    let mut readers: FxHashMap<u32, Vec<usize>> = FxHashMap::default();
+    for (i, k) in kops.iter().enumerate() {
+        if let (F::Get, Observed::Ok { value: Some(v), .. }) = (k.f, k.observed) {
+            if writes_of.get(&v) == Some(&1) {
+                readers.entry(v).or_default().push(i);
+            }
+        }
+    }
     let mut stack: Vec<Frame> = Vec::new();
     let mut state = State::INITIAL;
     let mut cur = next[head];
@@ -544,17 +650,28 @@ fn check_key(
             let mut taken = false;
             count(op, -1, &mut finite_left, &mut constrained_left);
             while frame.tried < frame.candidates.len() {
-                let cand = frame.candidates[frame.tried];
+                let (cand, ref run) = frame.candidates[frame.tried];
                 frame.tried += 1;
                 // Past the end of the history nothing that completed can be placed.
                 if cand.not_before >= after && finite_left > 0 {
                     continue;
                 }
+                for &c in run {
+                    let pooled = pools[c].take();
+                    linearized[pooled / 64] |= 1 << (pooled % 64);
+                }
                 linearized[op / 64] |= 1 << (op % 64);
-                let (exact, usage) = memo_key(&linearized, &completed, &unknown);
-                let key_bytes = exact.len() * 8 + usage.words.len() * 8 + 96;
+                let abandons = |v: u32| {
+                    readers.get(&v).is_some_and(|rs| {
+                        rs.iter().any(|&r| linearized[r / 64] & 1 << (r % 64) == 0)
+                    })
+                };
+                let stranded = value_of(&frame.before) != value_of(&cand)
+                    && value_of(&frame.before).is_some_and(abandons);
+                let (exact, usage) = memo_key(&linearized, &completed, &observers, &unknown);
+                let key_bytes = (exact.len() + usage.words.len() + usage.observed.len()) * 8 + 96;
                 let seen = cache.entry((exact, cand)).or_default();
-                if !seen.iter().any(|u| u.within(&usage)) {
+                if !stranded && !seen.iter().any(|u| u.within(&usage)) {
                     seen.retain(|u| !usage.within(u));
                     seen.push(usage);
                     cache_bytes += key_bytes;
@@ -565,6 +682,10 @@ fn check_key(
                     break;
                 }
                 linearized[op / 64] &= !(1 << (op % 64));
+                for &c in run.iter().rev() {
+                    let pooled = pools[c].put_back();
+                    linearized[pooled / 64] &= !(1 << (pooled % 64));
+                }
             }
             if taken {
                 stack.push(frame);
@@ -599,6 +720,10 @@ fn check_key(
                 state = frame.before;
                 count(op, 1, &mut finite_left, &mut constrained_left);
                 linearized[op / 64] &= !(1 << (op % 64));
+                for &c in frame.candidates[frame.tried - 1].1.iter().rev() {
+                    let pooled = pools[c].put_back();
+                    linearized[pooled / 64] &= !(1 << (pooled % 64));
+                }
                 relink(&mut next, &mut prev, ret_of[op]);
                 relink(&mut next, &mut prev, frame.entry);
                 if frame.forced {
@@ -652,19 +777,33 @@ fn check_key(
             }
         }
         if e.call {
-            let mut candidates: Vec<State> = model
-                .step(state, &kops[e.op])
-                .into_iter()
-                .map(clamp)
-                .collect();
+            let op = &kops[e.op];
+            let direct: Vec<State> = model.step(state, op).into_iter().map(clamp).collect();
             // A read-only operation that fits the state now is placed now, and not
             // anywhere else: wherever else a linearization places it, it changes
             // nothing there, and it may as well be here (everything that returned
             // before it was invoked already is), so no alternative needs trying.
-            let forced = expiry_free && read_only(&kops[e.op]) && candidates.contains(&state);
-            if forced {
-                candidates = vec![state];
-            }
+            let forced = expiry_free && read_only(op) && direct.contains(&state);
+            let candidates = if forced {
+                vec![(state, Vec::new())]
+            } else {
+                let mut candidates: Vec<(State, Vec<usize>)> =
+                    direct.iter().map(|&s| (s, Vec::new())).collect();
+                if !pools.is_empty() && op.observed != Observed::Unknown {
+                    let mut frontier = next[head];
+                    while frontier != NONE && entries[frontier].call {
+                        frontier = next[frontier];
+                    }
+                    for (run, states) in runs(&walk, &mut pools, frontier, state, op) {
+                        for s in states.into_iter().map(clamp) {
+                            if !direct.contains(&s) {
+                                candidates.push((s, run.clone()));
+                            }
+                        }
+                    }
+                }
+                candidates
+            };
             let frame = Frame {
                 entry: cur,
                 before: state,
@@ -700,6 +839,178 @@ fn check_key(
     }
 }
 
+/// The unknown writes of one class (see [`UnknownKind::Class`]): interchangeable, so
+/// the search takes them by count, the earliest invoked first, and only in the runs
+/// that [`runs`] puts before an operation that needs them.
+#[derive(Default)]
+struct Pool {
+    alike: Option<Alike>,
+    /// (list entry of the call, operation), by invocation.
+    calls: Vec<(usize, usize)>,
+    taken: usize,
+}
+
+impl Pool {
+    /// The next one to take, if it was invoked before list entry `at`.
+    fn next_before(&self, at: usize) -> Option<usize> {
+        self.calls
+            .get(self.taken)
+            .filter(|&&(call, _)| call < at)
+            .map(|&(_, op)| op)
+    }
+
+    fn take(&mut self) -> usize {
+        self.taken += 1;
+        self.calls[self.taken - 1].1
+    }
+
+    fn put_back(&mut self) -> usize {
+        self.taken -= 1;
+        self.calls[self.taken].1
+    }
+}
+
+/// The runs of pooled unknown writes worth placing right before `op` in state `s`,
+/// each with the states `op` leaves after it (pools as they are, and invoked before
+/// list entry `frontier`).
+///
+/// Why these suffice: a pooled write may always take effect later than a
+/// linearization places it (it never returned), so every run can be moved up to the
+/// next operation that observes something; one that changes nothing can be dropped,
+/// and so can a part of it that comes back to a state it passed (what is left uses
+/// fewer). What is left raises the version one step at a time, or destroys the record
+/// and then creates and raises it: the walks below. Of those, `op` needs only the
+/// shortest prefix after which it fits, when the states it leaves do not depend on
+/// more than that (it reads, or the version it wrote is known): the remainder can move
+/// after `op`, to the next one. Of the classes that can make a step, the weakest is
+/// taken (one of a stronger class can do anything it can, later, so it is the better
+/// one to keep). Versions above every version the history names are all alike, so
+/// the walks stop there.
+fn runs(
+    walk: &RunWalk,
+    pools: &mut [Pool],
+    frontier: usize,
+    s: State,
+    op: &KeyOp,
+) -> Vec<(Vec<usize>, Vec<State>)> {
+    // No run writes a value any read returned.
+    if op.f == F::Get && matches!(op.observed, Observed::Ok { value: Some(v), .. } if v != UNREAD) {
+        return Vec::new();
+    }
+    // The states `op` leaves depend on the version before it only through what it
+    // reports.
+    let pinned = read_only(op)
+        || op.f == F::Destroy
+        || matches!(
+            op.observed,
+            Observed::Ok {
+                version: Some(_),
+                ..
+            }
+        );
+    let mut found = Vec::new();
+    let live = matches!(s.key, KeyState::Live { .. });
+    let plans: [&[Step]; 3] = [
+        &[Step::Raise],
+        &[Step::Destroy, Step::Create, Step::Raise],
+        &[Step::Create, Step::Raise],
+    ];
+    for (i, plan) in plans.into_iter().enumerate() {
+        if (i < 2) != live {
+            continue;
+        }
+        let mut taken: Vec<usize> = Vec::new();
+        let mut here = s;
+        'plan: for (k, &step) in plan.iter().enumerate() {
+            // The last step of a plan (raising the version) repeats.
+            let repeats = k + 1 == plan.len();
+            loop {
+                let high =
+                    matches!(here.key, KeyState::Live { version, .. } if version > walk.vmax);
+                if step == Step::Raise && high {
+                    break 'plan;
+                }
+                let Some((c, next)) = walk.weakest(pools, frontier, here, step) else {
+                    break 'plan;
+                };
+                pools[c].take();
+                taken.push(c);
+                here = next;
+                let after = walk.model.step(here, op);
+                if !after.is_empty() {
+                    found.push((taken.clone(), after));
+                    if pinned {
+                        break 'plan;
+                    }
+                }
+                if !repeats {
+                    break;
+                }
+            }
+        }
+        for &c in taken.iter().rev() {
+            pools[c].put_back();
+        }
+    }
+    found
+}
+
+/// A step of a run of pooled unknown writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Destroy,
+    Create,
+    /// Raise the version by one.
+    Raise,
+}
+
+/// What [`runs`] needs of the key's history.
+struct RunWalk<'a> {
+    model: Model,
+    kops: &'a [KeyOp],
+    clamp: &'a dyn Fn(State) -> State,
+    /// The highest version the history names.
+    vmax: u32,
+}
+
+impl RunWalk<'_> {
+    /// The weakest class with an operation available that makes `step` from `here`,
+    /// and the state it leads to.
+    fn weakest(
+        &self,
+        pools: &[Pool],
+        frontier: usize,
+        here: State,
+        step: Step,
+    ) -> Option<(usize, State)> {
+        let mut best: Option<(usize, State)> = None;
+        for (c, pool) in pools.iter().enumerate() {
+            let Some(w) = pool.next_before(frontier) else {
+                continue;
+            };
+            for next in self.model.step(here, &self.kops[w]) {
+                let makes = match (step, here.key, next.key) {
+                    (Step::Destroy, KeyState::Live { .. }, KeyState::Absent) => true,
+                    (Step::Create, KeyState::Absent, KeyState::Live { version: 1, .. }) => true,
+                    (
+                        Step::Raise,
+                        KeyState::Live { version: a, .. },
+                        KeyState::Live { version: b, .. },
+                    ) => b == a + 1,
+                    _ => false,
+                };
+                // (Not a record seen to expire after the history: a run comes before
+                // an operation of it.)
+                let makes = makes && next.not_before == here.not_before;
+                if makes && best.is_none_or(|(b, _)| weaker(pool.alike, pools[b].alike)) {
+                    best = Some((c, (self.clamp)(next)));
+                }
+            }
+        }
+        best
+    }
+}
+
 /// An operation that changes the key in no state it can be placed in, when nothing
 /// expires: a failure that observed the state, or a read.
 fn read_only(k: &KeyOp) -> bool {
@@ -724,5 +1035,47 @@ fn describe(s: &State, values: &[&str]) -> String {
             };
             format!("value {v:?} version {version}")
         }
+    }
+}
+
+/// Whether every change an unknown write of class `b` can make, one of class `a` can
+/// make too, and not the other way: a set can do what a create or an update can, an
+/// unconditional update what a conditional one can. (Where several classes can make a
+/// step, they are a chain under this order, so one of them is the weakest.)
+fn weaker(b: Option<Alike>, a: Option<Alike>) -> bool {
+    let (Some(b), Some(a)) = (b, a) else {
+        return false;
+    };
+    matches!(
+        ((b.0, b.1), (a.0, a.1)),
+        ((F::Create, _), (F::Set, _))
+            | ((F::Update, Some(_)), (F::Update, None))
+            | ((F::Update, _), (F::Set, _))
+    )
+}
+
+/// The nonempty sets of classes that hold every class stronger than one they hold
+/// (see [`Unknowns::upsets`]).
+fn upsets(classes: &[Alike]) -> Vec<u64> {
+    const MOST: usize = 10;
+    if classes.len() > MOST {
+        return (0..classes.len()).map(|c| 1 << c).collect();
+    }
+    (1u64..1 << classes.len())
+        .filter(|set| {
+            (0..classes.len()).all(|b| {
+                set & 1 << b == 0
+                    || (0..classes.len())
+                        .all(|a| !weaker(Some(classes[b]), Some(classes[a])) || set & 1 << a != 0)
+            })
+        })
+        .collect()
+}
+
+/// The value the key holds in `s`, if any.
+fn value_of(s: &State) -> Option<u32> {
+    match s.key {
+        KeyState::Live { value, .. } => Some(value),
+        KeyState::Absent => None,
     }
 }

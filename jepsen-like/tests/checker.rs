@@ -526,3 +526,25 @@ fn a_value_at_two_versions_is_invalid_at_once() {
         "no reason given"
     );
 }
+
+#[test]
+fn a_read_of_a_value_never_written_is_invalid_at_once() {
+    let phantom: Vec<Row> = vec![
+        (0, "invoke", "set", Some("x"), None, None, 1),
+        (0, "ok", "set", None, Some(1), None, 2),
+        (1, "invoke", "get", None, None, None, 3),
+        (1, "ok", "get", Some("y"), Some(1), None, 4),
+    ];
+    let from_the_future: Vec<Row> = vec![
+        (1, "invoke", "get", None, None, None, 1),
+        (1, "ok", "get", Some("x"), Some(1), None, 2),
+        (0, "invoke", "set", Some("x"), None, None, 3),
+        (0, "ok", "set", None, Some(1), None, 4),
+    ];
+    for (rows, says) in [(phantom, "no write"), (from_the_future, "before the write")] {
+        let Verdict::Invalid(f) = verdict(&h(&rows)) else {
+            panic!("a read of a value never written passed");
+        };
+        assert!(f.why.is_some_and(|w| w.contains(says)), "no reason given");
+    }
+}
