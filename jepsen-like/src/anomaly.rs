@@ -13,7 +13,7 @@
 //!   and `x` can never be read again. (A stale read; or a lost write: the overwriting
 //!   write was acknowledged.)
 //! - **A read of a value never written** by the time the read returned (no write of
-//!   the key wrote it, or none had been invoked yet).
+//!   the key wrote it, only writes that failed did, or none had been invoked yet).
 //! - **A value at two versions.** A value keeps the version its write gave it (only a
 //!   write changes the version, and it writes a new value), so a write and the reads
 //!   of its value report one version between them.
@@ -55,8 +55,8 @@ pub fn find(ops: &[&Op]) -> Option<Anomaly> {
         .or_else(|| overwritten_read(ops, &reads, &written_once))
 }
 
-/// The first read (in completion order) of a value no write of the key wrote, or
-/// that returned before every write of its value was invoked.
+/// The first read (in completion order) of a value no write of the key wrote, only
+/// failed ones did, or that returned before every write of its value was invoked.
 fn unwritten_read(
     ops: &[&Op],
     reads: &[usize],
@@ -72,6 +72,17 @@ fn unwritten_read(
                 "the read invoked on line {} returned {x:?}, which no write of the key wrote",
                 ops[read].invoke_line
             ),
+            Some(ws)
+                if ws
+                    .iter()
+                    .all(|&w| matches!(ops[w].outcome, Outcome::Fail(_))) =>
+            {
+                format!(
+                    "the read invoked on line {} returned {x:?}, which only a write that \
+                     failed (line {}) wrote",
+                    ops[read].invoke_line, ops[ws[0]].invoke_line
+                )
+            }
             Some(ws) if ws.iter().all(|&w| ops[w].invoke_line > returned) => format!(
                 "the read invoked on line {} returned {x:?} on line {returned}, before the \
                  write of it (line {}) was invoked",

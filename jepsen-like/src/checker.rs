@@ -129,6 +129,19 @@ fn check_one_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> Key
             why: Some(a.why),
         });
     }
+    if let Some(i) = unexplained(ops, model) {
+        return KeyResult::Invalid(KeyFailure {
+            key: key.to_string(),
+            prefix: Vec::new(),
+            stuck: ops[i].id,
+            states: Vec::new(),
+            ops: ops.len(),
+            why: Some(format!(
+                "the operation invoked on line {} returned what it cannot in any state",
+                ops[i].invoke_line
+            )),
+        });
+    }
     let seen = read_values(ops);
     let unobserved = |op: &&&Op| {
         op.outcome == Outcome::Info
@@ -161,6 +174,42 @@ fn check_one_key(key: &str, ops: &[&Op], model: Model, deadline: Instant) -> Key
             (full, _) => full,
         }
     })
+}
+
+/// The first operation whose outcome no state of the key explains (a set that found
+/// no key, a destroy that failed, …): the search would learn it only by trying every
+/// linearization.
+fn unexplained(ops: &[&Op], model: Model) -> Option<usize> {
+    let (kops, _) = prepare(ops);
+    let vmax = highest_version(&kops);
+    kops.iter().position(|k| {
+        let value = match k.observed {
+            Observed::Unknown => return false,
+            Observed::Ok { value: Some(v), .. } => v,
+            _ => UNREAD,
+        };
+        let live = (1..=vmax + 1).map(|version| KeyState::Live {
+            value,
+            version,
+            exp_lo: u64::MAX,
+            exp_hi: u64::MAX,
+        });
+        std::iter::once(KeyState::Absent)
+            .chain(live)
+            .all(|key| model.step(State { key, not_before: 0 }, k).is_empty())
+    })
+}
+
+/// The highest version the key's operations name (at least 1).
+fn highest_version(kops: &[KeyOp]) -> u32 {
+    kops.iter()
+        .filter_map(|k| match k.observed {
+            Observed::Ok { version, .. } => version.max(k.if_version),
+            _ => k.if_version,
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1)
 }
 
 enum KeyResult {
@@ -591,15 +640,7 @@ fn check_key(
         model,
         kops: &kops,
         clamp: &clamp,
-        vmax: kops
-            .iter()
-            .filter_map(|k| match k.observed {
-                Observed::Ok { version, .. } => version.max(k.if_version),
-                _ => k.if_version,
-            })
-            .max()
-            .unwrap_or(0)
-            .max(1),
+        vmax: highest_version(&kops),
     };
     // The reads of each value one write alone wrote: once the key leaves that value
     // it never has it again, so a read of it not placed by then never can be (a

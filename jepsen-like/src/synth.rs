@@ -199,3 +199,36 @@ pub fn random(ops: usize, keys: u32, processes: u64, info: f64, seed: u64) -> St
     }
     generate(&specs)
 }
+
+/// The history (one [`generate`]d) with one recorded result changed (completion
+/// `which`, modulo their number): a version raised, a read's value replaced, or success and failure
+/// swapped. Often no longer linearizable, not always: for testing the checker both ways.
+pub fn mutate(text: &str, which: usize, how: u8) -> String {
+    let mut lines: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a history this module generated"))
+        .collect();
+    let completions: Vec<usize> = (0..lines.len())
+        .filter(|&i| matches!(lines[i].kind, EventType::Ok | EventType::Fail))
+        .collect();
+    if completions.is_empty() {
+        return text.to_string();
+    }
+    let e = &mut lines[completions[which % completions.len()]];
+    match how % 3 {
+        0 => e.version = Some(e.version.unwrap_or(0) + 1),
+        1 if e.kind == EventType::Ok && e.f == F::Get => e.value = Some("v999".into()),
+        _ => {
+            if e.kind == EventType::Ok {
+                e.kind = EventType::Fail;
+                e.error = Some(if e.f == F::Create { "DupKey" } else { "NoKey" }.into());
+                e.version = None;
+                e.value = None;
+            } else {
+                e.kind = EventType::Ok;
+                e.error = None;
+            }
+        }
+    }
+    lines.iter().map(|e| to_json_line(e) + "\n").collect()
+}

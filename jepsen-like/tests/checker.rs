@@ -4,7 +4,7 @@
 use jepsen_like::checker::{check, Verdict};
 use jepsen_like::history::{parse, to_json_line, Event, EventType, F};
 use jepsen_like::model::Model;
-use jepsen_like::synth::{generate, reference, Spec};
+use jepsen_like::synth::{generate, mutate, reference, Spec};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -359,37 +359,6 @@ fn brute_force(text: &str) -> bool {
     search(&ops, &mut vec![false; ops.len()], None)
 }
 
-/// Changes one recorded result.
-fn mutate(text: &str, which: usize, how: u8) -> String {
-    let mut lines: Vec<Event> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let completions: Vec<usize> = (0..lines.len())
-        .filter(|&i| matches!(lines[i].kind, EventType::Ok | EventType::Fail))
-        .collect();
-    if completions.is_empty() {
-        return text.to_string();
-    }
-    let e = &mut lines[completions[which % completions.len()]];
-    match how % 3 {
-        0 => e.version = Some(e.version.unwrap_or(0) + 1),
-        1 if e.kind == EventType::Ok && e.f == F::Get => e.value = Some("v999".into()),
-        _ => {
-            if e.kind == EventType::Ok {
-                e.kind = EventType::Fail;
-                e.error = Some(if e.f == F::Create { "DupKey" } else { "NoKey" }.into());
-                e.version = None;
-                e.value = None;
-            } else {
-                e.kind = EventType::Ok;
-                e.error = None;
-            }
-        }
-    }
-    lines.iter().map(|e| to_json_line(e) + "\n").collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
@@ -541,10 +510,35 @@ fn a_read_of_a_value_never_written_is_invalid_at_once() {
         (0, "invoke", "set", Some("x"), None, None, 3),
         (0, "ok", "set", None, Some(1), None, 4),
     ];
-    for (rows, says) in [(phantom, "no write"), (from_the_future, "before the write")] {
+    let failed: Vec<Row> = vec![
+        (0, "invoke", "create", Some("x"), None, None, 1),
+        (0, "fail", "create", None, None, Some("DupKey"), 2),
+        (1, "invoke", "get", None, None, None, 3),
+        (1, "ok", "get", Some("x"), Some(1), None, 4),
+    ];
+    for (rows, says) in [
+        (phantom, "no write"),
+        (failed, "failed"),
+        (from_the_future, "before the write"),
+    ] {
         let Verdict::Invalid(f) = verdict(&h(&rows)) else {
             panic!("a read of a value never written passed");
         };
         assert!(f.why.is_some_and(|w| w.contains(says)), "no reason given");
     }
+}
+
+#[test]
+fn an_outcome_no_state_explains_is_invalid_at_once() {
+    let rows: Vec<Row> = vec![
+        (0, "invoke", "set", Some("x"), None, None, 1),
+        (0, "fail", "set", None, None, Some("NoKey"), 2),
+    ];
+    let Verdict::Invalid(f) = verdict(&h(&rows)) else {
+        panic!("a set that found no key passed");
+    };
+    assert!(
+        f.why.is_some_and(|w| w.contains("in any state")),
+        "no reason given"
+    );
 }
