@@ -12,6 +12,14 @@ pub struct Zone {
     pub nodes: Vec<Node>,
 }
 
+impl Zone {
+    /// The node holding `shard` in this zone (see [`ShardMap::replicas`]).
+    pub fn owner(&self, shard: u16) -> &Node {
+        let best = self.nodes.iter().max_by_key(|n| score(shard, &n.id));
+        best.expect("a validated zone has nodes")
+    }
+}
+
 /// A storage node: the name its shards are placed by, and where to reach it. Placement
 /// must not follow the address: the same node may be reached by different addresses
 /// (a DNS name and an IP, a relay) or move to a new one, and every proxy must still
@@ -135,10 +143,7 @@ impl ShardMap {
     pub fn replicas(&self, shard: u16) -> Vec<&str> {
         self.zones
             .iter()
-            .map(|z| {
-                let best = z.nodes.iter().max_by_key(|n| score(shard, &n.id));
-                best.expect("a validated zone has nodes").addr.as_str()
-            })
+            .map(|z| z.owner(shard).addr.as_str())
             .collect()
     }
 

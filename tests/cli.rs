@@ -144,3 +144,40 @@ fn a_closed_stdout_ends_a_client_command_without_a_panic() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn map_plan_shows_what_adding_a_node_moves_and_refuses_an_older_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = |epoch: u64, zone0: &str| {
+        format!(
+            "[cluster]\nepoch = {epoch}\nzones = [\n  {{ datacenter = \"dc1\", nodes = [{zone0}] }},\n  \
+             {{ datacenter = \"dc2\", nodes = [\"b:1\"] }},\n  {{ datacenter = \"dc3\", nodes = [\"c:1\"] }},\n]\n"
+        )
+    };
+    let (old, new) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
+    std::fs::write(&old, map(1, "\"a:1\", \"a:2\"")).unwrap();
+    std::fs::write(
+        &new,
+        map(2, "\"a:1\", \"a:2\", { id = \"a3\", addr = \"a:3\" }"),
+    )
+    .unwrap();
+    let junokv = |args: &[&std::path::Path]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_junokv"));
+        c.arg("map").args(args);
+        c.output().unwrap()
+    };
+    let shown = junokv(&["show".as_ref(), new.as_path()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && text.contains("a3 at a:3: "),
+        "{text}"
+    );
+    let planned = junokv(&["plan".as_ref(), old.as_path(), new.as_path()]);
+    let text = String::from_utf8_lossy(&planned.stdout);
+    assert!(planned.status.success(), "{text}");
+    assert!(text.contains("a3 (added): 0 -> "), "{text}");
+    assert!(text.contains("zone 1 (dc2): nothing moves"), "{text}");
+    let backwards = junokv(&["plan".as_ref(), new.as_path(), old.as_path()]);
+    assert_eq!(backwards.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("epoch"));
+}

@@ -4,6 +4,7 @@ mod bench;
 mod certs;
 mod dev;
 mod kv;
+mod map;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +80,9 @@ enum Command {
     /// The cluster as a proxy sees it: every storage node up or down, its zone and
     /// shards (from the proxy's admin port); exit status 1 when a shard lacks a quorum.
     Status(status::StatusArgs),
+    /// The cluster map: each node's shards, and what a change of the map moves.
+    #[command(subcommand)]
+    Map(map::MapCommand),
     /// Issue the cluster's certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -130,6 +134,7 @@ pub fn main() -> ExitCode {
             Command::Bench(a) => bench::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Certs(c) => certs::run(c),
+            Command::Map(m) => map::run(m),
             Command::Config(ConfigCommand::Check { file }) => dev::check_config(&file),
             Command::Completions { shell } => {
                 use clap::CommandFactory;

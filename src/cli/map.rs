@@ -1,0 +1,253 @@
+//! `junokv map`: the cluster map as placement sees it, and what changing it would
+//! move (a dry run for growing, shrinking or replacing storage nodes).
+
+use clap::Subcommand;
+use junokv::cluster::ShardMap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum MapCommand {
+    /// Each zone's nodes and how many shards each holds. FILE: a proxy's or storage
+    /// server's config (its `[cluster]` table), or a map on its own.
+    Show { file: PathBuf },
+    /// What changing the map from OLD to NEW moves: the shards each node gains and
+    /// loses, zone by zone. Nothing is contacted; exits 1 if NEW is no valid successor
+    /// of OLD (another shard count or zone count, or an epoch not above OLD's).
+    Plan { old: PathBuf, new: PathBuf },
+}
+
+pub fn run(command: MapCommand) -> Result<ExitCode, String> {
+    match command {
+        MapCommand::Show { file } => {
+            print!("{}", show(&load(&file)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        MapCommand::Plan { old, new } => {
+            let (before, after) = (load(&old)?, load(&new)?);
+            match plan(&before, &after) {
+                Ok(moves) => {
+                    print!("{}", describe(&before, &after, &moves));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", new.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// The map in `file`: its `[cluster]` table, or the whole file.
+fn load(file: &Path) -> Result<ShardMap, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let map: ShardMap = match table.remove("cluster") {
+        Some(cluster) => cluster.try_into(),
+        None => toml::Value::Table(table).try_into(),
+    }
+    .map_err(|e| format!("{}: no cluster map: {e}", file.display()))?;
+    map.validate()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(map)
+}
+
+/// How many shards each node of each zone holds, by node id.
+fn counts(map: &ShardMap) -> Vec<BTreeMap<&str, usize>> {
+    map.zones
+        .iter()
+        .map(|z| {
+            let mut held: BTreeMap<&str, usize> =
+                z.nodes.iter().map(|n| (n.id.as_str(), 0)).collect();
+            for shard in 0..map.num_shards {
+                *held.entry(z.owner(shard).id.as_str()).or_default() += 1;
+            }
+            held
+        })
+        .collect()
+}
+
+fn show(map: &ShardMap) -> String {
+    let mut out = format!(
+        "map epoch {}, {} shards, {} zones (a replica of every shard in each)\n",
+        map.epoch,
+        map.num_shards,
+        map.zones.len()
+    );
+    for (z, (zone, held)) in map.zones.iter().zip(counts(map)).enumerate() {
+        out += &format!("zone {z} ({}):\n", zone.datacenter);
+        for node in &zone.nodes {
+            let name = if node.id == node.addr {
+                node.id.clone()
+            } else {
+                format!("{} at {}", node.id, node.addr)
+            };
+            out += &format!("  {name}: {} shards\n", held[node.id.as_str()]);
+        }
+    }
+    out
+}
+
+/// One shard replica that changes node.
+#[derive(Debug, PartialEq, Eq)]
+struct Move {
+    zone: usize,
+    shard: u16,
+    from: String,
+    to: String,
+}
+
+/// The replicas that change node from `old` to `new`: the moves a change of the
+/// map implies.
+fn plan(old: &ShardMap, new: &ShardMap) -> Result<Vec<Move>, String> {
+    if new.num_shards != old.num_shards {
+        return Err(format!(
+            "the shard count is fixed for the life of a cluster ({} here, {} before)",
+            new.num_shards, old.num_shards
+        ));
+    }
+    if new.zones.len() != old.zones.len() {
+        return Err(format!(
+            "{} zones here, {} before: moving shards between nodes keeps the zones (the \
+             replication factor)",
+            new.zones.len(),
+            old.zones.len()
+        ));
+    }
+    if new.epoch <= old.epoch {
+        return Err(format!(
+            "epoch {} is not above the current map's {}: every change of the map needs a \
+             higher epoch",
+            new.epoch, old.epoch
+        ));
+    }
+    let mut moves = Vec::new();
+    for (zone, (before, after)) in old.zones.iter().zip(&new.zones).enumerate() {
+        for shard in 0..old.num_shards {
+            let (from, to) = (&before.owner(shard).id, &after.owner(shard).id);
+            if from != to {
+                moves.push(Move {
+                    zone,
+                    shard,
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+    }
+    Ok(moves)
+}
+
+fn describe(old: &ShardMap, new: &ShardMap, moves: &[Move]) -> String {
+    let replicas = usize::from(old.num_shards) * old.zones.len();
+    let percent = |n: usize, of: usize| 100.0 * n as f64 / of.max(1) as f64;
+    let mut out = format!(
+        "epoch {} -> {}: {} of {replicas} shard replicas move ({:.1}%)\n",
+        old.epoch,
+        new.epoch,
+        moves.len(),
+        percent(moves.len(), replicas)
+    );
+    let (before, after) = (counts(old), counts(new));
+    for z in 0..old.zones.len() {
+        let here = moves.iter().filter(|m| m.zone == z).count();
+        if here == 0 {
+            out += &format!("zone {z} ({}): nothing moves\n", new.zones[z].datacenter);
+            continue;
+        }
+        out += &format!(
+            "zone {z} ({}): {here} of {} shards move ({:.1}%; one node's share is {:.1}%)\n",
+            new.zones[z].datacenter,
+            old.num_shards,
+            percent(here, old.num_shards.into()),
+            100.0 / new.zones[z].nodes.len() as f64,
+        );
+        let ids: std::collections::BTreeSet<&str> =
+            before[z].keys().chain(after[z].keys()).copied().collect();
+        for id in ids {
+            let (was, is) = (before[z].get(id), after[z].get(id));
+            let gains = moves.iter().filter(|m| m.zone == z && m.to == id).count();
+            let loses = moves.iter().filter(|m| m.zone == z && m.from == id).count();
+            let role = match (was, is) {
+                (None, _) => " (added)",
+                (_, None) => " (removed)",
+                _ => "",
+            };
+            out += &format!(
+                "  {id}{role}: {} -> {} shards (+{gains} -{loses})\n",
+                was.copied().unwrap_or(0),
+                is.copied().unwrap_or(0)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junokv::cluster::{Node, Zone};
+
+    fn map(epoch: u64, zones: &[&[&str]]) -> ShardMap {
+        ShardMap {
+            epoch,
+            num_shards: 1024,
+            zones: zones
+                .iter()
+                .enumerate()
+                .map(|(z, ids)| Zone {
+                    datacenter: format!("dc{z}"),
+                    nodes: ids.iter().map(|id| Node::at(*id)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn adding_a_node_to_a_zone_of_two_moves_about_a_third_of_it_onto_the_new_node() {
+        let old = map(1, &[&["a", "b"], &["c", "d"], &["e", "f"]]);
+        let new = map(2, &[&["a", "b", "g"], &["c", "d"], &["e", "f"]]);
+        let moves = plan(&old, &new).unwrap();
+        assert!(
+            moves.iter().all(|m| m.zone == 0 && m.to == "g"),
+            "{moves:?}"
+        );
+        // A third of 1,024 is 341; rendezvous hashing is within a few percent of it.
+        assert!((300..=385).contains(&moves.len()), "{} moved", moves.len());
+        let text = describe(&old, &new, &moves);
+        assert!(text.contains("zone 1 (dc1): nothing moves"), "{text}");
+        assert!(text.contains("g (added): 0 -> "), "{text}");
+    }
+
+    #[test]
+    fn replacing_a_node_moves_exactly_its_shards_to_the_new_one() {
+        let old = map(1, &[&["a", "b"], &["c"], &["e"]]);
+        let new = map(2, &[&["a", "x"], &["c"], &["e"]]);
+        let moves = plan(&old, &new).unwrap();
+        let held_by_b = counts(&old)[0]["b"];
+        // Every shard of b goes somewhere, and nothing else moves except what the new
+        // id wins from a.
+        assert!(moves.iter().filter(|m| m.from == "b").count() == held_by_b);
+        assert!(moves
+            .iter()
+            .all(|m| m.zone == 0 && (m.from == "b" || m.to == "x")));
+    }
+
+    #[test]
+    fn a_plan_needs_a_higher_epoch_and_the_same_zones() {
+        let old = map(3, &[&["a"], &["b"], &["c"]]);
+        let same_epoch = map(3, &[&["a", "d"], &["b"], &["c"]]);
+        assert!(plan(&old, &same_epoch).unwrap_err().contains("epoch"));
+        let fewer_zones = map(4, &[&["a"], &["b"]]);
+        assert!(plan(&old, &fewer_zones).unwrap_err().contains("zones"));
+        let mut other_shards = map(4, &[&["a"], &["b"], &["c"]]);
+        other_shards.num_shards = 512;
+        assert!(plan(&old, &other_shards)
+            .unwrap_err()
+            .contains("shard count"));
+    }
+}
