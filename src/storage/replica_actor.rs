@@ -148,8 +148,11 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                         let _ = done.send(());
                     }
                     Some(Envelope::IsDamaged(key, answer)) => {
-                        let damaged = replica.load(&key, &RequestId(None));
-                        let _ = answer.send(matches!(damaged, Ok((Stored::Damaged { .. }, _))));
+                        let damaged = matches!(
+                            replica.lookup(&key),
+                            Ok(Found::Slot(Stored::Damaged { .. }, _) | Found::Corrupt(..))
+                        );
+                        let _ = answer.send(damaged);
                     }
                     Some(Envelope::Recovered) => replica.recovered(),
                     None => break,
@@ -170,6 +173,22 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         task,
         recovering,
     })
+}
+
+/// A slot as [`Replica::lookup`] found it.
+enum Found {
+    /// Stored, forgotten in a restart, or not yet durable up to the sequence number.
+    Slot(Stored, u64),
+    /// Its bytes failed their checksum (or decryption), for this reason: damaged.
+    Corrupt(Stored, String),
+}
+
+/// Why [`Replica::lookup`] found nothing to go on.
+enum Unfound {
+    /// The slot's bytes name a data key this server does not have.
+    Unreadable(String),
+    /// The replica or its engine failed.
+    Failed(String),
 }
 
 /// The replica-wide bounds as persisted. A store without a ceiling (written before
@@ -379,32 +398,49 @@ impl Replica {
     /// What is stored for `key` and the sequence number it must be durable up to, for
     /// `request` (named in the log lines about what was found).
     fn load(&mut self, key: &[u8], request: &RequestId) -> Result<(Stored, u64), String> {
+        let shown = || String::from_utf8_lossy(key).into_owned();
+        match self.lookup(key) {
+            Ok(Found::Slot(stored, seq)) => Ok((stored, seq)),
+            Ok(Found::Corrupt(stored, e)) => {
+                crate::metrics::metrics().damaged_slots.inc();
+                tracing::warn!(%request, key = ?shown(), error = %e, "damaged slot: awaiting repair");
+                Ok((stored, 0))
+            }
+            Err(Unfound::Unreadable(e)) => {
+                tracing::error!(%request, key = ?shown(), error = %e, "unreadable slot");
+                Err(e)
+            }
+            Err(Unfound::Failed(e)) => Err(e),
+        }
+    }
+
+    /// What is stored for `key`, without a word about it: [`Replica::load`] logs and
+    /// counts what it finds; recovery, asking again and again whether a slot is still
+    /// damaged, must not.
+    fn lookup(&mut self, key: &[u8]) -> Result<Found, Unfound> {
         if self.commit.has_failed() {
-            return Err("replica stopped after a failed durable write".into());
+            return Err(Unfound::Failed(
+                "replica stopped after a failed durable write".into(),
+            ));
         }
         if let Some((slot, seq)) = self.dirty.get(key) {
-            return Ok((Stored::Slot(slot.clone()), *seq));
+            return Ok(Found::Slot(Stored::Slot(slot.clone()), *seq));
         }
         match self.engine.get(key) {
             Ok(None) if self.recovering() && !bug(Bug::ForgottenAsAbsent) => {
                 let ceiling = self.start_ceiling;
-                Ok((Stored::Damaged { ceiling }, 0))
+                Ok(Found::Slot(Stored::Damaged { ceiling }, 0))
             }
-            Ok(None) => Ok((Stored::Slot(None), 0)),
+            Ok(None) => Ok(Found::Slot(Stored::Slot(None), 0)),
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
-                Ok(decoded) => Ok((Stored::Slot(Some(decoded.slot)), 0)),
+                Ok(decoded) => Ok(Found::Slot(Stored::Slot(Some(decoded.slot)), 0)),
                 Err(Unreadable::Damaged(e)) => {
-                    crate::metrics::metrics().damaged_slots.inc();
-                    tracing::warn!(%request, key = ?String::from_utf8_lossy(key), error = %e, "damaged slot: awaiting repair");
                     let ceiling = self.bounds.ceiling;
-                    Ok((Stored::Damaged { ceiling }, 0))
+                    Ok(Found::Corrupt(Stored::Damaged { ceiling }, e.to_string()))
                 }
-                Err(e @ Unreadable::NoKey(_)) => {
-                    tracing::error!(%request, key = ?String::from_utf8_lossy(key), error = %e, "unreadable slot");
-                    Err(e.to_string())
-                }
+                Err(e @ Unreadable::NoKey(_)) => Err(Unfound::Unreadable(e.to_string())),
             },
-            Err(e) => Err(format!("engine read: {e}")),
+            Err(e) => Err(Unfound::Failed(format!("engine read: {e}"))),
         }
     }
 
