@@ -80,6 +80,11 @@ fn bad_configs_are_named_with_file_line_and_setting() {
             format!("{STORAGE}colour = \"blue\"\n"),
             vec!["c.toml", "line 5", "colour"],
         ),
+        // A storage server named by an id the map does not have.
+        (
+            format!("id = \"elsewhere:7001\"\n{STORAGE}\n[cluster]{cluster}"),
+            vec!["c.toml", "elsewhere:7001", "not a node of [cluster]"],
+        ),
         // Values out of range, named.
         (
             format!("{PROXY}\n[timeouts]\nround_ms = 5000\n"),
@@ -173,6 +178,23 @@ fn servers_refuse_to_start_on_a_bad_config() {
         "{}",
         stderr(&out)
     );
+    // An in-memory server that cannot find itself in the map would recover for ever.
+    let cluster = PROXY.split_once("[cluster]").unwrap().1;
+    let memory = STORAGE.replace("127.0.0.1:0", "0.0.0.0:0") + "engine = \"memory\"\n";
+    std::fs::write(
+        dir.path().join("m.toml"),
+        format!("{memory}\n[cluster]{cluster}"),
+    )
+    .unwrap();
+    let out = junokv(&["storage", "--config", "m.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--id"), "{}", stderr(&out));
+    let out = junokv(
+        &["storage", "--config", "m.toml", "--id", "nowhere:1"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nowhere:1"), "{}", stderr(&out));
     std::fs::write(dir.path().join("d.toml"), "[cluster]\nepoch = 1\n").unwrap();
     let out = junokv(
         &["dev", "--config", "d.toml", "--data-dir", "data"],

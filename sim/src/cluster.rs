@@ -397,7 +397,10 @@ async fn serve_storage(
             Ok(mut server) => {
                 let clock = Clock::default();
                 match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
-                    Ok(proxy) => server.start_background(proxy, clock, sweep_config(), &memory),
+                    Ok(proxy) => {
+                        let me = server.addr().to_string();
+                        server.start_background(&me, proxy, clock, sweep_config(), &memory)
+                    }
                     Err(e) => tracing::error!(error = %e, "sweeper did not start"),
                 }
                 std::future::pending::<()>().await

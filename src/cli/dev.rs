@@ -185,9 +185,10 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
     tracing::info!("shutting down");
 }
 
-pub async fn run_storage(config: &Path) -> CliResult {
+pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
     let cfg = storage_config(config)?;
     let bad = |e: String| format!("{}: {e}", config.display());
+    let me = cfg.address_in_map(id).map_err(bad)?;
     let acceptor = cfg.acceptor().map_err(bad)?;
     let codec = cfg.codec().map_err(bad)?;
     let memory = cfg.memory.clone().unwrap_or_default();
@@ -204,7 +205,8 @@ pub async fn run_storage(config: &Path) -> CliResult {
                 cfg.tls.as_ref(),
                 Clock::default(),
             )?;
-            server.start_background(proxy.clone(), Clock::default(), cfg.sweeper, &memory);
+            let me = me.unwrap_or_else(|| cfg.listen.clone());
+            server.start_background(&me, proxy.clone(), Clock::default(), cfg.sweeper, &memory);
             Some(proxy)
         }
         None => {
@@ -331,7 +333,14 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         ..SweepConfig::default()
     };
     for s in &mut storages {
-        s.start_background(shared.clone(), Clock::default(), sweep.clone(), &memory);
+        let me = s.addr().to_string();
+        s.start_background(
+            &me,
+            shared.clone(),
+            Clock::default(),
+            sweep.clone(),
+            &memory,
+        );
     }
     // Clients need no certificate of their own here.
     let client_port = TlsFiles {

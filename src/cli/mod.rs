@@ -57,6 +57,10 @@ enum Command {
     Storage {
         #[arg(long)]
         config: PathBuf,
+        /// This server's node in the config's `[cluster]` (its id or address), when
+        /// that is not the config's `id` or `listen` (see the README).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Run a proxy.
     Proxy {
@@ -123,7 +127,7 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Storage { config } => dev::run_storage(&config).await,
+            Command::Storage { config, id } => dev::run_storage(&config, id.as_deref()).await,
             Command::Proxy { config } => dev::run_proxy(&config).await,
             Command::Dev(args) => dev::run_dev(args).await,
             Command::Create(a) => kv::create(a).await,

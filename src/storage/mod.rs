@@ -33,6 +33,12 @@ use tokio::sync::{mpsc, watch};
 pub struct StorageConfig {
     /// Address the internal protocol listens on.
     pub listen: String,
+    /// This server's node in `[cluster]` (its id there, or its address): what an
+    /// in-memory server's recovery finds its shards by. Default: `listen`.
+    /// `junokv storage --id` overrides it, for a config several servers share (a
+    /// Kubernetes ConfigMap, where `listen` is `0.0.0.0:…`).
+    #[serde(default)]
+    pub id: Option<String>,
     /// Where RocksDB keeps its files.
     pub data_dir: PathBuf,
     /// The cluster map (as the proxies have it). Without it the server cannot ask
@@ -167,6 +173,9 @@ impl StorageConfig {
         if let Some(map) = &self.cluster {
             map.validate().map_err(|e| format!("[cluster]: {e}"))?;
         }
+        if self.id.is_some() {
+            self.address_in_map(None)?;
+        }
         match (&self.engine, &self.memory, &self.cluster) {
             (EngineKind::Rocksdb, Some(_), _) => {
                 return Err("[memory] is for engine = \"memory\" only".into())
@@ -190,6 +199,29 @@ impl StorageConfig {
             );
         }
         Ok(())
+    }
+
+    /// This server's address in `[cluster]`: that of the node named `id` (else the
+    /// config's `id`, else `listen`) by its id or its address. `None` without a map,
+    /// or when a RocksDB server is not in it (nothing it runs needs to know); an error
+    /// when a named id is not in the map, or an in-memory server is not (its recovery
+    /// would find no shards of its own and it would never serve).
+    pub fn address_in_map(&self, id: Option<&str>) -> Result<Option<String>, String> {
+        let Some(map) = &self.cluster else {
+            return Ok(None);
+        };
+        let named = id.or(self.id.as_deref());
+        let name = named.unwrap_or(&self.listen);
+        let node =
+            (map.zones.iter().flat_map(|z| &z.nodes)).find(|n| n.id == name || n.addr == name);
+        match (node, named, &self.engine) {
+            (Some(node), _, _) => Ok(Some(node.addr.clone())),
+            (None, None, EngineKind::Rocksdb) => Ok(None),
+            (None, _, _) => Err(format!(
+                "this server ({name}) is not a node of [cluster]: name it by its id or address \
+                 there, with `id = \"...\"` or `junokv storage --id`"
+            )),
+        }
     }
 
     /// How records are stored: sealed with the key file's data keys, or in clear.
@@ -255,6 +287,7 @@ impl StorageServer {
     /// recovery after `memory.recovery_delay_ms`. Replaces what was started before.
     pub fn start_background(
         &mut self,
+        me: &str,
         proxy: Arc<Proxy>,
         clock: Clock,
         sweep: SweepConfig,
@@ -275,7 +308,7 @@ impl StorageServer {
         }
         if self.needs_recovery() {
             let recovery = recovery::Recovery {
-                me: self.addr.to_string(),
+                me: me.to_string(),
                 replica: self.inbox.clone(),
                 proxy,
                 clock,
@@ -397,4 +430,42 @@ async fn serve_connection(
         }
     }
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> StorageConfig {
+        let text = format!(
+            "listen = \"0.0.0.0:7001\"\ndata_dir = \"d\"\nplaintext = true\n{extra}\n\
+             [cluster]\nzones = [{{ datacenter = \"a\", nodes = [\"s-0.a:7001\", \
+             {{ id = \"s-1\", addr = \"10.0.0.2:7001\" }}] }}]\n"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_server_finds_itself_in_the_map_by_id_or_address() {
+        let disk = config("");
+        assert_eq!(
+            disk.address_in_map(Some("s-0.a:7001")),
+            Ok(Some("s-0.a:7001".into()))
+        );
+        assert_eq!(
+            disk.address_in_map(Some("s-1")),
+            Ok(Some("10.0.0.2:7001".into()))
+        );
+        // Listening on 0.0.0.0, a RocksDB server need not know itself...
+        assert_eq!(disk.address_in_map(None), Ok(None));
+        // ...an in-memory one must, and a name given must be in the map.
+        let memory = config("engine = \"memory\"");
+        assert!(memory.address_in_map(None).unwrap_err().contains("--id"));
+        assert!(disk.address_in_map(Some("s-2")).is_err());
+        assert_eq!(
+            config("id = \"s-1\"").address_in_map(None),
+            Ok(Some("10.0.0.2:7001".into()))
+        );
+        assert!(config("id = \"s-9\"").validate().is_err());
+    }
 }

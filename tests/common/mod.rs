@@ -140,7 +140,8 @@ impl TestCluster {
             ..MemoryConfig::default()
         };
         let server = self.storages[i].as_mut().expect("running");
-        server.start_background(proxy, clock, config, &memory);
+        let me = server.addr().to_string();
+        server.start_background(&me, proxy, clock, config, &memory);
     }
 
     /// One sweep of zone `i`'s storage server, judging death by `clock`.
