@@ -92,6 +92,9 @@ pub enum ReplicaReply {
     Node(NodeInfo),
     /// Answer to [`NodeRequest::ListKeys`]: fewer than asked for means the end.
     Keys { keys: Vec<StoreKey> },
+    /// The key's shard is not this server's in its map of `epoch`: the sender's map is
+    /// another (a proxy behind or ahead of a change of the map). Nothing was done.
+    NotOwner { epoch: u64 },
 }
 
 /// What a storage server says of itself.

@@ -118,6 +118,11 @@ pub enum CallError {
 }
 
 impl Peer {
+    /// The address it reaches.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub fn new(addr: String, connector: Connector, connect_timeout: Duration) -> Self {
         Peer {
             addr,

@@ -266,3 +266,37 @@ async fn a_damaged_replica_is_repaired_by_a_read_or_by_the_sweeper() {
     };
     assert_read_and_sweep_repair(cluster, sound).await;
 }
+
+#[tokio::test]
+async fn a_storage_server_refuses_the_shards_its_map_puts_elsewhere() {
+    let cluster = TestCluster::memory(3).await;
+    // Zone 0's server has a newer map than the proxy: a node added to its zone took
+    // some of its shards.
+    let mut map = cluster.map();
+    map.epoch = 2;
+    map.zones[0]
+        .nodes
+        .push(junokv::cluster::Node::at("added:7001"));
+    let me = cluster.addrs[0].to_string();
+    cluster.storages[0].as_ref().unwrap().own(&map, &me);
+    let moved = |k: &[u8]| {
+        let shard = StoreKey::new(b"test", k, map.num_shards).shard;
+        map.zones[0].owner(shard).id == "added:7001"
+    };
+    let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("k{i}").into_bytes()).collect();
+    let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|k| moved(k));
+    assert!(!gone.is_empty() && !kept.is_empty());
+    let c = cluster.client().await;
+    for k in &keys {
+        // Two of three replicas are a quorum: every write still succeeds.
+        c.set(k, b"v", 0).await.unwrap();
+    }
+    eventually("every replica holds every key of its shards", || {
+        let others =
+            |k: &&Vec<u8>| cluster.stored(1, k).is_some() && cluster.stored(2, k).is_some();
+        keys.iter().all(|k| others(&k)) && kept.iter().all(|k| cluster.stored(0, k).is_some())
+    })
+    .await;
+    // Zone 0 took none of the keys of the shards it no longer holds.
+    assert!(gone.iter().all(|k| cluster.stored(0, k).is_none()));
+}

@@ -399,6 +399,7 @@ async fn serve_storage(
                 match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
                     Ok(proxy) => {
                         let me = server.addr().to_string();
+                        server.own(proxy.map(), &me);
                         server.start_background(&me, proxy, clock, sweep_config(), &memory)
                     }
                     Err(e) => tracing::error!(error = %e, "sweeper did not start"),

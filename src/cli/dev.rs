@@ -205,6 +205,9 @@ pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
                 cfg.tls.as_ref(),
                 Clock::default(),
             )?;
+            if let Some(me) = &me {
+                server.own(proxy.map(), me);
+            }
             let me = me.unwrap_or_else(|| cfg.listen.clone());
             server.start_background(&me, proxy.clone(), Clock::default(), cfg.sweeper, &memory);
             Some(proxy)
@@ -334,6 +337,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     };
     for s in &mut storages {
         let me = s.addr().to_string();
+        s.own(shared.map(), &me);
         s.start_background(
             &me,
             shared.clone(),

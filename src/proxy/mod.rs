@@ -577,13 +577,25 @@ async fn drive(
                         .get_or_create(&labels)
                         .inc();
                     let peer = peers[to].clone();
+                    let ours = proxy.map().epoch;
                     round_deadline = Instant::now() + round_timeout;
                     inflight.push(async move {
                         let sent = Instant::now();
                         let call = peer.call(&msg, request_id, round_timeout);
-                        let reply = call.await.unwrap_or_else(|e| ReplicaReply::Failed {
-                            reason: e.to_string(),
-                        });
+                        let reply = match call.await {
+                            // A replica that does not hold the shard counts as none: the
+                            // maps differ, and the operator must bring them together.
+                            Ok(ReplicaReply::NotOwner { epoch }) => {
+                                tracing::warn!(peer = %peer.addr(), epoch, ours, "the storage server does not hold this shard in its map: the maps differ");
+                                ReplicaReply::Failed {
+                                    reason: format!("not the shard's owner in map epoch {epoch}"),
+                                }
+                            }
+                            Ok(reply) => reply,
+                            Err(e) => ReplicaReply::Failed {
+                                reason: e.to_string(),
+                            },
+                        };
                         (round, to, reply, sent.elapsed())
                     });
                 }

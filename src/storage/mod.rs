@@ -318,6 +318,16 @@ impl StorageServer {
         }
     }
 
+    /// From now on, refuses requests about shards `map` does not place on `me` (this
+    /// server's address in it), answering [`ReplicaReply::NotOwner`] with the map's
+    /// epoch: a proxy on another map can then not write through it.
+    ///
+    /// [`ReplicaReply::NotOwner`]: crate::replica::ReplicaReply::NotOwner
+    pub fn own(&self, map: &ShardMap, me: &str) {
+        let owns = replica_actor::Ownership::of(map, me);
+        let _ = self.inbox.send(replica_actor::Envelope::Own(owns));
+    }
+
     /// One sweep pass right now, through `proxy`'s read path (what the background
     /// sweeper does every interval). The removals and repairs it starts land
     /// shortly after it returns.

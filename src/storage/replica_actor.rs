@@ -70,6 +70,15 @@ pub enum Envelope {
     /// Recovery is done (see `recovery.rs`): a missing slot is absent again, behind a
     /// floor above every ballot this replica may have promised before it restarted.
     Recovered,
+    /// From now on, refuse requests about the shards this map does not place here.
+    Own(Ownership),
+}
+
+/// The shards a server holds in the map of one epoch.
+pub struct Ownership {
+    pub epoch: u64,
+    /// By shard number.
+    pub shards: Vec<bool>,
 }
 
 struct Replica {
@@ -93,6 +102,9 @@ struct Replica {
     /// Replies held until the write they depend on is durable, by its sequence number
     /// (with what the simulator checks is on disk as they leave).
     held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply, Option<Expect>)>>,
+    /// The shards this server holds, once it knows (see [`Envelope::Own`]); until
+    /// then it serves any.
+    owns: Option<Ownership>,
 }
 
 /// The replica task as started.
@@ -134,6 +146,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         dirty: HashMap::new(),
         seq: 0,
         held: BTreeMap::new(),
+        owns: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
     let task = tokio::spawn(async move {
@@ -155,6 +168,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                         let _ = answer.send(damaged);
                     }
                     Some(Envelope::Recovered) => replica.recovered(),
+                    Some(Envelope::Own(owns)) => replica.owns = Some(owns),
                     None => break,
                 },
                 changed = durable.changed() => {
@@ -173,6 +187,25 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         task,
         recovering,
     })
+}
+
+impl Ownership {
+    /// What `map` places on the node at `me` (an address of the map).
+    pub fn of(map: &crate::cluster::ShardMap, me: &str) -> Self {
+        Ownership {
+            epoch: map.epoch,
+            shards: (0..map.num_shards)
+                .map(|s| map.replicas(s).contains(&me))
+                .collect(),
+        }
+    }
+
+    fn holds(&self, shard: u16) -> bool {
+        self.shards
+            .get(usize::from(shard))
+            .copied()
+            .unwrap_or(false)
+    }
 }
 
 /// A slot as [`Replica::lookup`] found it.
@@ -277,7 +310,13 @@ impl Replica {
             ReplicaRequest::Accept { record, .. } if !record.tombstone && self.full() => {
                 return reply_to.send(&ReplicaReply::Full)
             }
-            req => req.key().map(StoreKey::to_bytes).expect("about a key"),
+            req => {
+                let key = req.key().expect("about a key");
+                if let Some(owns) = self.owns.as_ref().filter(|o| !o.holds(key.shard)) {
+                    return reply_to.send(&ReplicaReply::NotOwner { epoch: owns.epoch });
+                }
+                key.to_bytes()
+            }
         };
         let loaded = match self.load(&key, &request) {
             Ok(slot) => slot,
