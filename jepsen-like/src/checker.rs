@@ -364,7 +364,7 @@ fn memo_key(
     key.extend((from..to).map(changers));
     let counts_at = unknown.optional.div_ceil(64);
     let mut usage = vec![0u64; counts_at + unknown.upsets.len()];
-    let mut taken = vec![0u64; unknown.classes];
+    let mut taken = vec![0u64; unknown.classes.len()];
     for &(i, kind) in &unknown.ops {
         if linearized[i / 64] & (1 << (i % 64)) != 0 {
             match kind {
@@ -375,7 +375,7 @@ fn memo_key(
         }
     }
     for (sum, &upset) in usage[counts_at..].iter_mut().zip(&unknown.upsets) {
-        *sum = (0..unknown.classes)
+        *sum = (0..unknown.classes.len())
             .filter(|c| upset & 1 << c != 0)
             .map(|c| taken[c])
             .sum();
@@ -422,9 +422,10 @@ impl Usage {
 /// The operations of unknown outcome.
 struct Unknowns {
     ops: Vec<(usize, UnknownKind)>,
-    /// How many are [`UnknownKind::Optional`], and how many classes.
+    /// How many are [`UnknownKind::Optional`].
     optional: usize,
-    classes: usize,
+    /// What the operations of each class (by number) have alike.
+    classes: Vec<Alike>,
     /// Sets of classes (bit per class) closed under [`weaker`]'s converse: a search
     /// that took no more from each of these than another can do whatever the other
     /// can, for an operation of a class can stand in for one of a weaker class (Hall's
@@ -530,7 +531,7 @@ fn check_key(
     };
 
     // Symmetry: unknown writes whose value nobody read, whose own record outlives the
-    // history, and that agree in kind, condition and TTL are alike; see `twin_ahead`.
+    // history, and that agree in kind and condition are alike; see `twin_ahead`.
     let class: Vec<Option<Alike>> = kops
         .iter()
         .map(|k| {
@@ -587,16 +588,19 @@ fn check_key(
         })
         .collect();
     let unknown = {
-        let mut classes: FxHashMap<Alike, usize> = FxHashMap::default();
+        let mut classes: Vec<Alike> = Vec::new();
         let mut optional = 0;
         let ops = (0..n)
             .filter(|&i| kops[i].end == u64::MAX)
             .map(|i| {
                 let kind = match class[i].filter(|_| expiry_free) {
-                    Some(c) => {
-                        let next = classes.len();
-                        UnknownKind::Class(*classes.entry(c).or_insert(next))
-                    }
+                    Some(c) => UnknownKind::Class(match classes.iter().position(|&a| a == c) {
+                        Some(known) => known,
+                        None => {
+                            classes.push(c);
+                            classes.len() - 1
+                        }
+                    }),
                     None if kops[i].observed == Observed::Unknown => {
                         optional += 1;
                         UnknownKind::Optional(optional - 1)
@@ -606,29 +610,26 @@ fn check_key(
                 (i, kind)
             })
             .collect();
-        let by_id: Vec<Alike> = {
-            let mut v: Vec<(usize, Alike)> = classes.iter().map(|(a, &c)| (c, *a)).collect();
-            v.sort_unstable_by_key(|&(c, _)| c);
-            v.into_iter().map(|(_, a)| a).collect()
-        };
         Unknowns {
             ops,
             optional,
-            classes: classes.len(),
-            upsets: upsets(&by_id),
+            upsets: upsets(&classes),
+            classes,
         }
     };
     // The pooled unknown writes leave the list: they are placed only in the runs
     // before the operations that need them (see `runs`).
-    let mut pools: Vec<Pool> = Vec::with_capacity(unknown.classes);
+    let mut pools: Vec<Pool> = (unknown.classes.iter())
+        .map(|&alike| Pool {
+            alike,
+            calls: Vec::new(),
+            taken: 0,
+        })
+        .collect();
     for &(op, kind) in &unknown.ops {
         let UnknownKind::Class(c) = kind else {
             continue;
         };
-        if pools.len() <= c {
-            pools.resize_with(c + 1, Pool::default);
-        }
-        pools[c].alike = class[op];
         pools[c].calls.push((call_of[op], op));
         unlink(&mut next, &mut prev, call_of[op]);
         unlink(&mut next, &mut prev, ret_of[op]);
@@ -883,9 +884,8 @@ fn check_key(
 /// The unknown writes of one class (see [`UnknownKind::Class`]): interchangeable, so
 /// the search takes them by count, the earliest invoked first, and only in the runs
 /// that [`runs`] puts before an operation that needs them.
-#[derive(Default)]
 struct Pool {
-    alike: Option<Alike>,
+    alike: Alike,
     /// (list entry of the call, operation), by invocation.
     calls: Vec<(usize, usize)>,
     taken: usize,
@@ -1083,10 +1083,7 @@ fn describe(s: &State, values: &[&str]) -> String {
 /// make too, and not the other way: a set can do what a create or an update can, an
 /// unconditional update what a conditional one can. (Where several classes can make a
 /// step, they are a chain under this order, so one of them is the weakest.)
-fn weaker(b: Option<Alike>, a: Option<Alike>) -> bool {
-    let (Some(b), Some(a)) = (b, a) else {
-        return false;
-    };
+fn weaker(b: Alike, a: Alike) -> bool {
     matches!(
         ((b.0, b.1), (a.0, a.1)),
         ((F::Create, _), (F::Set, _))
@@ -1107,7 +1104,7 @@ fn upsets(classes: &[Alike]) -> Vec<u64> {
             (0..classes.len()).all(|b| {
                 set & 1 << b == 0
                     || (0..classes.len())
-                        .all(|a| !weaker(Some(classes[b]), Some(classes[a])) || set & 1 << a != 0)
+                        .all(|a| !weaker(classes[b], classes[a]) || set & 1 << a != 0)
             })
         })
         .collect()
