@@ -166,18 +166,18 @@ fn bad_configs_are_named_with_file_line_and_setting() {
 #[test]
 fn servers_refuse_to_start_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
+    // `junokv ARGS` exits 2, saying `what`.
+    let refused = |args: &[&str], what: &str| {
+        let out = junokv(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+    };
     std::fs::write(
         dir.path().join("p.toml"),
         format!("{PROXY}\n[timeouts]\nround_ms = 0\n"),
     )
     .unwrap();
-    let out = junokv(&["proxy", "--config", "p.toml"], dir.path());
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("timeouts.round_ms (0)"),
-        "{}",
-        stderr(&out)
-    );
+    refused(&["proxy", "--config", "p.toml"], "timeouts.round_ms (0)");
     // An in-memory server that cannot find itself in the map would recover for ever.
     let cluster = PROXY.split_once("[cluster]").unwrap().1;
     let memory = STORAGE.replace("127.0.0.1:0", "0.0.0.0:0") + "engine = \"memory\"\n";
@@ -186,24 +186,14 @@ fn servers_refuse_to_start_on_a_bad_config() {
         format!("{memory}\n[cluster]{cluster}"),
     )
     .unwrap();
-    let out = junokv(&["storage", "--config", "m.toml"], dir.path());
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--id"), "{}", stderr(&out));
-    let out = junokv(
+    refused(&["storage", "--config", "m.toml"], "--id");
+    refused(
         &["storage", "--config", "m.toml", "--id", "nowhere:1"],
-        dir.path(),
+        "nowhere:1",
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nowhere:1"), "{}", stderr(&out));
     std::fs::write(dir.path().join("d.toml"), "[cluster]\nepoch = 1\n").unwrap();
-    let out = junokv(
+    refused(
         &["dev", "--config", "d.toml", "--data-dir", "data"],
-        dir.path(),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown field `cluster`"),
-        "{}",
-        stderr(&out)
+        "unknown field `cluster`",
     );
 }
