@@ -83,6 +83,23 @@ pub struct ShardMap {
     #[serde(default = "default_shards")]
     pub num_shards: u16,
     pub zones: Vec<Zone>,
+    /// While a change of the map is under way: the zones as they were before it. A
+    /// shard whose node in a zone differs between `previous` and `zones` has both as
+    /// acceptors, and a quorum must hold a majority of each layout (joint quorums,
+    /// DESIGN §12): it meets every quorum of the maps before and after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Vec<Zone>>,
+}
+
+/// A shard's acceptors under one map, and which sets of them make a quorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement<'a> {
+    /// The shard's node in each zone, in zone order; then, while the map changes, the
+    /// nodes that held it before and hold it no more.
+    pub nodes: Vec<&'a Node>,
+    /// Each layout's acceptors, as places in `nodes`: the layout of `zones`, and while
+    /// the map changes the one before, if it differs. A quorum holds a majority of each.
+    pub layouts: Vec<Vec<usize>>,
 }
 
 fn default_shards() -> u16 {
@@ -132,7 +149,54 @@ impl ShardMap {
         if let Some(twice) = nodes().find(|n| !addrs.insert(n.addr.as_str())) {
             return Err(format!("node {} is named twice in the map", twice.addr));
         }
+        if let Some(previous) = &self.previous {
+            let before = ShardMap {
+                zones: previous.clone(),
+                previous: None,
+                ..self.clone()
+            };
+            before
+                .validate()
+                .map_err(|e| format!("the map before the change: {e}"))?;
+            if previous.len() != self.zones.len() {
+                return Err("a change of the map cannot add or remove zones".into());
+            }
+            // A node on both sides keeps its address: a shard's two acceptors in a zone
+            // must be two nodes.
+            let renamed = self.zones.iter().zip(previous).find_map(|(now, was)| {
+                now.nodes
+                    .iter()
+                    .find(|n| (was.nodes.iter()).any(|w| (w.id == n.id) != (w.addr == n.addr)))
+            });
+            if let Some(n) = renamed {
+                return Err(format!(
+                    "node {} changes its id or address mid-change",
+                    n.id
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A shard's acceptors and quorums (see [`Placement`]).
+    pub fn placement(&self, shard: u16) -> Placement<'_> {
+        let mut nodes: Vec<&Node> = self.zones.iter().map(|z| z.owner(shard)).collect();
+        let now: Vec<usize> = (0..nodes.len()).collect();
+        let mut layouts = vec![now.clone()];
+        if let Some(previous) = &self.previous {
+            let mut before = now;
+            for (z, zone) in previous.iter().enumerate() {
+                let was = zone.owner(shard);
+                if was.id != nodes[z].id {
+                    before[z] = nodes.len();
+                    nodes.push(was);
+                }
+            }
+            if before != layouts[0] {
+                layouts.push(before);
+            }
+        }
+        Placement { nodes, layouts }
     }
 
     /// The address of the storage node holding `shard` in each zone, in zone order.
@@ -147,11 +211,11 @@ impl ShardMap {
             .collect()
     }
 
-    /// Every storage node address, each once.
+    /// Every storage node address (of the layouts before and after a change under
+    /// way), each once.
     pub fn nodes(&self) -> Vec<&str> {
-        let mut all: Vec<&str> = self
-            .zones
-            .iter()
+        let mut all: Vec<&str> = (self.zones.iter())
+            .chain(self.previous.iter().flatten())
             .flat_map(|z| z.nodes.iter().map(|n| n.addr.as_str()))
             .collect();
         all.sort_unstable();
@@ -228,6 +292,46 @@ mod tests {
         assert_eq!(toml::from_str::<ShardMap>(&text).unwrap(), map);
     }
 
+    #[test]
+    fn a_moving_shard_has_both_nodes_and_both_layouts() {
+        let zone = |nodes: &[&str]| Zone {
+            datacenter: "dc".into(),
+            nodes: nodes.iter().map(|n| Node::at(*n)).collect(),
+        };
+        let before = vec![zone(&["a:1"]), zone(&["b:1"]), zone(&["c:1"])];
+        let map = ShardMap {
+            epoch: 2,
+            num_shards: 64,
+            zones: vec![zone(&["a:1", "a:2"]), zone(&["b:1"]), zone(&["c:1"])],
+            previous: Some(before),
+        };
+        map.validate().unwrap();
+        let (mut moving, mut staying) = (0, 0);
+        for s in 0..64 {
+            let p = map.placement(s);
+            let addrs: Vec<&str> = p.nodes.iter().map(|n| n.addr.as_str()).collect();
+            if addrs[0] == "a:2" {
+                moving += 1;
+                assert_eq!(addrs, ["a:2", "b:1", "c:1", "a:1"]);
+                assert_eq!(p.layouts, [vec![0, 1, 2], vec![3, 1, 2]]);
+            } else {
+                staying += 1;
+                assert_eq!(addrs, ["a:1", "b:1", "c:1"]);
+                assert_eq!(p.layouts, [vec![0, 1, 2]]);
+            }
+        }
+        assert!(moving > 0 && staying > 0);
+        // Every node of either layout is reached.
+        assert_eq!(map.nodes(), ["a:1", "a:2", "b:1", "c:1"]);
+        // A change keeps the zones, and a node keeps its address through it.
+        let mut fewer = map.clone();
+        fewer.zones.pop();
+        assert!(fewer.validate().unwrap_err().contains("zones"));
+        let mut moved = map.clone();
+        moved.zones[1].nodes[0].addr = "b:9".into();
+        assert!(moved.validate().unwrap_err().contains("mid-change"));
+    }
+
     mod movement {
         use super::*;
         use proptest::prelude::*;
@@ -253,6 +357,7 @@ mod tests {
                 epoch: 1,
                 num_shards: shards,
                 zones,
+                previous: None,
             }
         }
 

@@ -36,10 +36,12 @@ pub enum Action {
 }
 
 /// Replication parameters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Quorum {
     pub replicas: usize,
-    pub quorum: usize,
+    /// The layouts of the replicas, as their places (one; two while the map changes,
+    /// see [`crate::cluster::Placement`]): a quorum holds a majority of each.
+    pub layouts: Vec<Vec<usize>>,
     /// An expired record is removed only this long after its expiry, so that a proxy
     /// whose clock runs ahead cannot remove what other clocks still call live.
     pub purge_grace_secs: u32,
@@ -55,10 +57,39 @@ impl Quorum {
     pub fn majority(replicas: usize) -> Self {
         Quorum {
             replicas,
-            quorum: replicas / 2 + 1,
+            layouts: vec![(0..replicas).collect()],
             purge_grace_secs: 3600,
             expiry_fence_secs: 2,
         }
+    }
+
+    /// The quorums of a shard's placement (one layout, or two while the map changes),
+    /// with the timing parameters of `self`.
+    pub fn of(&self, placement: &crate::cluster::Placement) -> Self {
+        Quorum {
+            replicas: placement.nodes.len(),
+            layouts: placement.layouts.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// How many of a layout of `n` replicas a quorum holds: a majority.
+    pub fn needed(n: usize) -> usize {
+        n / 2 + 1 - usize::from(bug(Bug::QuorumOneShort))
+    }
+
+    /// Whether the replicas `has` picks (by place) make a quorum.
+    pub fn met(&self, has: impl Fn(usize) -> bool) -> bool {
+        let held = |l: &Vec<usize>| l.iter().filter(|&&i| has(i)).count();
+        self.layouts
+            .iter()
+            .all(|l| held(l) >= Self::needed(l.len()))
+    }
+
+    /// Whether no quorum is left once the replicas `lost` picks are out.
+    pub fn out_of_reach(&self, lost: impl Fn(usize) -> bool) -> bool {
+        let gone = |l: &Vec<usize>| l.iter().filter(|&&i| lost(i)).count();
+        (self.layouts.iter()).any(|l| gone(l) > l.len() - Self::needed(l.len()))
     }
 }
 
@@ -119,11 +150,11 @@ enum Phase {
     },
     Preparing {
         promises: Vec<Option<Option<Accepted>>>,
-        refused: usize,
+        refused: Vec<bool>,
     },
     Accepting {
-        acks: usize,
-        refused: usize,
+        acks: Vec<bool>,
+        refused: Vec<bool>,
         /// Refusals from replicas at their size cap ([`ReplicaReply::Full`]).
         full: usize,
         /// The round sends the request's own record, and no round before it did: if
@@ -179,8 +210,8 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(key: StoreKey, op: Op, ctx: Context, q: Quorum) -> Self {
         assert!(
-            q.quorum > q.replicas / 2 && q.quorum <= q.replicas,
-            "quorums must intersect"
+            (q.layouts.iter()).all(|l| !l.is_empty() && l.iter().all(|&i| i < q.replicas)),
+            "every layout names replicas the request has"
         );
         Coordinator {
             key,
@@ -205,6 +236,11 @@ impl Coordinator {
             lease_outcome: None,
             lease_record: None,
         }
+    }
+
+    /// The key the request is about.
+    pub fn key(&self) -> &StoreKey {
+        &self.key
     }
 
     /// The answer when the request runs out of time: it may have taken effect only if
@@ -258,6 +294,26 @@ impl Coordinator {
             self.ballot = ballots.next_above(self.highest_seen);
             return self.decide(ballots, Some(record), true);
         }
+        self.prepare(ballots)
+    }
+
+    /// The map changed under the request: `q` describes the key's replicas now (the
+    /// caller sends to them by their new places). Whatever is in flight is dropped (its
+    /// replies carry an old round); an unanswered request starts a new round with both
+    /// phases on the new replicas, exactly as after being pre-empted, so an attempt it
+    /// made before is looked for as in any retry. One already answered stops its
+    /// clean-up: the new map's reads and sweepers will do it.
+    pub fn reconfigure(&mut self, q: Quorum, ballots: &dyn BallotSource) -> Vec<Action> {
+        self.q = q;
+        self.round += 1;
+        // Refusals of the old replicas say nothing about the new ones.
+        (self.write_refusals, self.write_round) = (0, u32::MAX);
+        self.lease_record = None;
+        if self.replied || self.is_finished() {
+            self.phase = Phase::Finished;
+            return Vec::new();
+        }
+        self.attempt += 1;
         self.prepare(ballots)
     }
 
@@ -335,7 +391,6 @@ impl Coordinator {
             }
             other => other,
         };
-        let quorum = self.quorum();
         match &mut self.phase {
             Phase::Reading { seen, chosen } => {
                 let ReplicaReply::Value { accepted } = reply else {
@@ -389,8 +444,11 @@ impl Coordinator {
                         Vec::new()
                     };
                 }
-                let needed = if bug(Bug::ReadOneReplica) { 1 } else { quorum };
-                if got.len() < needed {
+                let enough = match bug(Bug::ReadOneReplica) {
+                    true => !got.is_empty(),
+                    false => self.q.met(|i| seen[i].is_some()),
+                };
+                if !enough {
                     return Vec::new();
                 }
                 let current = got[0].as_ref().map(|(_, r)| r.clone());
@@ -424,21 +482,23 @@ impl Coordinator {
                 actions
             }
             Phase::Preparing { promises, refused } => {
+                if promises[from].is_some() || refused[from] {
+                    return Vec::new();
+                }
                 match reply {
-                    ReplicaReply::Promise { accepted } if promises[from].is_none() => {
+                    ReplicaReply::Promise { accepted } => {
                         check_one_record_per_ballot(promises, &accepted);
                         promises[from] = Some(accepted);
                     }
-                    ReplicaReply::Promise { .. } => return Vec::new(),
-                    _ => *refused += 1,
+                    _ => refused[from] = true,
                 }
-                if *refused > self.q.replicas - quorum {
+                if self.q.out_of_reach(|i| refused[i]) {
                     return self.back_off();
                 }
-                let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
-                if got.len() < quorum {
+                if !self.q.met(|i| promises[i].is_some()) {
                     return Vec::new();
                 }
+                let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
                 let agreed = all_same_ballot(&got);
                 let highest = got
                     .iter()
@@ -457,40 +517,45 @@ impl Coordinator {
                 first_write,
                 grants,
             } => {
-                match reply {
-                    ReplicaReply::Accepted => *acks += 1,
-                    ReplicaReply::Full => (*refused, *full) = (*refused + 1, *full + 1),
-                    _ => *refused += 1,
+                if acks[from] || refused[from] {
+                    return Vec::new();
                 }
-                let (acks, refused) = (*acks, *refused);
+                match reply {
+                    ReplicaReply::Accepted => acks[from] = true,
+                    ReplicaReply::Full => (refused[from], *full) = (true, *full + 1),
+                    _ => refused[from] = true,
+                }
+                let count = |v: &[bool]| v.iter().filter(|b| **b).count();
+                let (acked, lost) = (count(acks), count(refused));
                 // Every replica is full: a cache with no room, told as such at once.
-                let out_of_room = *first_write && *full == refused && acks == 0;
-                if !self.replied && out_of_room && refused == self.q.replicas {
+                let out_of_room = *first_write && *full == lost && acked == 0;
+                if !self.replied && out_of_room && lost == self.q.replicas {
                     self.wrote.pop();
                     self.phase = Phase::Finished;
                     return vec![self.reply(Err(Status::SSOutofResource))];
                 }
-                if acks == quorum {
+                let met = self.q.met(|i| acks[i]);
+                if met && grants.is_some() {
                     self.granted = grants.take();
                     if self.on_lease {
                         self.lease_outcome = Some(true);
                     }
                 }
-                if !self.replied && refused > self.q.replicas - quorum && !out_of_room {
+                if !self.replied && self.q.out_of_reach(|i| refused[i]) && !out_of_room {
                     if self.on_lease {
                         self.lease_outcome = Some(false);
                     }
                     return self.back_off();
                 }
                 let mut actions = Vec::new();
-                if !self.replied && acks >= quorum {
+                if !self.replied && met {
                     let outcome = self
                         .outcome
                         .take()
                         .expect("an accept always has an outcome");
                     actions.push(self.reply(outcome));
                 }
-                if acks + refused == self.q.replicas && self.replied {
+                if acked + lost == self.q.replicas && self.replied {
                     self.phase = Phase::Finished;
                 }
                 actions
@@ -505,11 +570,6 @@ impl Coordinator {
             }
             Phase::Finished => Vec::new(),
         }
-    }
-
-    /// How many replies make a quorum.
-    fn quorum(&self) -> usize {
-        self.q.quorum - usize::from(bug(Bug::QuorumOneShort))
     }
 
     /// With a quorum of promises: apply the operation to the newest record and write
@@ -569,8 +629,8 @@ impl Coordinator {
                 assert!(next > ballot, "a lease's ballot is above the accepted one");
                 self.round += 1; // late promises must not count as accept replies
                 self.phase = Phase::Accepting {
-                    acks: 0,
-                    refused: 0,
+                    acks: vec![false; self.q.replicas],
+                    refused: vec![false; self.q.replicas],
                     full: 0,
                     first_write: !sent_before && self.sent_own_write,
                     grants: Some(Lease {
@@ -644,7 +704,7 @@ impl Coordinator {
         self.highest_seen = self.highest_seen.max(self.ballot.counter);
         self.phase = Phase::Preparing {
             promises: vec![None; self.q.replicas],
-            refused: 0,
+            refused: vec![false; self.q.replicas],
         };
         let ballot = self.ballot;
         self.broadcast(|key| ReplicaRequest::Prepare { key, ballot })
@@ -794,6 +854,10 @@ mod tests {
     struct Cluster {
         replicas: Vec<(Option<Slot>, Ballot)>,
         coords: Vec<(Coordinator, Counter)>,
+        /// Each coordinator's replicas, as places in `replicas`.
+        routes: Vec<Vec<usize>>,
+        /// The replicas and quorums of the coordinators added next.
+        map: (Vec<usize>, Quorum),
         outcomes: Vec<Option<Outcome>>,
         net: Vec<Msg>,
         /// Wall clock as replies arrive (0: each coordinator's own start time).
@@ -805,6 +869,8 @@ mod tests {
             Cluster {
                 replicas: vec![(None, Ballot::default()); n],
                 coords: Vec::new(),
+                routes: Vec::new(),
+                map: ((0..n).collect(), Quorum::majority(n)),
                 outcomes: Vec::new(),
                 net: Vec::new(),
                 now_ns: 0,
@@ -850,10 +916,10 @@ mod tests {
             };
             let key = StoreKey::new(b"ns", b"k", 16);
             let c = self.coords.len();
-            self.coords.push((
-                Coordinator::new(key, op, ctx, Quorum::majority(self.replicas.len())),
-                proposer,
-            ));
+            let (route, q) = self.map.clone();
+            self.coords
+                .push((Coordinator::new(key, op, ctx, q), proposer));
+            self.routes.push(route);
             self.outcomes.push(None);
             let actions = {
                 let (co, b) = &mut self.coords[c];
@@ -894,7 +960,7 @@ mod tests {
             }
             match msg {
                 Msg::Request { c, round, to, req } => {
-                    let (slot, floor) = &mut self.replicas[to];
+                    let (slot, floor) = &mut self.replicas[self.routes[c][to]];
                     let bounds = Bounds {
                         floor: *floor,
                         ceiling: u64::MAX,
@@ -1045,6 +1111,107 @@ mod tests {
             };
             prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
         }
+    }
+
+    /// Replicas A, X, Y (places 0–2) and B (3), and a change of the map from {A, X, Y}
+    /// to {B, X, Y} through the joint map: the three maps as (route, quorum).
+    fn maps_of_a_move() -> [(Vec<usize>, Quorum); 3] {
+        let joint = Quorum {
+            replicas: 4,
+            layouts: vec![vec![0, 1, 2], vec![3, 1, 2]],
+            ..Quorum::majority(4)
+        };
+        [
+            (vec![0, 1, 2], Quorum::majority(3)),
+            (vec![3, 1, 2, 0], joint),
+            (vec![3, 1, 2], Quorum::majority(3)),
+        ]
+    }
+
+    proptest! {
+        /// Creates from proxies on two adjacent maps of a move (before and joint, or
+        /// joint and after) at once: at most one wins, and a read on the later map
+        /// finds it. Maps two apart never serve at once (servers fence older maps),
+        /// and what the map before chose reaches the one after by the catch-up.
+        #[test]
+        fn creates_on_adjacent_maps_of_a_move_at_most_one_wins(sched in schedule(), later in 1usize..3, mix in proptest::collection::vec(any::<bool>(), 4)) {
+            let maps = maps_of_a_move();
+            let mut cl = Cluster::new(4);
+            for (i, on_later) in mix.iter().enumerate() {
+                cl.map = maps[later - 1 + usize::from(*on_later)].clone();
+                cl.add(Op::Create { value: val(i as u8), ttl: 0 }, i as u8 + 1);
+            }
+            cl.run(&sched);
+            let winners: Vec<usize> = (0..4).filter(|&c| matches!(cl.outcomes[c], Some(Ok(_)))).collect();
+            prop_assert!(winners.len() <= 1, "{:?}", cl.outcomes);
+            cl.map = maps[later].clone();
+            let got = cl.read();
+            if let [w] = winners[..] {
+                prop_assert_eq!(got.unwrap().unwrap().value, vec![w as u8]);
+            }
+        }
+
+        #[test]
+        fn sets_on_adjacent_maps_of_a_move_are_applied_exactly_once(sched in schedule(), later in 1usize..3, mix in proptest::collection::vec(any::<bool>(), 4)) {
+            let maps = maps_of_a_move();
+            let mut cl = Cluster::new(4);
+            for (i, on_later) in mix.iter().enumerate() {
+                cl.map = maps[later - 1 + usize::from(*on_later)].clone();
+                cl.add(Op::Set { value: val(i as u8), ttl: 0 }, i as u8 + 1);
+            }
+            cl.run(&sched);
+            let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
+            let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
+            prop_assert_eq!(ok + unknown, 4);
+            cl.map = maps[later].clone();
+            let version = match cl.read() {
+                Ok(r) => r.unwrap().version,
+                Err(s) => { prop_assert_eq!(s, Status::NoKey); 0 }
+            };
+            prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
+        }
+    }
+
+    /// Why maps two apart must never serve at once: a create on the map before a move
+    /// chosen by {A, X}, and one on the map after by {B, Y}, both win.
+    #[test]
+    fn maps_two_apart_can_both_win() {
+        let [before, _, after] = maps_of_a_move();
+        let mut cl = Cluster::new(4);
+        cl.map = before;
+        cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            1,
+        );
+        cl.map = after;
+        cl.add(
+            Op::Create {
+                value: val(2),
+                ttl: 0,
+            },
+            2,
+        );
+        // Deliver only what goes to A and X (0, 1) for the first, B and Y for the
+        // second; drop the rest.
+        let mut guard = 0;
+        while !cl.net.is_empty() && guard < 1000 {
+            guard += 1;
+            let wanted = |m: &Msg| match m {
+                Msg::Request { c: 0, to, .. } => *to < 2,
+                Msg::Request { c: 1, to, .. } => *to != 1,
+                _ => true,
+            };
+            let i = (0..cl.net.len()).find(|&i| wanted(&cl.net[i]));
+            match i {
+                Some(i) => cl.deliver(i, false),
+                None => cl.deliver(0, true),
+            }
+        }
+        assert!(matches!(cl.outcomes[0], Some(Ok(_))), "{:?}", cl.outcomes);
+        assert!(matches!(cl.outcomes[1], Some(Ok(_))), "{:?}", cl.outcomes);
     }
 
     proptest! {

@@ -63,10 +63,19 @@ pub enum Bug {
     RecoveryWithoutWait,
     /// A restarted in-memory replica recovers from the keys of one peer only.
     RecoveryAsksOnePeer,
+    /// A storage server serves senders on an older map than its own: a change of the
+    /// map is not fenced, and quorums of maps two changes apart can miss each other.
+    ServesOlderMaps,
+    /// A move of shards skips the catch-up: records chosen before the change, on a
+    /// majority that included the leaving node, never reach the joining one.
+    MoveWithoutCatchUp,
+    /// A move publishes the final map at once, without the joint one: the old node
+    /// leaves before the new one has caught up or been part of any quorum.
+    MoveSkipsJoint,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 24] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -88,6 +97,9 @@ impl Bug {
         Bug::ForgottenAsAbsent,
         Bug::RecoveryWithoutWait,
         Bug::RecoveryAsksOnePeer,
+        Bug::ServesOlderMaps,
+        Bug::MoveWithoutCatchUp,
+        Bug::MoveSkipsJoint,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -114,6 +126,9 @@ impl Bug {
             Bug::ForgottenAsAbsent => "forgotten-as-absent",
             Bug::RecoveryWithoutWait => "recovery-without-wait",
             Bug::RecoveryAsksOnePeer => "recovery-asks-one-peer",
+            Bug::ServesOlderMaps => "serves-older-maps",
+            Bug::MoveWithoutCatchUp => "move-without-catch-up",
+            Bug::MoveSkipsJoint => "move-skips-joint",
         }
     }
 
@@ -123,6 +138,15 @@ impl Bug {
         matches!(
             self,
             Bug::ForgottenAsAbsent | Bug::RecoveryWithoutWait | Bug::RecoveryAsksOnePeer
+        )
+    }
+
+    /// Whether the variant breaks only changes of the map (the simulator's `--moves`
+    /// runs).
+    pub fn map_change(self) -> bool {
+        matches!(
+            self,
+            Bug::ServesOlderMaps | Bug::MoveWithoutCatchUp | Bug::MoveSkipsJoint
         )
     }
 

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod fault;
 pub mod key;
 pub mod listener;
+pub mod map_change;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -92,8 +92,9 @@ pub enum ReplicaReply {
     Node(NodeInfo),
     /// Answer to [`NodeRequest::ListKeys`]: fewer than asked for means the end.
     Keys { keys: Vec<StoreKey> },
-    /// The key's shard is not this server's in its map of `epoch`: the sender's map is
-    /// another (a proxy behind or ahead of a change of the map). Nothing was done.
+    /// The server serves the map of `epoch`, and the sender is on another (behind or
+    /// ahead of a change of the map), or the key's shard is not this server's in it.
+    /// Nothing was done.
     NotOwner { epoch: u64 },
 }
 
@@ -109,6 +110,9 @@ pub struct NodeInfo {
     /// An in-memory replica that restarted and has not yet recovered the records it
     /// lost from its peers.
     pub recovering: bool,
+    /// The epoch of the map it serves (none until it knows itself in one): a change of
+    /// the map waits for the nodes it fences to serve it.
+    pub epoch: Option<u64>,
 }
 
 /// What [`step`] asks the storage server to persist before replying.

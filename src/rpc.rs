@@ -1,6 +1,7 @@
 //! The internal proxy-to-storage protocol: bincode frames `[u32 length][u64 id][body]`
 //! over TCP, many requests in flight per connection, replies matched by id and
-//! allowed out of order. A request's body is the client's request id (if any) and the
+//! allowed out of order. A request's body is the client's request id (if any), the
+//! epoch of the sender's map (a storage server serves only senders on its own) and the
 //! [`ReplicaRequest`]; a reply's, the [`ReplicaReply`].
 
 use crate::replica::{ReplicaReply, ReplicaRequest};
@@ -135,18 +136,23 @@ impl Peer {
     }
 
     /// Sends `req` (on behalf of the client request `request_id`, which the storage
-    /// server's log lines about it name) and waits for its reply, at most `timeout`.
+    /// server's log lines about it name), as a sender on the map of `epoch`, and waits
+    /// for its reply, at most `timeout`.
     pub async fn call(
         &self,
         req: &ReplicaRequest,
-        request_id: Option<[u8; 16]>,
+        (request_id, epoch): (Option<[u8; 16]>, u64),
         timeout: Duration,
     ) -> Result<ReplicaReply, CallError> {
         let conn = self.connection().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap().insert(id, tx);
-        if conn.tx.send(encode_frame(id, &(request_id, req))).is_err() {
+        if conn
+            .tx
+            .send(encode_frame(id, &(request_id, epoch, req)))
+            .is_err()
+        {
             conn.pending.lock().unwrap().remove(&id);
             self.forget(&conn);
             return Err(CallError::Lost);

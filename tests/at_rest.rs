@@ -202,7 +202,7 @@ async fn a_missing_or_different_key_is_refused_not_repaired() {
         key: StoreKey::new(b"test", b"k", 64),
     };
     match peer
-        .call(&read, None, Duration::from_secs(5))
+        .call(&read, (None, 1), Duration::from_secs(5))
         .await
         .unwrap()
     {

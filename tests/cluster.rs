@@ -3,10 +3,14 @@
 mod common;
 
 use common::{assert_read_and_sweep_repair, eventually, Store, TestCluster};
-use junokv::client::ClientError;
+use junokv::client::{Client, ClientError};
+use junokv::clock::Clock;
 use junokv::key::StoreKey;
 use junokv::protocol::Status;
+use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
+use junokv::transport::Acceptor;
+use tokio::net::TcpListener;
 
 fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
     r.expect_err("expected an error status")
@@ -268,7 +272,7 @@ async fn a_damaged_replica_is_repaired_by_a_read_or_by_the_sweeper() {
 }
 
 #[tokio::test]
-async fn a_storage_server_refuses_the_shards_its_map_puts_elsewhere() {
+async fn a_storage_server_serves_only_senders_on_its_map_and_only_its_shards() {
     let cluster = TestCluster::memory(3).await;
     // Zone 0's server has a newer map than the proxy: a node added to its zone took
     // some of its shards.
@@ -288,15 +292,34 @@ async fn a_storage_server_refuses_the_shards_its_map_puts_elsewhere() {
     assert!(!gone.is_empty() && !kept.is_empty());
     let c = cluster.client().await;
     for k in &keys {
-        // Two of three replicas are a quorum: every write still succeeds.
+        // Two of three replicas are a quorum: every write still succeeds...
         c.set(k, b"v", 0).await.unwrap();
     }
-    eventually("every replica holds every key of its shards", || {
-        let others =
-            |k: &&Vec<u8>| cluster.stored(1, k).is_some() && cluster.stored(2, k).is_some();
-        keys.iter().all(|k| others(&k)) && kept.iter().all(|k| cluster.stored(0, k).is_some())
+    eventually("zones 1 and 2 hold every key", || {
+        keys.iter()
+            .all(|k| cluster.stored(1, k).is_some() && cluster.stored(2, k).is_some())
     })
     .await;
-    // Zone 0 took none of the keys of the shards it no longer holds.
+    // ...but zone 0 refused the proxy on the older map, every shard of it.
+    assert!(keys.iter().all(|k| cluster.stored(0, k).is_none()));
+
+    // A proxy on zone 0's map: zone 0 takes the keys of the shards it kept, and no
+    // other (those go to the added node, which is not there).
+    let proxy = Proxy::new(ProxyConfig::new(map.clone()), Clock::default()).unwrap();
+    let server = (proxy.serve(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Acceptor::Plain,
+    ))
+    .unwrap();
+    let c = Client::connect(&server.addr().to_string(), "test")
+        .await
+        .unwrap();
+    for k in &keys {
+        c.set(k, b"w", 0).await.unwrap();
+    }
+    eventually("zone 0 holds the keys of its shards", || {
+        kept.iter().all(|k| cluster.stored(0, k).is_some())
+    })
+    .await;
     assert!(gone.iter().all(|k| cluster.stored(0, k).is_none()));
 }

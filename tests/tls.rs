@@ -90,6 +90,7 @@ impl Secure {
             epoch: 1,
             num_shards: 16,
             zones,
+            previous: None,
         });
         config.cluster_tls = Some(proxy_tls.clone());
         config.timeouts.request_ms = 500;
@@ -127,7 +128,7 @@ async fn storage_answers(storage: &StorageServer, connector: Connector) -> bool 
         key: StoreKey::new(b"tls", b"k", 16),
     };
     matches!(
-        peer.call(&read, None, Duration::from_secs(2)).await,
+        peer.call(&read, (None, 1), Duration::from_secs(2)).await,
         Ok(ReplicaReply::Value { .. })
     )
 }
@@ -253,6 +254,7 @@ async fn bad_input_at_the_tls_layer_closes_only_that_connection() {
                 datacenter: "dc1".into(),
                 nodes: vec![Node::at("127.0.0.1:1")],
             }],
+            previous: None,
         }),
         Clock::default(),
     )

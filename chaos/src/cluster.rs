@@ -174,6 +174,7 @@ impl Cluster {
             epoch: 1,
             num_shards: 64,
             zones,
+            previous: None,
         };
         // Storage servers get the map (their own addresses, past the relays) so that
         // their sweepers run, with a grace period short enough to purge within a run.

@@ -216,13 +216,18 @@ async fn divergent_replicas(
         for addr in map.replicas(key.shard) {
             let peer = Peer::new(addr.to_string(), connector.clone(), Duration::from_secs(1));
             let req = ReplicaRequest::Read { key: key.clone() };
-            states.push(match peer.call(&req, None, Duration::from_secs(2)).await {
-                Ok(ReplicaReply::Value { accepted }) => {
-                    Ok(accepted.map(|(b, r)| (b, r.version, r.tombstone)))
-                }
-                Ok(other) => Err(format!("{other:?}")),
-                Err(e) => Err(e.to_string()),
-            });
+            states.push(
+                match peer
+                    .call(&req, (None, map.epoch), Duration::from_secs(2))
+                    .await
+                {
+                    Ok(ReplicaReply::Value { accepted }) => {
+                        Ok(accepted.map(|(b, r)| (b, r.version, r.tombstone)))
+                    }
+                    Ok(other) => Err(format!("{other:?}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
         }
         if states.windows(2).any(|w| w[0] != w[1]) {
             problems.push(format!("replicas of {ns}/k{k} diverge: {states:?}"));

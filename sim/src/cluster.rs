@@ -79,6 +79,8 @@ pub struct Plan {
     pub max_unavailable: f64,
     /// Storage nodes keep records in memory (`engine = "memory"`): a crash loses them.
     pub memory: bool,
+    /// The map changes while the faults go on (see `mover.rs`).
+    pub moves: bool,
 }
 
 /// What one seed produced.
@@ -176,6 +178,8 @@ async fn simulate(plan: Plan) -> Run {
     }));
 
     let map = topo.shard_map();
+    // The map source every node follows (etcd's part in a real cluster).
+    let store = Arc::new(tokio::sync::watch::Sender::new(map.clone()));
     let codec = codec(plan.seed);
     let mut storage = Vec::new();
     for spot in topo.storage() {
@@ -184,7 +188,8 @@ async fn simulate(plan: Plan) -> Run {
             false => SimEngine::default(),
         });
         let disk = engine.clone();
-        let node_map = map.clone();
+        let node_store = store.clone();
+        let map_lag = draw_map_lag(&mut rng, plan.moves);
         let node_codec = codec.clone();
         // Longer than any proxy request lasts (see `junokv::storage`'s recovery).
         let memory = MemoryConfig {
@@ -196,11 +201,12 @@ async fn simulate(plan: Plan) -> Run {
             .name(format!("storage-z{}-{}", spot.zone, spot.addr.ip()))
             .ip(spot.addr.ip())
             .init(move || {
-                let (engine, map, codec) = (disk.clone(), node_map.clone(), node_codec.clone());
+                let (engine, store, codec) = (disk.clone(), node_store.clone(), node_codec.clone());
                 let memory = memory.clone();
                 async move {
                     engine.crash(); // a (re)start after a crash finds only synced data
-                    serve_storage(spot.addr, engine, codec, map, memory).await;
+                    let maps = lagging(&store, map_lag);
+                    serve_storage(spot.addr, engine, codec, maps, memory).await;
                 }
             })
             .build();
@@ -223,11 +229,16 @@ async fn simulate(plan: Plan) -> Run {
                 config.leases.memory_bytes = 0;
             }
             let node_clock = clock.clone();
+            let node_store = store.clone();
+            let map_lag = draw_map_lag(&mut rng, plan.moves);
             let node = handle
                 .create_node()
                 .name(format!("proxy-dc{dc}-{}", addr.ip()))
                 .ip(addr.ip())
-                .init(move || serve_proxy(addr, config.clone(), node_clock.clone()))
+                .init(move || {
+                    let maps = lagging(&node_store, map_lag);
+                    serve_proxy(addr, config.clone(), node_clock.clone(), maps)
+                })
                 .build();
             proxies.push(ProxyNode {
                 id: node.id(),
@@ -300,6 +311,22 @@ async fn simulate(plan: Plan) -> Run {
     let nemesis_task = plan
         .faults
         .then(|| tokio::spawn(nemesis.clone().run(fault_period)));
+    let mover_task = plan.moves.then(|| {
+        let driver = handle
+            .create_node()
+            .name("map-driver")
+            .ip([10, 5, 0, 1].into())
+            .build();
+        let (store, all) = (store.clone(), map.zones.clone());
+        let until = tokio::time::Instant::now() + fault_period;
+        driver.spawn(async move {
+            let mut config = ProxyConfig::new(store.borrow().clone());
+            config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
+            let proxy = Proxy::new(config, Clock::default()).expect("a valid map");
+            proxy.follow(store.subscribe());
+            crate::mover::run(store, proxy, all, until).await
+        })
+    });
 
     let mut problems = Vec::new();
     let mut events: Vec<Event> = Vec::new();
@@ -312,6 +339,17 @@ async fn simulate(plan: Plan) -> Run {
     }
     if let Some(t) = nemesis_task {
         t.await.expect("nemesis");
+    }
+    if let Some(t) = mover_task {
+        // The change under way when the faults stopped finishes on the healed cluster.
+        match tokio::time::timeout(Duration::from_secs(60), t).await {
+            Ok(changes) => tracing::info!(changes = changes.expect("mover"), "map changes made"),
+            Err(_) => problems.push("a change of the map did not finish after the heal".into()),
+        }
+    }
+    let map = store.borrow().clone();
+    if map.previous.is_some() {
+        problems.push(format!("the map (epoch {}) is left mid-change", map.epoch));
     }
     // Every fault has healed (and the workload's last seconds ran on a healed
     // cluster): every key must be readable, and reading it repairs its replicas. A
@@ -343,6 +381,7 @@ async fn simulate(plan: Plan) -> Run {
         }
     }
     problems.extend(diverged);
+    problems.extend(foreign_records(&nemesis, &map));
     // Wait out the grace period and a few sweeps: nothing that should be gone may
     // remain on any replica, and nothing damaged may be left unrepaired.
     // (Sweepers of different replicas race on a key, so a slot may come and go; only
@@ -385,21 +424,54 @@ async fn simulate(plan: Plan) -> Run {
     }
 }
 
+/// How far behind the map source a node may learn of a new map: each node's own
+/// bound, drawn per seed (a real node hears of a change through a watch on etcd that
+/// a slow link or a partition delays; a node behind must be refused, not obeyed).
+/// (Without changes of the map, nothing is drawn: the other runs' schedules stay.)
+fn draw_map_lag(rng: &mut impl Rng, moves: bool) -> Duration {
+    match moves {
+        true => Duration::from_millis(rng.gen_range(0..3000)),
+        false => Duration::ZERO,
+    }
+}
+
+/// The maps of `store` as a node `lag` behind it sees them: each change arrives after
+/// a random delay up to `lag` (several changes meanwhile arrive as the newest).
+fn lagging(
+    store: &tokio::sync::watch::Sender<junokv::cluster::ShardMap>,
+    lag: Duration,
+) -> tokio::sync::watch::Receiver<junokv::cluster::ShardMap> {
+    let mut source = store.subscribe();
+    let (tx, rx) = tokio::sync::watch::channel(source.borrow_and_update().clone());
+    tokio::spawn(async move {
+        while source.changed().await.is_ok() {
+            let micros = madsim::rand::thread_rng().gen_range(0..=lag.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(micros)).await;
+            if tx.send(source.borrow_and_update().clone()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 async fn serve_storage(
     addr: SocketAddr,
     engine: Arc<SimEngine>,
     codec: SlotCodec,
-    map: junokv::cluster::ShardMap,
+    maps: tokio::sync::watch::Receiver<junokv::cluster::ShardMap>,
     memory: MemoryConfig,
 ) {
     match TcpListener::bind(addr).await {
         Ok(listener) => match StorageServer::start(listener, engine, codec, Acceptor::Plain) {
             Ok(mut server) => {
                 let clock = Clock::default();
+                let map = maps.borrow().clone();
                 match StorageServer::sweeping_proxy(map, &sweep_config(), None, clock.clone()) {
                     Ok(proxy) => {
                         let me = server.addr().to_string();
-                        server.own(proxy.map(), &me);
+                        server.follow(maps.clone(), &me);
+                        proxy.follow(maps);
                         server.start_background(&me, proxy, clock, sweep_config(), &memory)
                     }
                     Err(e) => tracing::error!(error = %e, "sweeper did not start"),
@@ -448,8 +520,14 @@ fn unswept_records(nemesis: &Nemesis, codec: &SlotCodec) -> Vec<String> {
     problems
 }
 
-async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
+async fn serve_proxy(
+    addr: SocketAddr,
+    config: ProxyConfig,
+    clock: Clock,
+    maps: tokio::sync::watch::Receiver<junokv::cluster::ShardMap>,
+) {
     let proxy = Proxy::new(config, clock).expect("the simulator's shard map is valid");
+    proxy.follow(maps);
     match TcpListener::bind(addr).await {
         Ok(listener) => match proxy.serve(listener, Acceptor::Plain) {
             Ok(_server) => std::future::pending::<()>().await,
@@ -457,6 +535,28 @@ async fn serve_proxy(addr: SocketAddr, config: ProxyConfig, clock: Clock) {
         },
         Err(e) => tracing::error!(error = %e, "proxy bind"),
     }
+}
+
+/// Slots a storage node holds of shards the final map does not place on it: a node
+/// drops a shard as soon as it serves a map without it there.
+fn foreign_records(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in &nemesis.targets().storage {
+        let me = s.addr.to_string();
+        let disk = s.engine.durable();
+        let foreign = (disk.keys().filter(|k| is_record_key(k)))
+            .filter(|k| {
+                let shard = u16::from_be_bytes([k[0], k[1]]);
+                !map.placement(shard).nodes.iter().any(|n| n.addr == me)
+            })
+            .count();
+        if foreign > 0 {
+            problems.push(format!(
+                "{me} holds {foreign} slots of shards the final map places elsewhere"
+            ));
+        }
+    }
+    problems
 }
 
 /// Keys whose replicas hold different accepted records (a damaged replica differs

@@ -11,6 +11,8 @@ mod engine;
 #[cfg(madsim)]
 mod liveness;
 #[cfg(madsim)]
+mod mover;
+#[cfg(madsim)]
 mod nemesis;
 #[cfg(madsim)]
 mod topology;
@@ -74,6 +76,11 @@ struct Args {
     /// cache cluster survives); with `--list-bugs`, the variants for this mode.
     #[arg(long)]
     memory: bool,
+    /// The map changes all through the faults: nodes leave zones, join them and replace
+    /// one another (needs two nodes a zone); with `--list-bugs`, the variants for this
+    /// mode.
+    #[arg(long)]
+    moves: bool,
     /// Where a failing seed leaves its history, reports and trace log
     /// (`DIR/seed-N/`).
     #[arg(long)]
@@ -96,7 +103,10 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.list_bugs {
         let mode = junokv::fault::Bug::ALL.into_iter();
-        for b in mode.filter(|b| b.in_memory_recovery() == args.memory) {
+        let listed = |b: &junokv::fault::Bug| {
+            b.in_memory_recovery() == args.memory && b.map_change() == args.moves
+        };
+        for b in mode.filter(listed) {
             println!("{}", b.name());
         }
         return ExitCode::SUCCESS;
@@ -131,6 +141,7 @@ fn main() -> std::process::ExitCode {
         leases: !args.no_leases,
         max_unavailable: args.max_unavailable / 100.0,
         memory: args.memory,
+        moves: args.moves,
     };
     let wall = std::time::Instant::now();
     let outcome = cluster::run_seed(&plan);

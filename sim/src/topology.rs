@@ -103,6 +103,7 @@ impl Topology {
                     }
                 })
                 .collect(),
+            previous: None,
         }
     }
 }

@@ -206,7 +206,7 @@ pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
                 Clock::default(),
             )?;
             if let Some(me) = &me {
-                server.own(proxy.map(), me);
+                server.own(&proxy.map(), me);
             }
             let me = me.unwrap_or_else(|| cfg.listen.clone());
             server.start_background(&me, proxy.clone(), Clock::default(), cfg.sweeper, &memory);
@@ -318,6 +318,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
         epoch: 1,
         num_shards: 1024,
         zones,
+        previous: None,
     });
     (cfg.limits, cfg.timeouts, cfg.connections) = (dev.limits, dev.timeouts, dev.connections);
     cfg.leases = dev.leases;
@@ -337,7 +338,7 @@ pub async fn run_dev(a: DevArgs) -> CliResult {
     };
     for s in &mut storages {
         let me = s.addr().to_string();
-        s.own(shared.map(), &me);
+        s.own(&shared.map(), &me);
         s.start_background(
             &me,
             shared.clone(),

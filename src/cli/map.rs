@@ -204,6 +204,7 @@ mod tests {
                     nodes: ids.iter().map(|id| Node::at(*id)).collect(),
                 })
                 .collect(),
+            previous: None,
         }
     }
 

@@ -29,7 +29,9 @@ const PROBE_EVERY: u64 = 16;
 /// What a proxy knows of one key.
 #[derive(Default)]
 struct Entry {
-    lease: Option<Lease>,
+    /// The lease, and the epoch of the map whose quorum granted it: a lease is good
+    /// only under that map (the next one's quorums may miss the one that promised).
+    lease: Option<(u64, Lease)>,
     /// Writes still to go without a lease (other proxies write the key too).
     skip: u32,
     /// What `skip` was set to after the last refusal (0: the last lease was taken).
@@ -61,9 +63,9 @@ impl Leases {
         }
     }
 
-    /// The lease for a write to `key` that is starting, if the proxy holds one: from now
-    /// on it is this request's alone.
-    pub fn take(&self, key: &StoreKey) -> Option<Lease> {
+    /// The lease for a write to `key` that is starting under the map of `epoch`, if the
+    /// proxy holds one from that map: from now on it is this request's alone.
+    pub fn take(&self, key: &StoreKey, epoch: u64) -> Option<Lease> {
         let mut t = self.table.lock().unwrap();
         let mut entry = t.entries.remove(key)?;
         let lease = if entry.skip > 0 {
@@ -77,13 +79,13 @@ impl Leases {
             entry.lease.take()
         };
         t.put(key, entry);
-        lease
+        lease.filter(|(e, _)| *e == epoch).map(|(_, l)| l)
     }
 
     /// Keeps the lease a request's accept round granted on `key` (unless the key's
     /// writes go without leases for now). `taken` tells whether the request itself
-    /// wrote on a lease and a quorum took it.
-    pub fn grant(&self, key: &StoreKey, lease: Lease, taken: bool) {
+    /// wrote on a lease and a quorum took it; the quorum was of the map of `epoch`.
+    pub fn grant(&self, key: &StoreKey, lease: Lease, taken: bool, epoch: u64) {
         let mut t = self.table.lock().unwrap();
         let mut entry = t.entries.remove(key).unwrap_or_default();
         if taken {
@@ -91,7 +93,7 @@ impl Leases {
             t.observe(true);
         }
         if entry.skip == 0 {
-            entry.lease = Some(lease);
+            entry.lease = Some((epoch, lease));
         }
         t.put(key, entry);
     }
@@ -126,8 +128,9 @@ impl Table {
 
     /// Keeps `entry` as the newest, at roughly what it costs in memory.
     fn put(&mut self, key: &StoreKey, entry: Entry) {
-        let held = (entry.lease.as_ref())
-            .map_or(0, |l| l.record.value.len() + l.record.lineage.len() * 16);
+        let held = (entry.lease.as_ref()).map_or(0, |(_, l)| {
+            l.record.value.len() + l.record.lineage.len() * 16
+        });
         let size = 128 + key.key.len() + key.namespace.len() + held;
         self.entries.insert(key.clone(), entry, size);
     }
@@ -153,11 +156,20 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_is_good_only_under_the_map_that_granted_it() {
+        let leases = Leases::new(1 << 20);
+        leases.grant(&key(1), lease(2), false, 1);
+        assert_eq!(leases.take(&key(1), 2), None);
+        // Gone, not kept for a return to the old map.
+        assert_eq!(leases.take(&key(1), 1), None);
+    }
+
+    #[test]
     fn a_lease_is_used_once() {
         let leases = Leases::new(1 << 20);
-        leases.grant(&key(1), lease(2), false);
-        assert_eq!(leases.take(&key(1)), Some(lease(2)));
-        assert_eq!(leases.take(&key(1)), None);
+        leases.grant(&key(1), lease(2), false, 1);
+        assert_eq!(leases.take(&key(1), 1), Some(lease(2)));
+        assert_eq!(leases.take(&key(1), 1), None);
     }
 
     /// Writes to a key that go without a lease after `refusals` refusals in a row.
@@ -168,8 +180,8 @@ mod tests {
         }
         let mut skipped = 0;
         loop {
-            leases.grant(&key(1), lease(3), false);
-            if leases.take(&key(1)).is_some() {
+            leases.grant(&key(1), lease(3), false, 1);
+            if leases.take(&key(1), 1).is_some() {
                 return skipped;
             }
             skipped += 1;
@@ -186,9 +198,9 @@ mod tests {
         leases.refused(&key(1));
         leases.refused(&key(1));
         for _ in 0..2 * FIRST_SKIP {
-            leases.take(&key(1));
+            leases.take(&key(1), 1);
         }
-        leases.grant(&key(1), lease(4), true);
+        leases.grant(&key(1), lease(4), true, 1);
         leases.refused(&key(1));
         let t = leases.table.lock().unwrap();
         assert_eq!(t.entries.get(&key(1)).unwrap().skip, FIRST_SKIP);
@@ -202,16 +214,16 @@ mod tests {
         }
         let used = (1000..1000 + 10 * PROBE_EVERY as u32)
             .filter(|&i| {
-                leases.grant(&key(i), lease(5), false);
-                leases.take(&key(i)).is_some()
+                leases.grant(&key(i), lease(5), false, 1);
+                leases.take(&key(i), 1).is_some()
             })
             .count();
         assert_eq!(used, 10, "one lease in {PROBE_EVERY} is still tried");
         for i in 0..100 {
-            leases.grant(&key(i), lease(6), true); // they stopped
+            leases.grant(&key(i), lease(6), true, 1); // they stopped
         }
-        leases.grant(&key(5000), lease(7), false);
-        assert_eq!(leases.take(&key(5000)), Some(lease(7)));
+        leases.grant(&key(5000), lease(7), false, 1);
+        assert_eq!(leases.take(&key(5000), 1), Some(lease(7)));
     }
 
     #[test]
@@ -219,18 +231,18 @@ mod tests {
         let leases = Leases::new(3 * (128 + 4 + 2));
         for round in 0..50u64 {
             for i in 0..5 {
-                leases.grant(&key(i), lease(round * 10 + u64::from(i)), false);
+                leases.grant(&key(i), lease(round * 10 + u64::from(i)), false, 1);
             }
         }
         assert_eq!(leases.table.lock().unwrap().entries.len(), 3);
-        assert_eq!(leases.take(&key(0)), None);
-        assert_eq!(leases.take(&key(4)), Some(lease(494)));
+        assert_eq!(leases.take(&key(0), 1), None);
+        assert_eq!(leases.take(&key(4), 1), Some(lease(494)));
     }
 
     #[test]
     fn no_budget_no_leases() {
         let leases = Leases::new(0);
-        leases.grant(&key(1), lease(2), false);
-        assert_eq!(leases.take(&key(1)), None);
+        leases.grant(&key(1), lease(2), false, 1);
+        assert_eq!(leases.take(&key(1), 1), None);
     }
 }

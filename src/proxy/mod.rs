@@ -10,6 +10,7 @@ mod translate;
 pub use config::{ConnectionLimits, LeaseConfig, Limits, ProxyConfig, Timeouts};
 
 use crate::clock::Clock;
+use crate::cluster::ShardMap;
 use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
 use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
@@ -59,13 +60,33 @@ impl BallotSource for Ballots {
     }
 }
 
+/// What a proxy routes by: a map and a peer for each storage node in it. Replaced
+/// whole when the map changes: a round of a request goes out under one map.
+struct Routing {
+    map: Arc<ShardMap>,
+    peers: HashMap<String, Arc<Peer>>,
+}
+
+impl Routing {
+    /// The replicas of `shard` and their quorums (timing taken from `base`).
+    fn replicas(&self, shard: u16, base: &Quorum) -> (Vec<Arc<Peer>>, Quorum) {
+        let placement = self.map.placement(shard);
+        let peers = (placement.nodes.iter())
+            .map(|n| self.peers[&n.addr].clone())
+            .collect();
+        (peers, base.of(&placement))
+    }
+}
+
 /// Shared state of a proxy.
 pub struct Proxy {
     config: ProxyConfig,
     connector: Connector,
-    peers: HashMap<String, Arc<Peer>>,
+    /// The map routed by now; requests in flight watch it for changes.
+    routing: watch::Sender<Arc<Routing>>,
     ballots: Ballots,
     clock: Clock,
+    /// The timing parameters of every request's quorums.
     quorum: Quorum,
     turns: key_turns::KeyTurns,
     leases: leases::Leases,
@@ -95,21 +116,11 @@ impl Proxy {
     pub fn new(config: ProxyConfig, clock: Clock) -> Result<Arc<Self>, String> {
         config.cluster.validate()?;
         let connector = Connector::member(config.cluster_tls.as_ref())?;
-        let peers = config
-            .cluster
-            .nodes()
-            .into_iter()
-            .map(|a| {
-                (
-                    a.to_string(),
-                    Arc::new(Peer::new(
-                        a.to_string(),
-                        connector.clone(),
-                        config.timeouts.connect(),
-                    )),
-                )
-            })
-            .collect();
+        let routing = Routing {
+            map: Arc::new(config.cluster.clone()),
+            peers: HashMap::new(),
+        };
+        let routing = watch::Sender::new(Arc::new(routing));
         let quorum = Quorum {
             purge_grace_secs: config.timeouts.purge_grace_secs,
             ..Quorum::majority(config.cluster.zones.len())
@@ -118,17 +129,76 @@ impl Proxy {
             proposer: madsim::rand::random(),
             counter: AtomicU64::new(0),
         };
-        Ok(Arc::new(Proxy {
+        let proxy = Proxy {
             admission: admission::Admission::new(config.connections.clone()),
             leases: leases::Leases::new(config.leases.memory_bytes),
             config,
             connector,
-            peers,
+            routing,
             ballots,
             clock,
             quorum,
             turns: key_turns::KeyTurns::default(),
-        }))
+        };
+        proxy.route_by(proxy.config.cluster.clone(), true)?;
+        Ok(Arc::new(proxy))
+    }
+
+    /// Routes by `map` from now on, if it is newer than the map routed by (an older one
+    /// is ignored: maps only move forward). Requests in flight move to it at once,
+    /// starting their round again on the key's replicas under it.
+    pub fn install(&self, map: ShardMap) -> Result<(), String> {
+        self.route_by(map, false)
+    }
+
+    fn route_by(&self, map: ShardMap, first: bool) -> Result<(), String> {
+        map.validate()?;
+        let current = self.routing.borrow().clone();
+        if !first && map.epoch <= current.map.epoch {
+            return Ok(());
+        }
+        if map.num_shards != current.map.num_shards {
+            return Err("a map cannot change the number of shards".into());
+        }
+        let peers = (map.nodes().into_iter())
+            .map(|a| {
+                let peer = current.peers.get(a).cloned().unwrap_or_else(|| {
+                    let timeout = self.config.timeouts.connect();
+                    Arc::new(Peer::new(a.to_string(), self.connector.clone(), timeout))
+                });
+                (a.to_string(), peer)
+            })
+            .collect();
+        if !first {
+            tracing::info!(
+                epoch = map.epoch,
+                was = current.map.epoch,
+                changing = map.previous.is_some(),
+                "proxy routes by a new map"
+            );
+        }
+        let map = Arc::new(map);
+        self.routing.send_replace(Arc::new(Routing { map, peers }));
+        Ok(())
+    }
+
+    /// Installs every map `maps` brings (see [`Proxy::install`]), as long as the proxy
+    /// lives: how a proxy follows the cluster's map source.
+    pub fn follow(self: &Arc<Self>, mut maps: watch::Receiver<ShardMap>) {
+        let proxy = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let map = maps.borrow_and_update().clone();
+                let Some(proxy) = proxy.upgrade() else { return };
+                if let Err(e) = proxy.install(map) {
+                    tracing::error!(error = %e, "a map from the map source was refused");
+                }
+                drop(proxy);
+                if maps.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Reads its cluster certificate files again: connections opened from now on use
@@ -141,7 +211,7 @@ impl Proxy {
     /// count, engine size and version, and how many shards lack a quorum of
     /// answering replicas.
     pub async fn status(&self) -> ClusterStatus {
-        let map = &self.config.cluster;
+        let map = self.map();
         // Each shard's replicas, worked out once.
         let placement: Vec<Vec<&str>> = (0..map.num_shards).map(|s| map.replicas(s)).collect();
         let placed = map.zones.iter().enumerate().flat_map(|(z, zone)| {
@@ -168,14 +238,18 @@ impl Proxy {
         });
         let nodes = futures::future::join_all(asks).await;
         let up = |addr: &str| nodes.iter().any(|n| n.serving() && n.addr == addr);
-        let shards_without_quorum = (placement.iter())
-            .filter(|replicas| replicas.iter().filter(|r| up(r)).count() < self.quorum.quorum)
+        let shards_without_quorum = (0..map.num_shards)
+            .filter(|s| {
+                let placement = map.placement(*s);
+                let q = self.quorum.of(&placement);
+                !q.met(|i| up(&placement.nodes[i].addr))
+            })
             .count();
         ClusterStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             epoch: map.epoch,
             shards: map.num_shards,
-            quorum: self.quorum.quorum,
+            quorum: Quorum::needed(map.zones.len()),
             nodes,
             shards_without_quorum,
         }
@@ -204,17 +278,28 @@ impl Proxy {
         }
     }
 
-    /// The cluster map this proxy routes by.
-    pub fn map(&self) -> &crate::cluster::ShardMap {
-        &self.config.cluster
+    /// The clock that judges expiry for this proxy's requests.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The cluster map this proxy routes by now.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.routing.borrow().map.clone()
     }
 
     /// Asks the storage node at `addr` (one in the map) about itself, waiting at most
     /// one round's timeout.
     pub async fn ask_node(&self, addr: &str, req: NodeRequest) -> Result<ReplicaReply, String> {
-        let peer = (self.peers.get(addr)).ok_or_else(|| format!("{addr} is not in the map"))?;
+        let (peer, epoch) = {
+            let routing = self.routing.borrow();
+            (routing.peers.get(addr).cloned(), routing.map.epoch)
+        };
+        let peer = peer.ok_or_else(|| format!("{addr} is not in the map"))?;
         let timeout = self.config.timeouts.round();
-        let reply = peer.call(&ReplicaRequest::Node(req), None, timeout).await;
+        let reply = peer
+            .call(&ReplicaRequest::Node(req), (None, epoch), timeout)
+            .await;
         reply.map_err(|e| format!("{addr}: {e}"))
     }
 
@@ -368,6 +453,7 @@ impl Proxy {
                 Ok(op) => {
                     let key =
                         StoreKey::new(&msg.namespace, &msg.key, self.config.cluster.num_shards);
+                    // (The number of shards never changes with the map.)
                     self.execute(key, op, now_ns, msg.meta.request_id).await
                 }
                 Err(status) => Err(status),
@@ -403,13 +489,8 @@ impl Proxy {
         request_id: Option<[u8; 16]>,
     ) -> Outcome {
         let (tx, rx) = oneshot::channel();
-        let peers: Vec<Arc<Peer>> = self
-            .config
-            .cluster
-            .replicas(key.shard)
-            .iter()
-            .map(|a| self.peers[*a].clone())
-            .collect();
+        let mut maps = self.routing.subscribe();
+        let routing = maps.borrow_and_update().clone();
         let ctx = Context {
             now_ns,
             request_id: madsim::rand::random(),
@@ -422,18 +503,27 @@ impl Proxy {
             // Its turn never came: it sent nothing, so it certainly did not happen.
             Err(_) => return Err(Status::NoStorageServer),
         };
-        let lease = op.may_write().then(|| self.leases.take(&key)).flatten();
-        let coordinator = Coordinator::new(key.clone(), op, ctx, self.quorum);
+        let epoch = routing.map.epoch;
+        let lease = op
+            .may_write()
+            .then(|| self.leases.take(&key, epoch))
+            .flatten();
+        let (peers, quorum) = routing.replicas(key.shard, &self.quorum);
+        let coordinator = Coordinator::new(key.clone(), op, ctx, quorum);
         // The coordinator may linger after answering (to remove a tombstone): let it,
         // without holding up the client or the next request on the key.
-        let answer = Answer { tx, turn, key };
+        let answer = Answer {
+            tx,
+            turn,
+            key,
+            epoch,
+        };
         let driving = drive(
             coordinator,
-            lease,
-            peers,
+            (lease, peers, maps),
             self.clone(),
             (deadline, request_id),
-            answer,
+            Some(answer),
         );
         tokio::spawn(tracing::Instrument::in_current_span(driving));
         rx.await.unwrap_or(Err(Status::Timeout))
@@ -519,6 +609,8 @@ struct Answer {
     tx: oneshot::Sender<Outcome>,
     turn: key_turns::Turn,
     key: StoreKey,
+    /// The map the request's replicas are of now (a lease it won is good under it).
+    epoch: u64,
 }
 
 impl Answer {
@@ -538,27 +630,32 @@ impl Answer {
         }
         if let Some(lease) = co.take_lease() {
             let taken = co.lease_outcome() == Some(true);
-            proxy.leases.grant(&self.key, lease, taken);
+            proxy.leases.grant(&self.key, lease, taken, self.epoch);
         }
         let _ = self.tx.send(outcome);
         drop(self.turn);
     }
 }
 
-/// Carries out a coordinator's actions (from its start on `lease`, if any) until it is
-/// finished, sending its answer (or Timeout at `deadline`) on `answer`. Its messages
-/// name the client's `request_id`, for the storage servers' logs.
+/// Carries out a coordinator's actions (from its start on `lease`, if any, sending to
+/// `peers`, the key's replicas under the map `maps` saw last) until it is finished,
+/// sending its answer (or Timeout at `deadline`) on `answer`. Its messages name the
+/// client's `request_id`, for the storage servers' logs. When the map changes, the
+/// request moves to the key's replicas under the new one.
 async fn drive(
     mut co: Coordinator,
-    lease: Option<crate::coordinator::Lease>,
-    peers: Vec<Arc<Peer>>,
+    (lease, mut peers, mut maps): (
+        Option<crate::coordinator::Lease>,
+        Vec<Arc<Peer>>,
+        watch::Receiver<Arc<Routing>>,
+    ),
     proxy: Arc<Proxy>,
     (deadline, request_id): (Instant, Option<[u8; 16]>),
-    answer: Answer,
+    mut answer: Option<Answer>,
 ) {
     let ballots = &proxy.ballots;
     let round_timeout = proxy.config.timeouts.round();
-    let mut answer = Some(answer);
+    let mut epoch = answer.as_ref().map_or(0, |a| a.epoch);
     let mut inflight = FuturesUnordered::new();
     let mut round_deadline = Instant::now() + round_timeout;
     let mut backoff: Option<Instant> = None;
@@ -577,18 +674,25 @@ async fn drive(
                         .get_or_create(&labels)
                         .inc();
                     let peer = peers[to].clone();
-                    let ours = proxy.map().epoch;
+                    let ours = epoch;
                     round_deadline = Instant::now() + round_timeout;
                     inflight.push(async move {
                         let sent = Instant::now();
-                        let call = peer.call(&msg, request_id, round_timeout);
+                        let call = peer.call(&msg, (request_id, ours), round_timeout);
                         let reply = match call.await {
-                            // A replica that does not hold the shard counts as none: the
-                            // maps differ, and the operator must bring them together.
+                            // A replica on another map counts as none. While a change of
+                            // the map spreads, that is a moment: whoever is behind gets
+                            // the new map from the map source. On the same map, the
+                            // replica does not hold the shard: the operator must bring
+                            // the maps together.
                             Ok(ReplicaReply::NotOwner { epoch }) => {
-                                tracing::warn!(peer = %peer.addr(), epoch, ours, "the storage server does not hold this shard in its map: the maps differ");
+                                if epoch == ours {
+                                    tracing::warn!(peer = %peer.addr(), epoch, "the storage server does not hold this shard in its map: the maps differ");
+                                } else {
+                                    tracing::debug!(peer = %peer.addr(), epoch, ours, "the storage server is on another map");
+                                }
                                 ReplicaReply::Failed {
-                                    reason: format!("not the shard's owner in map epoch {epoch}"),
+                                    reason: format!("on map epoch {epoch}, not {ours}"),
                                 }
                             }
                             Ok(reply) => reply,
@@ -632,6 +736,20 @@ async fn drive(
             _ = sleep_until(round_deadline), if backoff.is_none() => {
                 round_deadline = Instant::now() + round_timeout;
                 actions = co.on_round_timeout(co.round());
+            }
+            Ok(()) = maps.changed() => {
+                let routing = maps.borrow_and_update().clone();
+                if routing.map.epoch != epoch {
+                    let quorum;
+                    (peers, quorum) = routing.replicas(co.key().shard, &proxy.quorum);
+                    epoch = routing.map.epoch;
+                    if let Some(answer) = answer.as_mut() {
+                        answer.epoch = epoch;
+                    }
+                    backoff = None;
+                    round_deadline = Instant::now() + round_timeout;
+                    actions = co.reconfigure(quorum, ballots);
+                }
             }
             _ = sleep_until(deadline) => {
                 tracing::debug!(status = %co.timeout_status(), "deadline passed");

@@ -90,6 +90,8 @@ pub struct StorageServer {
     replica: tokio::task::JoinHandle<()>,
     /// What runs through a proxy: the sweeper, eviction, recovery.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Whether the first of `background` follows a map source.
+    following: bool,
     /// Set while an in-memory replica has not recovered the records it lost in a
     /// restart (see `recovery.rs`).
     recovering: Arc<std::sync::atomic::AtomicBool>,
@@ -264,6 +266,7 @@ impl StorageServer {
             accepting,
             replica,
             background: Vec::new(),
+            following: false,
             recovering: started.recovering,
         })
     }
@@ -293,7 +296,9 @@ impl StorageServer {
         sweep: SweepConfig,
         memory: &MemoryConfig,
     ) {
-        self.background.drain(..).for_each(|t| t.abort());
+        // (The task following the map source, first of all, stays.)
+        let kept = usize::from(self.following);
+        self.background.drain(kept..).for_each(|t| t.abort());
         let sweeper = self.make_sweeper(proxy.clone(), clock.clone(), sweep);
         self.background.push(tokio::spawn(sweeper.run()));
         if let Some(limit) = self.engine.size_limit() {
@@ -326,6 +331,28 @@ impl StorageServer {
     pub fn own(&self, map: &ShardMap, me: &str) {
         let owns = replica_actor::Ownership::of(map, me);
         let _ = self.inbox.send(replica_actor::Envelope::Own(owns));
+    }
+
+    /// Serves every map `maps` brings, as [`StorageServer::own`] does with one, for as
+    /// long as the server runs: how a storage server follows the cluster's map source.
+    pub fn follow(&mut self, mut maps: tokio::sync::watch::Receiver<ShardMap>, me: &str) {
+        let (inbox, me) = (self.inbox.clone(), me.to_string());
+        assert!(!self.following, "a server follows one map source");
+        self.following = true;
+        self.background.insert(
+            0,
+            tokio::spawn(async move {
+                loop {
+                    let owns = replica_actor::Ownership::of(&maps.borrow_and_update(), &me);
+                    if inbox.send(replica_actor::Envelope::Own(owns)).is_err() {
+                        return;
+                    }
+                    if maps.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }),
+        );
     }
 
     /// One sweep pass right now, through `proxy`'s read path (what the background
@@ -419,8 +446,8 @@ async fn serve_connection(
     }
     let writer = tokio::spawn(write_frames(wr, out_rx, None));
     loop {
-        let (id, (request_id, req)) =
-            match read_frame::<(Option<[u8; 16]>, ReplicaRequest), _>(&mut rd).await {
+        let (id, (request_id, epoch, req)) =
+            match read_frame::<(Option<[u8; 16]>, u64, ReplicaRequest), _>(&mut rd).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -433,7 +460,11 @@ async fn serve_connection(
             out: out_tx.clone(),
         };
         if replica
-            .send(replica_actor::Envelope::Request(req, request_id, reply_to))
+            .send(replica_actor::Envelope::Request(
+                req,
+                (request_id, Some(epoch)),
+                reply_to,
+            ))
             .is_err()
         {
             break;

@@ -55,10 +55,12 @@ impl ReplyTo {
 }
 
 /// What the replica task is asked to do.
+// (Nearly every envelope is a request: boxing it would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
 pub enum Envelope {
-    /// A protocol message, the client request it serves (for log lines) and where its
-    /// reply goes.
-    Request(ReplicaRequest, Option<[u8; 16]>, ReplyTo),
+    /// A protocol message, the client request it serves (for log lines) and the epoch
+    /// of the sender's map (none: this server's own sweeper), and where its reply goes.
+    Request(ReplicaRequest, (Option<[u8; 16]>, Option<u64>), ReplyTo),
     /// Write these keys' slots again, unchanged, so that they are sealed with the
     /// newest data key (sent by the sweeper after a key rotation, a page at a time);
     /// the sender hears once they are on their way to disk.
@@ -70,15 +72,25 @@ pub enum Envelope {
     /// Recovery is done (see `recovery.rs`): a missing slot is absent again, behind a
     /// floor above every ballot this replica may have promised before it restarted.
     Recovered,
-    /// From now on, refuse requests about the shards this map does not place here.
+    /// From now on, serve only senders on this map, and only about the shards it
+    /// places here; drop whatever is held of the others.
     Own(Ownership),
 }
 
 /// The shards a server holds in the map of one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ownership {
     pub epoch: u64,
     /// By shard number.
     pub shards: Vec<bool>,
+}
+
+/// A reply waiting for a write (about `key`) to be durable.
+struct Held {
+    key: Vec<u8>,
+    reply_to: ReplyTo,
+    reply: ReplicaReply,
+    expect: Option<Expect>,
 }
 
 struct Replica {
@@ -101,7 +113,7 @@ struct Replica {
     seq: u64,
     /// Replies held until the write they depend on is durable, by its sequence number
     /// (with what the simulator checks is on disk as they leave).
-    held: BTreeMap<u64, Vec<(ReplyTo, ReplicaReply, Option<Expect>)>>,
+    held: BTreeMap<u64, Vec<Held>>,
     /// The shards this server holds, once it knows (see [`Envelope::Own`]); until
     /// then it serves any.
     owns: Option<Ownership>,
@@ -153,8 +165,8 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Envelope::Request(req, request_id, reply_to)) => {
-                        replica.handle(req, RequestId(request_id), reply_to)
+                    Some(Envelope::Request(req, (request_id, epoch), reply_to)) => {
+                        replica.handle(req, (RequestId(request_id), epoch), reply_to)
                     }
                     Some(Envelope::Reseal(keys, done)) => {
                         keys.into_iter().for_each(|key| replica.reseal(key));
@@ -168,7 +180,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                         let _ = answer.send(damaged);
                     }
                     Some(Envelope::Recovered) => replica.recovered(),
-                    Some(Envelope::Own(owns)) => replica.owns = Some(owns),
+                    Some(Envelope::Own(owns)) => replica.own(owns),
                     None => break,
                 },
                 changed = durable.changed() => {
@@ -190,13 +202,14 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
 }
 
 impl Ownership {
-    /// What `map` places on the node at `me` (an address of the map).
+    /// What `map` places on the node at `me` (an address of the map, or of no node in
+    /// it: then nothing), counting the shards it is leaving or joining while the map
+    /// changes.
     pub fn of(map: &crate::cluster::ShardMap, me: &str) -> Self {
+        let holds = |s| map.placement(s).nodes.iter().any(|n| n.addr == me);
         Ownership {
             epoch: map.epoch,
-            shards: (0..map.num_shards)
-                .map(|s| map.replicas(s).contains(&me))
-                .collect(),
+            shards: (0..map.num_shards).map(holds).collect(),
         }
     }
 
@@ -298,7 +311,69 @@ impl Replica {
         }
     }
 
-    fn handle(&mut self, req: ReplicaRequest, request: RequestId, reply_to: ReplyTo) {
+    /// Takes the map of `owns` (never one older than the map it has), dropping every
+    /// shard it does not place here: a node that is no acceptor of a shard holds
+    /// nothing of it, so that it joins again, if ever, as a new acceptor (with nothing
+    /// accepted, which joint quorums and the catch-up of a move allow), never with
+    /// records that missed the removal of a key meanwhile.
+    fn own(&mut self, owns: Ownership) {
+        if self.owns.as_ref().is_some_and(|o| o.epoch > owns.epoch) {
+            return;
+        }
+        let shards = owns.shards.len() as u16;
+        for shard in (0..shards).filter(|s| !owns.holds(*s)) {
+            if let Err(e) = self.drop_shard(shard, owns.epoch) {
+                tracing::error!(server = %self.name, shard, error = %e, "dropping a shard this server no longer holds");
+            }
+        }
+        tracing::info!(server = %self.name, epoch = owns.epoch, shards = owns.shards.iter().filter(|h| **h).count(), "serving the map");
+        self.owns = Some(owns);
+    }
+
+    /// Removes every slot of `shard` (through group commit, behind every write already
+    /// on its way), leaving the floor as it is.
+    fn drop_shard(&mut self, shard: u16, epoch: u64) -> std::io::Result<()> {
+        let prefix = shard.to_be_bytes();
+        let mut keys: Vec<Vec<u8>> = (self.dirty.iter())
+            .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut after = prefix.to_vec();
+        loop {
+            let page = self.engine.scan(Some(&after), 1024)?;
+            // (Keys of the shard sort together: the shard is their first two bytes.)
+            let (full, before) = (page.len() == 1024, keys.len());
+            let mine = page.into_iter().map(|(k, _)| k);
+            keys.extend(mine.take_while(|k| k.starts_with(&prefix)));
+            match keys.last() {
+                Some(last) if full && keys.len() - before == 1024 => after = last.clone(),
+                _ => break,
+            }
+        }
+        if !keys.is_empty() {
+            tracing::info!(server = %self.name, shard, slots = keys.len(), "dropping a shard this server no longer holds");
+        }
+        // Replies still waiting for a write to the shard will not tell of it: the write
+        // is removed behind it, and the server no longer serves the shard.
+        for held in self.held.values_mut().flatten() {
+            if held.key.starts_with(&prefix) {
+                (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
+            }
+        }
+        for key in keys {
+            self.seq += 1;
+            self.commit.submit(self.seq, vec![(key.clone(), None)]);
+            self.dirty.insert(key, (None, self.seq));
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        req: ReplicaRequest,
+        (request, epoch): (RequestId, Option<u64>),
+        reply_to: ReplyTo,
+    ) {
         let kind = crate::metrics::kind_name(&req);
         let metrics = crate::metrics::metrics();
         metrics
@@ -312,8 +387,14 @@ impl Replica {
             }
             req => {
                 let key = req.key().expect("about a key");
-                if let Some(owns) = self.owns.as_ref().filter(|o| !o.holds(key.shard)) {
-                    return reply_to.send(&ReplicaReply::NotOwner { epoch: owns.epoch });
+                if let Some(owns) = &self.owns {
+                    // Only senders on this very map: quorums of maps two changes apart
+                    // may miss each other (DESIGN §12).
+                    let older_let_in = |e: u64| e < owns.epoch && bug(Bug::ServesOlderMaps);
+                    let other_map = epoch.is_some_and(|e| e != owns.epoch && !older_let_in(e));
+                    if other_map || !owns.holds(key.shard) {
+                        return reply_to.send(&ReplicaReply::NotOwner { epoch: owns.epoch });
+                    }
                 }
                 key.to_bytes()
             }
@@ -333,17 +414,20 @@ impl Replica {
             (None, _) => None,
         };
         let wait_for = match write {
-            Some(w) => self.persist(key, w),
+            Some(w) => self.persist(key.clone(), w),
             None => loaded.1, // the reply may describe a write not yet durable
         };
         let promise = matches!(reply, ReplicaReply::Promise { .. });
         if wait_for <= self.commit.durable() || (promise && bug(Bug::PromiseBeforeDurable)) {
             self.send(reply_to, &reply, expect.as_ref());
         } else {
-            self.held
-                .entry(wait_for)
-                .or_default()
-                .push((reply_to, reply, expect));
+            let held = Held {
+                key,
+                reply_to,
+                reply,
+                expect,
+            };
+            self.held.entry(wait_for).or_default().push(held);
         }
     }
 
@@ -357,6 +441,7 @@ impl Replica {
                     engine_bytes: stats.size_bytes,
                     pending_compaction_bytes: stats.pending_compaction_bytes,
                     recovering: self.recovering(),
+                    epoch: self.owns.as_ref().map(|o| o.epoch),
                 })
             }
             NodeRequest::ListKeys { after, limit } => {
@@ -420,7 +505,12 @@ impl Replica {
         } else {
             self.held.split_off(&(durable + 1))
         };
-        for (reply_to, reply, expect) in std::mem::replace(&mut self.held, still_held)
+        for Held {
+            reply_to,
+            reply,
+            expect,
+            ..
+        } in std::mem::replace(&mut self.held, still_held)
             .into_values()
             .flatten()
         {

@@ -213,6 +213,8 @@ impl Sweeper {
             out: ignored.clone(),
         };
         // A replica that has stopped has nothing left to sweep.
-        let _ = self.replica.send(Envelope::Request(req, None, reply_to));
+        let _ = self
+            .replica
+            .send(Envelope::Request(req, (None, None), reply_to));
     }
 }

@@ -119,6 +119,7 @@ impl TestCluster {
             epoch: 1,
             num_shards: 64,
             zones,
+            previous: None,
         }
     }
 

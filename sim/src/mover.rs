@@ -1,0 +1,79 @@
+//! The membership nemesis: changes the map (a node leaves its zone, joins one, or
+//! replaces another) one change after another while every other fault goes on, through
+//! the same driver an operator runs (`junokv::map_change`).
+
+use junokv::cluster::{ShardMap, Zone};
+use junokv::proxy::Proxy;
+use madsim::rand::{seq::SliceRandom, Rng};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Changes the map in `store` through `proxy` (which follows it) until `until`, each
+/// change to zones made of the nodes of `all` (every node the topology has, zone by
+/// zone); the change under way at `until` is finished. Returns how many changes were
+/// made.
+pub async fn run(
+    store: Arc<watch::Sender<ShardMap>>,
+    proxy: Arc<Proxy>,
+    all: Vec<Zone>,
+    until: Instant,
+) -> usize {
+    let mut rng = madsim::rand::thread_rng();
+    let mut changes = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..3000))).await;
+        let map = store.borrow().clone();
+        let zones = next_zones(&map.zones, &all, &mut rng);
+        tracing::info!(from = %describe(&map.zones), to = %describe(&zones), "mover: changing the map");
+        match junokv::map_change::change(&*store, &proxy, zones).await {
+            Ok(done) => {
+                changes += 1;
+                tracing::info!(epoch = done.epoch, "mover: map changed");
+            }
+            Err(e) => tracing::warn!(error = %e, "mover: change refused"),
+        }
+    }
+    changes
+}
+
+/// One zone changed: a node removed (if it has two), one of `all`'s outside it added,
+/// or one replaced by an outsider.
+fn next_zones(zones: &[Zone], all: &[Zone], rng: &mut impl Rng) -> Vec<Zone> {
+    let mut zones = zones.to_vec();
+    let z = rng.gen_range(0..zones.len());
+    let zone = &mut zones[z];
+    let outside: Vec<_> = (all[z].nodes.iter())
+        .filter(|n| !zone.nodes.contains(n))
+        .cloned()
+        .collect();
+    let mut choices = Vec::new();
+    if zone.nodes.len() > 1 {
+        choices.push("remove");
+    }
+    if !outside.is_empty() {
+        choices.extend(["add", "replace"]);
+    }
+    let i = rng.gen_range(0..zone.nodes.len());
+    match choices.choose(rng) {
+        Some(&"remove") => {
+            zone.nodes.remove(i);
+        }
+        Some(&"add") => zone.nodes.push(outside.choose(rng).expect("some").clone()),
+        Some(_) => zone.nodes[i] = outside.choose(rng).expect("some").clone(),
+        None => {}
+    }
+    zones
+}
+
+fn describe(zones: &[Zone]) -> String {
+    let zone = |z: &Zone| {
+        let ips = z
+            .nodes
+            .iter()
+            .map(|n| n.addr.split(':').next().unwrap_or(""));
+        ips.collect::<Vec<_>>().join("+")
+    };
+    zones.iter().map(zone).collect::<Vec<_>>().join(" | ")
+}

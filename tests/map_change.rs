@@ -1,0 +1,253 @@
+//! Changing the map of a running cluster (real tokio, loopback): three zones of one
+//! node grow to two nodes each and shrink back while a client writes, through the
+//! driver an operator runs (`junokv::map_change`) and a map source every node follows.
+
+mod common;
+
+use common::eventually;
+use junokv::client::Client;
+use junokv::clock::Clock;
+use junokv::cluster::{Node, ShardMap, Zone};
+use junokv::engine::{Engine, MemoryEngine};
+use junokv::key::StoreKey;
+use junokv::proxy::{Proxy, ProxyConfig};
+use junokv::storage::{is_record_key, StorageServer};
+use junokv::transport::Acceptor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Six storage servers following `store` (two per zone: `n` in zone `n % 3`).
+struct Nodes {
+    engines: Vec<Arc<MemoryEngine>>,
+    addrs: Vec<String>,
+    _servers: Vec<StorageServer>,
+}
+
+async fn start_nodes(store: &watch::Sender<ShardMap>, addrs: Vec<TcpListener>) -> Nodes {
+    let mut nodes = Nodes {
+        engines: Vec::new(),
+        addrs: Vec::new(),
+        _servers: Vec::new(),
+    };
+    for listener in addrs {
+        let engine = Arc::new(MemoryEngine::default());
+        let addr = listener.local_addr().unwrap().to_string();
+        let codec = junokv::at_rest::SlotCodec::clear();
+        let mut server =
+            StorageServer::start(listener, engine.clone(), codec, Acceptor::Plain).unwrap();
+        server.follow(store.subscribe(), &addr);
+        nodes.engines.push(engine);
+        nodes.addrs.push(addr);
+        nodes._servers.push(server);
+    }
+    nodes
+}
+
+fn zones(nodes: &Nodes, per_zone: usize) -> Vec<Zone> {
+    (0..3)
+        .map(|z| Zone {
+            datacenter: format!("dc{z}"),
+            nodes: (0..per_zone)
+                .map(|i| Node::at(nodes.addrs[z + 3 * i].clone()))
+                .collect(),
+        })
+        .collect()
+}
+
+fn proxy_on(store: &watch::Sender<ShardMap>) -> Arc<Proxy> {
+    let mut config = ProxyConfig::new(store.borrow().clone());
+    config.timeouts.request_ms = 2000;
+    let proxy = Proxy::new(config, Clock::default()).unwrap();
+    proxy.follow(store.subscribe());
+    proxy
+}
+
+/// Slots a node holds of shards `map` does not place on it.
+fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
+    let mut found = Vec::new();
+    for (engine, addr) in nodes.engines.iter().zip(&nodes.addrs) {
+        let mut n = 0;
+        junokv::engine::for_each(&**engine as &dyn Engine, |k, _| {
+            let shard = u16::from_be_bytes([k[0], k[1]]);
+            let placed = map.placement(shard).nodes.iter().any(|p| &p.addr == addr);
+            n += usize::from(is_record_key(k) && !placed);
+        })
+        .unwrap();
+        if n > 0 {
+            found.push(format!("{addr}: {n} slots"));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
+    let mut listeners = Vec::new();
+    for _ in 0..6 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = (listeners.iter())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let first = ShardMap {
+        epoch: 1,
+        num_shards: 64,
+        zones: (0..3)
+            .map(|z| Zone {
+                datacenter: format!("dc{z}"),
+                nodes: vec![Node::at(addrs[z].clone())],
+            })
+            .collect(),
+        previous: None,
+    };
+    let store = watch::Sender::new(first);
+    let nodes = start_nodes(&store, listeners).await;
+    let proxy = proxy_on(&store);
+    let server = (proxy.serve(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Acceptor::Plain,
+    ))
+    .unwrap();
+    let client = Client::connect(&server.addr().to_string(), "test")
+        .await
+        .unwrap();
+
+    // A writer sets 200 keys round after round; each key's last acknowledged round is
+    // what a read must find at least.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = vec![0u32; 200];
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) || round < 2 {
+                round += 1;
+                for (k, last) in acked.iter_mut().enumerate() {
+                    let value = round.to_string();
+                    // (An error leaves the outcome unknown: a later round settles it.)
+                    if client
+                        .set(format!("k{k}").as_bytes(), value.as_bytes(), 0)
+                        .await
+                        .is_ok()
+                    {
+                        *last = round;
+                    }
+                }
+            }
+            (client, acked)
+        })
+    };
+
+    let driver = proxy_on(&store);
+    let grown = junokv::map_change::change(&store, &driver, zones(&nodes, 2))
+        .await
+        .unwrap();
+    assert_eq!((grown.epoch, grown.previous.is_none()), (3, true));
+    let shrunk = junokv::map_change::change(&store, &driver, zones(&nodes, 1))
+        .await
+        .unwrap();
+    assert_eq!(shrunk.epoch, 5);
+    stop.store(true, Ordering::Relaxed);
+    let (client, acked) = writer.await.unwrap();
+
+    for (k, last) in acked.iter().enumerate() {
+        let got = client.get(format!("k{k}").as_bytes()).await.unwrap();
+        let round: u32 = String::from_utf8(got.value).unwrap().parse().unwrap();
+        assert!(
+            round >= *last,
+            "k{k}: read round {round}, acknowledged {last}"
+        );
+    }
+    // Every key is on each of its replicas under the final map (the reads repaired a
+    // replica that was a joiner's old node), and the nodes that left hold nothing.
+    eventually("every replica holds every key", || {
+        (0..200).all(|k| {
+            let key = StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).to_bytes();
+            (0..3).all(|z| nodes.engines[z].get(&key).unwrap().is_some())
+        })
+    })
+    .await;
+    eventually("the nodes that left hold nothing", || {
+        foreign_slots(&nodes, &shrunk).is_empty()
+    })
+    .await;
+}
+
+/// A record chosen before a change on a majority that includes the leaving node (the
+/// third replica missed it) must be on a majority of the new layout once the change is
+/// done, before anyone reads it: the catch-up's promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
+    let mut listeners = Vec::new();
+    for _ in 0..6 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = (listeners.iter())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let one_each = |addrs: &[String]| -> Vec<Zone> {
+        (0..3)
+            .map(|z| Zone {
+                datacenter: format!("dc{z}"),
+                nodes: vec![Node::at(addrs[z].clone())],
+            })
+            .collect()
+    };
+    let first = ShardMap {
+        epoch: 1,
+        num_shards: 64,
+        zones: one_each(&addrs),
+        previous: None,
+    };
+    let store = watch::Sender::new(first.clone());
+    let nodes = start_nodes(&store, listeners).await;
+    // Written through a proxy that cannot reach zone 2: on zones 0 and 1 only.
+    let mut blind = first.clone();
+    blind.zones[2].nodes = vec![Node::at("127.0.0.1:1")];
+    let writer = Proxy::new(ProxyConfig::new(blind), Clock::default()).unwrap();
+    let server = writer
+        .serve(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Acceptor::Plain,
+        )
+        .unwrap();
+    let client = Client::connect(&server.addr().to_string(), "test")
+        .await
+        .unwrap();
+    for k in 0..50 {
+        client
+            .set(format!("k{k}").as_bytes(), b"v", 0)
+            .await
+            .unwrap();
+    }
+    let key = |k: usize| StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).to_bytes();
+    eventually("zones 0 and 1 hold every key", || {
+        (0..50).all(|k| (0..2).all(|z| nodes.engines[z].get(&key(k)).unwrap().is_some()))
+    })
+    .await;
+
+    // Zone 0's node is replaced by the spare of zone 0.
+    let mut zones = one_each(&addrs);
+    zones[0].nodes = vec![Node::at(addrs[3].clone())];
+    let driver = proxy_on(&store);
+    let done = junokv::map_change::change(&store, &driver, zones)
+        .await
+        .unwrap();
+    let on_new_majority = |k: usize| {
+        let replicas = done.placement(StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).shard);
+        let holders = (replicas.nodes.iter())
+            .filter(|n| {
+                let i = addrs.iter().position(|a| *a == n.addr).unwrap();
+                nodes.engines[i].get(&key(k)).unwrap().is_some()
+            })
+            .count();
+        holders >= 2
+    };
+    let short: Vec<usize> = (0..50).filter(|k| !on_new_majority(*k)).collect();
+    assert!(
+        short.is_empty(),
+        "keys on fewer than two replicas after the change: {short:?}"
+    );
+}
