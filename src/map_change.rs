@@ -111,6 +111,16 @@ pub async fn change(
     finish(store, proxy, joint).await
 }
 
+/// Finishes the change under way in `store`, if there is one (its joint map is
+/// there): what a driver does first, after another driver stopped mid-change.
+pub async fn resume(store: &dyn MapStore, proxy: &Arc<Proxy>) -> Result<Option<ShardMap>, String> {
+    let now = store.current().await?;
+    match now.previous {
+        Some(_) => finish(store, proxy, now).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Finishes a change whose joint map `store` holds (fence, catch-up, final map).
 async fn finish(
     store: &dyn MapStore,

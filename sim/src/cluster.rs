@@ -311,20 +311,37 @@ async fn simulate(plan: Plan) -> Run {
     let nemesis_task = plan
         .faults
         .then(|| tokio::spawn(nemesis.clone().run(fault_period)));
-    let mover_task = plan.moves.then(|| {
+    let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let driver_crashes = plan.moves.then(|| {
+        let (store, all, changes) = (store.clone(), map.zones.clone(), changes.clone());
+        let until = tokio::time::Instant::now() + fault_period;
         let driver = handle
             .create_node()
             .name("map-driver")
             .ip([10, 5, 0, 1].into())
+            .init(move || {
+                let (store, all, changes) = (store.clone(), all.clone(), changes.clone());
+                async move {
+                    let mut config = ProxyConfig::new(store.borrow().clone());
+                    config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
+                    let proxy = Proxy::new(config, Clock::default()).expect("a valid map");
+                    proxy.follow(store.subscribe());
+                    crate::mover::run(store, proxy, all, until, changes).await
+                }
+            })
             .build();
-        let (store, all) = (store.clone(), map.zones.clone());
-        let until = tokio::time::Instant::now() + fault_period;
-        driver.spawn(async move {
-            let mut config = ProxyConfig::new(store.borrow().clone());
-            config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
-            let proxy = Proxy::new(config, Clock::default()).expect("a valid map");
-            proxy.follow(store.subscribe());
-            crate::mover::run(store, proxy, all, until).await
+        // The driver crashes now and then, mid-change or not, and comes back.
+        let (id, handle) = (driver.id(), handle.clone());
+        let faults = plan.faults;
+        tokio::spawn(async move {
+            let mut rng = madsim::rand::thread_rng();
+            while faults && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..8000))).await;
+                handle.kill(id);
+                tracing::info!("map driver crashed");
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(100..2000))).await;
+                handle.restart(id);
+            }
         })
     });
 
@@ -340,10 +357,16 @@ async fn simulate(plan: Plan) -> Run {
     if let Some(t) = nemesis_task {
         t.await.expect("nemesis");
     }
-    if let Some(t) = mover_task {
+    if let Some(t) = driver_crashes {
+        t.await.expect("driver crashes");
         // The change under way when the faults stopped finishes on the healed cluster.
-        match tokio::time::timeout(Duration::from_secs(60), t).await {
-            Ok(changes) => tracing::info!(changes = changes.expect("mover"), "map changes made"),
+        let mut maps = store.subscribe();
+        let done = async move { maps.wait_for(|m| m.previous.is_none()).await.is_ok() };
+        match tokio::time::timeout(Duration::from_secs(60), done).await {
+            Ok(_) => tracing::info!(
+                changes = changes.load(std::sync::atomic::Ordering::Relaxed),
+                "map changes made"
+            ),
             Err(_) => problems.push("a change of the map did not finish after the heal".into()),
         }
     }

@@ -1,10 +1,12 @@
 //! The membership nemesis: changes the map (a node leaves its zone, joins one, or
 //! replaces another) one change after another while every other fault goes on, through
-//! the same driver an operator runs (`junokv::map_change`).
+//! the same driver an operator runs (`junokv::map_change`). Its node is crashed and
+//! restarted too: a new driver finishes the change the old one left.
 
 use junokv::cluster::{ShardMap, Zone};
 use junokv::proxy::Proxy;
 use madsim::rand::{seq::SliceRandom, Rng};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -12,16 +14,27 @@ use tokio::time::Instant;
 
 /// Changes the map in `store` through `proxy` (which follows it) until `until`, each
 /// change to zones made of the nodes of `all` (every node the topology has, zone by
-/// zone); the change under way at `until` is finished. Returns how many changes were
-/// made.
+/// zone), after finishing any change a crashed driver left; the change under way at
+/// `until` is finished. Counts the changes made in `changes`.
 pub async fn run(
     store: Arc<watch::Sender<ShardMap>>,
     proxy: Arc<Proxy>,
     all: Vec<Zone>,
     until: Instant,
-) -> usize {
+    changes: Arc<AtomicUsize>,
+) {
     let mut rng = madsim::rand::thread_rng();
-    let mut changes = 0;
+    match junokv::map_change::resume(&*store, &proxy).await {
+        Ok(Some(done)) => {
+            changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                epoch = done.epoch,
+                "mover: finished the change a crashed driver left"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "mover: could not resume"),
+    }
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..3000))).await;
         let map = store.borrow().clone();
@@ -29,13 +42,12 @@ pub async fn run(
         tracing::info!(from = %describe(&map.zones), to = %describe(&zones), "mover: changing the map");
         match junokv::map_change::change(&*store, &proxy, zones).await {
             Ok(done) => {
-                changes += 1;
+                changes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(epoch = done.epoch, "mover: map changed");
             }
             Err(e) => tracing::warn!(error = %e, "mover: change refused"),
         }
     }
-    changes
 }
 
 /// One zone changed: a node removed (if it has two), one of `all`'s outside it added,
