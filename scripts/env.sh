@@ -11,8 +11,12 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! dpkg -s libclang-dev >/dev/null 2>&1; then
-    apt_install libclang-dev # needed to build RocksDB's bindings
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev) # RocksDB's bindings
+command -v protoc >/dev/null || missing+=(protobuf-compiler)     # etcd's client (gRPC)
+command -v etcd >/dev/null || missing+=(etcd-server)             # the map source's tests
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/junokv/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

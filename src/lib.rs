@@ -11,6 +11,8 @@ pub mod clock;
 pub mod cluster;
 pub mod coordinator;
 pub mod engine;
+#[cfg(not(madsim))]
+pub mod etcd_map;
 pub mod fault;
 pub mod key;
 pub mod listener;

@@ -34,6 +34,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `[map_source]` in a proxy's or storage server's configuration.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapSourceConfig {
+    /// etcd's client URLs (`http://host:2379`).
+    pub etcd: Vec<String>,
+    /// The key that holds the map.
+    #[serde(default = "default_key")]
+    pub key: String,
+}
+
+fn default_key() -> String {
+    "/junokv/map".into()
+}
+
 /// Where the cluster map lives: what every proxy and storage server follows.
 pub trait MapStore: Send + Sync {
     /// The map now.
@@ -142,8 +157,12 @@ async fn finish(
     if !bug(Bug::MoveWithoutCatchUp) {
         let keys = old_keys(proxy, &joint, &moving).await;
         tracing::info!(keys = keys.len(), "map change: keys to catch up");
-        for key in keys {
+        let total = keys.len();
+        for (done, key) in keys.into_iter().enumerate() {
             catch_up(proxy, key).await;
+            if (done + 1) % 1000 == 0 {
+                tracing::info!("map change: caught up {} of {total} keys", done + 1);
+            }
         }
     }
     let done = ShardMap {

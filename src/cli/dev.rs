@@ -185,9 +185,43 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
     tracing::info!("shutting down");
 }
 
+/// With `[map_source]`: the map the source holds (seeded with `seed` when it holds
+/// none) replaces `seed`, and the receiver follows it from then on.
+async fn map_from_source(
+    source: Option<&junokv::map_change::MapSourceConfig>,
+    seed: Option<&mut ShardMap>,
+) -> Result<Option<tokio::sync::watch::Receiver<ShardMap>>, String> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    let etcd = junokv::etcd_map::EtcdMaps::connect(source).await?;
+    let map = match &seed {
+        Some(seed) => etcd.get_or_seed(seed).await?,
+        None => junokv::map_change::MapStore::current(&etcd).await?,
+    };
+    tracing::info!(epoch = map.epoch, key = %source.key, "cluster map from etcd");
+    let follow = etcd.follow(map.clone());
+    if let Some(seed) = seed {
+        *seed = map;
+    }
+    Ok(Some(follow))
+}
+
 pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
-    let cfg = storage_config(config)?;
+    let mut cfg = storage_config(config)?;
     let bad = |e: String| format!("{}: {e}", config.display());
+    let maps = match (&cfg.map_source, &mut cfg.cluster) {
+        (Some(source), Some(seed)) => map_from_source(Some(source), Some(seed)).await,
+        (Some(source), None) => {
+            let maps = map_from_source(Some(source), None).await;
+            if let Ok(Some(m)) = &maps {
+                cfg.cluster = Some(m.borrow().clone());
+            }
+            maps
+        }
+        (None, _) => Ok(None),
+    }
+    .map_err(bad)?;
     let me = cfg.address_in_map(id).map_err(bad)?;
     let acceptor = cfg.acceptor().map_err(bad)?;
     let codec = cfg.codec().map_err(bad)?;
@@ -205,8 +239,13 @@ pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
                 cfg.tls.as_ref(),
                 Clock::default(),
             )?;
-            if let Some(me) = &me {
-                server.own(&proxy.map(), me);
+            match (&me, &maps) {
+                (Some(me), Some(maps)) => {
+                    server.follow(maps.clone(), me);
+                    proxy.follow(maps.clone());
+                }
+                (Some(me), None) => server.own(&proxy.map(), me),
+                (None, _) => {}
             }
             let me = me.unwrap_or_else(|| cfg.listen.clone());
             server.start_background(&me, proxy.clone(), Clock::default(), cfg.sweeper, &memory);
@@ -233,9 +272,15 @@ pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
 }
 
 pub async fn run_proxy(config: &Path) -> CliResult {
-    let cfg = proxy_config(config)?;
+    let mut cfg = proxy_config(config)?;
     let bad = |e: &str| format!("{}: {e}", config.display());
+    let maps = map_from_source(cfg.map_source.as_ref(), Some(&mut cfg.cluster))
+        .await
+        .map_err(|e| bad(&e))?;
     let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
+    if let Some(maps) = maps {
+        proxy.follow(maps);
+    }
     let tls = Acceptor::new(cfg.tls.as_ref()).map_err(|e| bad(&e))?;
     let admin = start_admin(cfg.admin.as_ref(), cfg.tls.as_ref(), proxy.clone())
         .await

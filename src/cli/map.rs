@@ -16,10 +16,29 @@ pub enum MapCommand {
     /// loses, zone by zone. Nothing is contacted; exits 1 if NEW is no valid successor
     /// of OLD (another shard count or zone count, or an epoch not above OLD's).
     Plan { old: PathBuf, new: PathBuf },
+    /// Changes the map in the cluster's map source (etcd) to NEW's zones (nodes added,
+    /// removed or replaced), while the cluster serves: prints the plan, then moves the
+    /// shards, step by step. Interrupted, it is run again (with any NEW) to finish.
+    Change {
+        /// The zones to change to (a map, or a config with `[cluster]`; its epoch and
+        /// shard count are the source's).
+        new: PathBuf,
+        /// A proxy's config: its `[map_source]` and cluster certificate are used.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
-pub fn run(command: MapCommand) -> Result<ExitCode, String> {
+pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
     match command {
+        MapCommand::Change {
+            new,
+            config,
+            dry_run,
+        } => change(&new, &config, dry_run).await,
         MapCommand::Show { file } => {
             print!("{}", show(&load(&file)?));
             Ok(ExitCode::SUCCESS)
@@ -38,6 +57,52 @@ pub fn run(command: MapCommand) -> Result<ExitCode, String> {
             }
         }
     }
+}
+
+/// Drives a change of the map in the map source of the proxy config `config` to the
+/// zones of `new` (see `junokv::map_change`).
+async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, String> {
+    use junokv::map_change::MapStore;
+    let mut cfg = super::dev::proxy_config(config)?;
+    let source = (cfg.map_source.clone()).ok_or_else(|| {
+        format!(
+            "{}: no [map_source]: the map lives in its [cluster]",
+            config.display()
+        )
+    })?;
+    let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await?;
+    let now = etcd.current().await?;
+    let zones = load(new)?.zones;
+    if now.previous.is_some() {
+        println!(
+            "a change of the map is under way (epoch {}): it is finished first",
+            now.epoch
+        );
+    }
+    // Where the map stands once any change under way is finished.
+    let from = ShardMap {
+        previous: None,
+        ..now.clone()
+    };
+    let after = ShardMap {
+        epoch: from.epoch + 2,
+        zones: zones.clone(),
+        ..from.clone()
+    };
+    print!("{}", describe(&from, &after, &plan(&from, &after)?));
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.cluster = now;
+    let follow = etcd.clone().follow(cfg.cluster.clone());
+    let proxy = junokv::proxy::Proxy::new(cfg, junokv::clock::Clock::default())?;
+    proxy.follow(follow);
+    if let Some(done) = junokv::map_change::resume(&etcd, &proxy).await? {
+        println!("map epoch {}: the change under way is done", done.epoch);
+    }
+    let done = junokv::map_change::change(&etcd, &proxy, zones).await?;
+    println!("map epoch {}: done", done.epoch);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The map in `file`: its `[cluster]` table, or the whole file.

@@ -138,7 +138,7 @@ pub fn main() -> ExitCode {
             Command::Bench(a) => bench::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Certs(c) => certs::run(c),
-            Command::Map(m) => map::run(m),
+            Command::Map(m) => map::run(m).await,
             Command::Config(ConfigCommand::Check { file }) => dev::check_config(&file),
             Command::Completions { shell } => {
                 use clap::CommandFactory;

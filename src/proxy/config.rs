@@ -25,7 +25,11 @@ pub struct ProxyConfig {
     /// refuse unless they are configured `plaintext = true`.
     #[serde(default)]
     pub cluster_tls: Option<TlsFiles>,
+    /// The cluster map; with `[map_source]`, only what seeds an empty source.
     pub cluster: ShardMap,
+    /// Where the map lives and changes (etcd): the proxy follows it.
+    #[serde(default)]
+    pub map_source: Option<crate::map_change::MapSourceConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -76,6 +80,7 @@ impl ProxyConfig {
             tls: None,
             cluster_tls: None,
             cluster,
+            map_source: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             connections: ConnectionLimits::default(),

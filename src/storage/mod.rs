@@ -46,6 +46,10 @@ pub struct StorageConfig {
     /// removed only when clients read them.
     #[serde(default)]
     pub cluster: Option<ShardMap>,
+    /// Where the map lives and changes (etcd): the server follows it, and `[cluster]`
+    /// only seeds an empty source.
+    #[serde(default)]
+    pub map_source: Option<crate::map_change::MapSourceConfig>,
     /// Mutual TLS: this server's cluster certificate, and the cluster CA (`ca`,
     /// required) whose certificates alone may connect. Revoked ones go in `crl`.
     #[serde(default)]
@@ -175,7 +179,7 @@ impl StorageConfig {
         if let Some(map) = &self.cluster {
             map.validate().map_err(|e| format!("[cluster]: {e}"))?;
         }
-        if self.id.is_some() {
+        if self.id.is_some() && self.map_source.is_none() {
             self.address_in_map(None)?;
         }
         match (&self.engine, &self.memory, &self.cluster) {
@@ -206,8 +210,9 @@ impl StorageConfig {
     /// This server's address in `[cluster]`: that of the node named `id` (else the
     /// config's `id`, else `listen`) by its id or its address. `None` without a map,
     /// or when a RocksDB server is not in it (nothing it runs needs to know); an error
-    /// when a named id is not in the map, or an in-memory server is not (its recovery
-    /// would find no shards of its own and it would never serve).
+    /// when a named id is not in the map (unless the map comes from a map source, where
+    /// it may be added later), or an in-memory server is not (its recovery would find
+    /// no shards of its own and it would never serve).
     pub fn address_in_map(&self, id: Option<&str>) -> Result<Option<String>, String> {
         let Some(map) = &self.cluster else {
             return Ok(None);
@@ -218,6 +223,9 @@ impl StorageConfig {
             (map.zones.iter().flat_map(|z| &z.nodes)).find(|n| n.id == name || n.addr == name);
         match (node, named, &self.engine) {
             (Some(node), _, _) => Ok(Some(node.addr.clone())),
+            // A node the map source does not have yet: it joins when a change of the
+            // map names it (by this id or address).
+            (None, Some(named), _) if self.map_source.is_some() => Ok(Some(named.to_string())),
             (None, None, EngineKind::Rocksdb) => Ok(None),
             (None, _, _) => Err(format!(
                 "this server ({name}) is not a node of [cluster]: name it by its id or address \

@@ -202,11 +202,12 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
 }
 
 impl Ownership {
-    /// What `map` places on the node at `me` (an address of the map, or of no node in
-    /// it: then nothing), counting the shards it is leaving or joining while the map
-    /// changes.
+    /// What `map` places on the node `me` (its address or id in the map, or of no
+    /// node in it: then nothing), counting the shards it is leaving or joining while
+    /// the map changes.
     pub fn of(map: &crate::cluster::ShardMap, me: &str) -> Self {
-        let holds = |s| map.placement(s).nodes.iter().any(|n| n.addr == me);
+        let is_me = |n: &&crate::cluster::Node| n.addr == me || n.id == me;
+        let holds = |s| map.placement(s).nodes.iter().any(is_me);
         Ownership {
             epoch: map.epoch,
             shards: (0..map.num_shards).map(holds).collect(),

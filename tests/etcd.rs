@@ -1,0 +1,210 @@
+//! The cluster map in a real etcd: `junokv storage` and `junokv proxy` processes take
+//! it from etcd and follow it, and `junokv map change` grows the cluster from three
+//! zones of one node to three of two and shrinks it back while a client writes.
+
+use junokv::client::Client;
+use junokv::map_change::{MapSourceConfig, MapStore};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A one-member etcd on loopback, its data in `dir`: its client URL.
+fn start_etcd(dir: &Path) -> (Running, String) {
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "test", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+        .spawn()
+        .expect("etcd must be installed (scripts/test installs etcd-server)");
+    (Running(child), url)
+}
+
+fn junokv(args: &[&str], log: &Path) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+/// `[cluster]` of three zones of `per_zone` of the nodes at `addrs` (zone `z` holds
+/// nodes `z` and `z + 3`).
+fn cluster_toml(addrs: &[String], per_zone: usize) -> String {
+    let mut out = String::from("[cluster]\nnum_shards = 64\n");
+    for z in 0..3 {
+        let nodes: Vec<String> = (0..per_zone)
+            .map(|i| format!("\"{}\"", addrs[z + 3 * i]))
+            .collect();
+        out += &format!(
+            "[[cluster.zones]]\ndatacenter = \"dc{z}\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        );
+    }
+    out
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+async fn change_map(dir: &Path, proxy_config: &Path, new: &Path) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(["map", "change"])
+        .arg(new)
+        .arg("--config")
+        .arg(proxy_config)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("change.log")).unwrap())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "junokv map change failed: {stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_etcd, url) = start_etcd(d);
+    let source = MapSourceConfig {
+        etcd: vec![url.clone()],
+        key: "/junokv/test-map".into(),
+    };
+    let source_toml = format!(
+        "[map_source]\netcd = [\"{url}\"]\nkey = \"{}\"\n",
+        source.key
+    );
+    let addrs: Vec<String> = (0..6)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let seed = cluster_toml(&addrs, 1);
+    let mut procs = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let config = write(
+            &d.join(format!("storage-{i}.toml")),
+            &format!(
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\nplaintext = true\nid = \"{addr}\"\n{source_toml}{seed}",
+                d.join(format!("data-{i}")).display()
+            ),
+        );
+        let log = d.join(format!("storage-{i}.log"));
+        procs.push(junokv(
+            &["storage", "--config", config.to_str().unwrap()],
+            &log,
+        ));
+    }
+    let client_addr = format!("127.0.0.1:{}", free_port());
+    let proxy_config = write(
+        &d.join("proxy.toml"),
+        &format!("plain_listen = \"{client_addr}\"\n{source_toml}{seed}"),
+    );
+    procs.push(junokv(
+        &["proxy", "--config", proxy_config.to_str().unwrap()],
+        &d.join("proxy.log"),
+    ));
+
+    // The proxy is up, and serves, once the servers are.
+    let mut client = None;
+    for _ in 0..300 {
+        if let Ok(c) = Client::connect(&client_addr, "test").await {
+            if c.set(b"probe", b"1", 0).await.is_ok() {
+                client = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client.expect("the cluster serves within 30 s");
+    let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await.unwrap();
+    assert_eq!(
+        etcd.current().await.unwrap().epoch,
+        0,
+        "seeded from [cluster]"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = vec![0u32; 100];
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) || round < 2 {
+                round += 1;
+                for (k, last) in acked.iter_mut().enumerate() {
+                    let value = round.to_string();
+                    if client
+                        .set(format!("k{k}").as_bytes(), value.as_bytes(), 0)
+                        .await
+                        .is_ok()
+                    {
+                        *last = round;
+                    }
+                }
+            }
+            (client, acked)
+        })
+    };
+    let grown = write(&d.join("grown.toml"), &cluster_toml(&addrs, 2));
+    let said = change_map(d, &proxy_config, &grown).await;
+    assert!(said.contains("map epoch 2: done"), "{said}");
+    assert!(
+        said.contains("(added)"),
+        "the plan names the added nodes: {said}"
+    );
+    let shrunk = write(&d.join("shrunk.toml"), &cluster_toml(&addrs, 1));
+    let said = change_map(d, &proxy_config, &shrunk).await;
+    assert!(said.contains("map epoch 4: done"), "{said}");
+    stop.store(true, Ordering::Relaxed);
+    let (client, acked) = writer.await.unwrap();
+    for (k, last) in acked.iter().enumerate() {
+        let got = client.get(format!("k{k}").as_bytes()).await.unwrap();
+        let round: u32 = String::from_utf8(got.value).unwrap().parse().unwrap();
+        assert!(
+            round >= *last,
+            "k{k}: read round {round}, acknowledged {last}"
+        );
+    }
+    let map = etcd.current().await.unwrap();
+    assert_eq!((map.epoch, map.previous.is_none()), (4, true));
+    drop(procs);
+}
