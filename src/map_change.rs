@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::replica::{NodeRequest, ReplicaReply};
 use crate::semantics::Op;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,9 @@ impl MapStore for tokio::sync::watch::Sender<ShardMap> {
 
 /// How long the driver waits between looks at the nodes, and before retrying a key.
 const POLL: Duration = Duration::from_millis(200);
+
+/// Catch-up reads in flight at once.
+const CATCH_UP_READS: usize = 64;
 
 /// Changes the map in `store` to one of `zones` (same number of zones, nodes added,
 /// removed or replaced), through `proxy`, which follows `store`. Finishes a change
@@ -158,10 +162,13 @@ async fn finish(
         let keys = old_keys(proxy, &joint, &moving).await;
         tracing::info!(keys = keys.len(), "map change: keys to catch up");
         let total = keys.len();
-        for (done, key) in keys.into_iter().enumerate() {
-            catch_up(proxy, key).await;
-            if (done + 1) % 1000 == 0 {
-                tracing::info!("map change: caught up {} of {total} keys", done + 1);
+        let reads = futures::stream::iter(keys).map(|key| catch_up(proxy, key));
+        let mut reads = reads.buffer_unordered(CATCH_UP_READS);
+        let mut done = 0;
+        while reads.next().await.is_some() {
+            done += 1;
+            if done % 10_000 == 0 {
+                tracing::info!("map change: caught up {done} of {total} keys");
             }
         }
     }

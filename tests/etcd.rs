@@ -114,6 +114,18 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
         "[map_source]\netcd = [\"{url}\"]\nkey = \"{}\"\n",
         source.key
     );
+    // (The servers would wait for etcd; the test waits first, to start them together.)
+    let mut etcd = None;
+    for _ in 0..300 {
+        if let Ok(e) = junokv::etcd_map::EtcdMaps::connect(&source).await {
+            if e.current().await.is_err_and(|e| e.contains("no map")) {
+                etcd = Some(e);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let etcd = etcd.expect("etcd serves within 30 s");
     let addrs: Vec<String> = (0..6)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -154,8 +166,16 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let client = client.expect("the cluster serves within 30 s");
-    let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await.unwrap();
+    let logs = || {
+        let tail = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        format!(
+            "proxy:\n{}\nstorage-0:\n{}\netcd:\n{}",
+            tail("proxy.log"),
+            tail("storage-0.log"),
+            tail("etcd.log")
+        )
+    };
+    let client = client.unwrap_or_else(|| panic!("the cluster serves within 30 s\n{}", logs()));
     assert_eq!(
         etcd.current().await.unwrap().epoch,
         0,

@@ -194,10 +194,21 @@ async fn map_from_source(
     let Some(source) = source else {
         return Ok(None);
     };
-    let etcd = junokv::etcd_map::EtcdMaps::connect(source).await?;
-    let map = match &seed {
-        Some(seed) => etcd.get_or_seed(seed).await?,
-        None => junokv::map_change::MapStore::current(&etcd).await?,
+    // etcd may come up after the servers (a whole datacentre restarting): wait for it.
+    let (etcd, map) = loop {
+        let got = async {
+            let etcd = junokv::etcd_map::EtcdMaps::connect(source).await?;
+            let map = match &seed {
+                Some(seed) => etcd.get_or_seed(seed).await?,
+                None => junokv::map_change::MapStore::current(&etcd).await?,
+            };
+            Ok::<_, String>((etcd, map))
+        };
+        match got.await {
+            Ok(got) => break got,
+            Err(e) => tracing::warn!(error = %e, "no cluster map from etcd yet: retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
     tracing::info!(epoch = map.epoch, key = %source.key, "cluster map from etcd");
     let follow = etcd.follow(map.clone());

@@ -42,7 +42,7 @@ pub async fn run(a: StatusArgs) -> CliResult {
         );
         let width = status.nodes.iter().map(|n| n.addr.len()).max().unwrap_or(4);
         println!(
-            "{:width$}  ZONE  DATACENTER  SHARDS  STATE       {:>9}  VERSION",
+            "{:width$}  ZONE  DATACENTER  SHARDS  STATE       EPOCH  {:>9}  VERSION",
             "NODE", "DISK"
         );
         for n in &status.nodes {
@@ -55,8 +55,11 @@ pub async fn run(a: StatusArgs) -> CliResult {
                 Some(i) => (bytes(i.engine_bytes), i.version.as_str()),
                 None => ("-".to_string(), "-"),
             };
+            // The map the node serves (it serves only senders on that one).
+            let epoch =
+                (n.info.as_ref().and_then(|i| i.epoch)).map_or("-".to_string(), |e| e.to_string());
             println!(
-                "{:width$}  {:<4}  {:<10}  {:>6}  {state:<10}  {disk:>9}  {version}",
+                "{:width$}  {:<4}  {:<10}  {:>6}  {state:<10}  {epoch:>5}  {disk:>9}  {version}",
                 n.addr, n.zone, n.datacenter, n.shards
             );
         }
