@@ -155,3 +155,36 @@ impl MapStore for EtcdMaps {
         })
     }
 }
+
+/// A one-member etcd on loopback, its data under `dir` and its log in
+/// `dir/etcd.log`, for tests and chaos runs: the child process and its client URL.
+/// (`etcd` must be on the PATH: Debian's `etcd-server`.)
+pub fn start_local(dir: &std::path::Path) -> std::io::Result<(std::process::Child, String)> {
+    let port = || -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let url = format!("http://127.0.0.1:{}", port()?);
+    let peer = format!("http://127.0.0.1:{}", port()?);
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "local", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("local={peer}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log"))?)
+        .spawn()?;
+    Ok((child, url))
+}

@@ -29,30 +29,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A one-member etcd on loopback, its data in `dir`: its client URL.
-fn start_etcd(dir: &Path) -> (Running, String) {
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "test", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
-        .spawn()
-        .expect("etcd must be installed (scripts/test installs etcd-server)");
-    (Running(child), url)
-}
-
 fn junokv(args: &[&str], log: &Path) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_junokv"))
         .args(args)
@@ -105,7 +81,9 @@ async fn change_map(dir: &Path, proxy_config: &Path, new: &Path) -> String {
 async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_etcd, url) = start_etcd(d);
+    let (etcd, url) = junokv::etcd_map::start_local(d)
+        .expect("etcd must be installed (scripts/test installs etcd-server)");
+    let _etcd = Running(etcd);
     let source = MapSourceConfig {
         etcd: vec![url.clone()],
         key: "/junokv/test-map".into(),

@@ -105,7 +105,13 @@ pub struct Shape {
     pub zones: usize,
     pub nodes_per_zone: usize,
     pub proxies: usize,
+    /// The map lives in an etcd the harness starts, and starts with the first node of
+    /// each zone only (the others run, in no map, until a change adds them).
+    pub map_in_etcd: bool,
 }
+
+/// Where the map lives in a run with `map_in_etcd`.
+pub const MAP_KEY: &str = "/junokv/chaos-map";
 
 /// A running cluster and the relays in front of it.
 pub struct Cluster {
@@ -120,6 +126,8 @@ pub struct Cluster {
     /// The cluster's certificate (as every member has it) and CA: TLS everywhere,
     /// through the relays.
     pub tls: TlsFiles,
+    /// With the map in etcd: the etcd process and its client URL.
+    pub etcd: Option<(Process, String)>,
     bin: PathBuf,
 }
 
@@ -170,25 +178,66 @@ impl Cluster {
                 nodes,
             });
         }
-        let map = ShardMap {
+        let mut map = ShardMap {
             epoch: 1,
             num_shards: 64,
             zones,
             previous: None,
         };
+        // With the map in etcd, one map serves every proxy: each storage node has one
+        // relay, shared by all who reach it, and the map names the node by it.
+        let mut shared = Vec::new();
+        let etcd = match shape.map_in_etcd {
+            false => None,
+            true => {
+                for node in map.zones.iter_mut().flat_map(|z| &mut z.nodes) {
+                    let target: SocketAddr = node.addr.parse().expect("written above");
+                    let relay = Relay::start(TcpListener::bind("127.0.0.1:0").await?, target)?;
+                    *node = Node::at(relay.listen.to_string());
+                    shared.push((relay, target));
+                }
+                Some(start_etcd(dir).await?)
+            }
+        };
+        let map_source = |file: &mut toml::Table, seed: &ShardMap| -> std::io::Result<()> {
+            let Some((_, url)) = &etcd else { return Ok(()) };
+            let mut source = toml::Table::new();
+            source.insert("etcd".into(), vec![toml::Value::String(url.clone())].into());
+            source.insert("key".into(), MAP_KEY.into());
+            file.insert("map_source".into(), source.into());
+            let first = ShardMap {
+                zones: (seed.zones.iter())
+                    .map(|z| Zone {
+                        nodes: z.nodes[..1].to_vec(),
+                        ..z.clone()
+                    })
+                    .collect(),
+                ..seed.clone()
+            };
+            let cluster = toml::Value::try_from(&first).map_err(std::io::Error::other)?;
+            file.insert("cluster".into(), cluster);
+            Ok(())
+        };
         // Storage servers get the map (their own addresses, past the relays) so that
         // their sweepers run, with a grace period short enough to purge within a run.
         let mut storage = Vec::new();
+        let mut listens = shared.iter().map(|(_, target)| target.to_string());
         for (z, zone) in map.zones.iter().enumerate() {
             for (n, addr) in zone.nodes.iter().map(|node| &node.addr).enumerate() {
                 let name = format!("storage-z{z}-{n}");
                 let config = dir.join(format!("{name}.toml"));
                 let mut file = toml::Table::new();
-                file.insert("listen".into(), toml::Value::String(addr.clone()));
+                // Behind a shared relay, a server listens elsewhere and is named by it.
+                let listen = listens.next().unwrap_or_else(|| addr.clone());
+                file.insert("listen".into(), toml::Value::String(listen.clone()));
                 let data = dir.join(&name).display().to_string();
                 file.insert("data_dir".into(), toml::Value::String(data));
                 let cluster = toml::Value::try_from(&map).map_err(std::io::Error::other)?;
                 file.insert("cluster".into(), cluster);
+                if etcd.is_some() {
+                    file.insert("id".into(), toml::Value::String(addr.clone()));
+                    map_source(&mut file, &map)?;
+                }
                 let mut sweeper = toml::Table::new();
                 sweeper.insert("interval_ms".into(), toml::Value::Integer(2000));
                 sweeper.insert("purge_grace_secs".into(), PURGE_GRACE_SECS.into());
@@ -196,7 +245,7 @@ impl Cluster {
                 file.insert("tls".into(), tls_table(&tls)?);
                 file.insert("encryption".into(), encryption.clone().into());
                 write_toml(&config, &file)?;
-                let addr = addr.parse().expect("a free address");
+                let addr = listen.parse().expect("a free address");
                 storage.push(process(&name, addr, "storage", &config, dir));
             }
         }
@@ -209,7 +258,7 @@ impl Cluster {
             // nodes keep their ids, so that shards are placed as everywhere else).
             let mut relays = Vec::new();
             let mut own = map.clone();
-            for zone in &mut own.zones {
+            for zone in own.zones.iter_mut().filter(|_| etcd.is_none()) {
                 for node in &mut zone.nodes {
                     let target: SocketAddr = node.addr.parse().expect("written above");
                     let relay = Relay::start(TcpListener::bind("127.0.0.1:0").await?, target)?;
@@ -228,10 +277,17 @@ impl Cluster {
             file.insert("timeouts".into(), toml::Value::Table(timeouts));
             file.insert("tls".into(), tls_table(&client_port)?);
             file.insert("cluster_tls".into(), tls_table(&tls)?);
+            map_source(&mut file, &map)?;
             write_toml(&config, &file)?;
             proxies.push(process(&name, addr, "proxy", &config, dir));
             entries.push(Relay::start(TcpListener::bind("127.0.0.1:0").await?, addr)?);
-            links.push(relays);
+            if etcd.is_none() {
+                links.push(relays);
+            }
+        }
+        // With the map in etcd, the shared relays are the only way to each node.
+        if etcd.is_some() {
+            links.push(shared.into_iter().map(|(relay, _)| relay).collect());
         }
         let mut cluster = Cluster {
             storage,
@@ -240,6 +296,7 @@ impl Cluster {
             entries,
             map,
             tls,
+            etcd,
             bin: bin.to_path_buf(),
         };
         for p in cluster.storage.iter_mut().chain(cluster.proxies.iter_mut()) {
@@ -289,6 +346,26 @@ impl Cluster {
             .filter_map(|p| (!p.terminate()).then(|| p.name.clone()))
             .collect()
     }
+}
+
+/// A one-member etcd under `dir`, serving: the process and its client URL.
+async fn start_etcd(dir: &Path) -> std::io::Result<(Process, String)> {
+    let (child, url) = junokv::etcd_map::start_local(dir)?;
+    let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
+    let mut etcd = Process {
+        name: "etcd".into(),
+        addr,
+        args: Vec::new(),
+        log: dir.join("etcd.log"),
+        child: Some(child),
+        paused: false,
+    };
+    if let Err(e) = wait_listening(addr, Duration::from_secs(30)).await {
+        etcd.kill();
+        return Err(e);
+    }
+    Ok((etcd, url))
 }
 
 /// A process of the cluster.

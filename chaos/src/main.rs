@@ -48,6 +48,11 @@ struct Args {
     clients: u64,
     #[arg(long, default_value_t = 8)]
     keys: u64,
+    /// Keep the map in an etcd the harness starts, begin with the first node of each
+    /// zone only, and grow the cluster to every node and shrink it back while the
+    /// faults go on (`junokv map change`, itself killed and run again now and then).
+    #[arg(long)]
+    grow_shrink: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,7 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
         zones: args.zones,
         nodes_per_zone: args.nodes_per_zone,
         proxies: args.proxies,
+        map_in_etcd: args.grow_shrink,
     };
     let cluster = Cluster::start(&args.bin, &dir, shape).await?;
     println!(
@@ -94,17 +100,50 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
         first_process: 0,
         tls_ca: cluster.tls.ca.clone(),
     };
-    let map = cluster.map.clone();
+    let mut map = cluster.map.clone();
     let member = Connector::member(Some(&cluster.tls)).map_err(std::io::Error::other)?;
+    let etcd = cluster.etcd.as_ref().map(|(_, url)| url.clone());
     let cluster = tokio::sync::Mutex::new(cluster);
     let origin = Instant::now();
     let faults_end = origin + Duration::from_secs_f64(args.duration * 0.7);
     let w = workload.clone();
     let clients = tokio::spawn(async move { run(&w, origin).await });
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let changes = etcd.is_some().then(|| {
+        let rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x6d6f7665);
+        let (bin, dir, all) = (args.bin.clone(), dir.clone(), map.clone());
+        tokio::spawn(async move { grow_and_shrink(&bin, &dir, &all, rng, faults_end).await })
+    });
     let faults = nemesis::run(&cluster, &mut rng, origin, faults_end).await?;
     cluster.lock().await.heal()?;
     let mut problems = Vec::new();
+    if let (Some(changes), Some(url)) = (changes, &etcd) {
+        // The change under way when the faults stopped finishes on the healed cluster;
+        // the replicas to compare are those of the map it leaves.
+        match tokio::time::timeout(Duration::from_secs(120), changes).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => problems.push(format!("changing the map: {e}")),
+            Ok(Err(e)) => problems.push(format!("the map driver task: {e}")),
+            Err(_) => problems.push("the changes of the map did not finish after the heal".into()),
+        }
+        let source = junokv::map_change::MapSourceConfig {
+            etcd: vec![url.clone()],
+            key: cluster::MAP_KEY.into(),
+        };
+        let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await;
+        match etcd.map(|e| async move { junokv::map_change::MapStore::current(&e).await }) {
+            Ok(current) => match current.await {
+                Ok(now)
+                    if now.previous.is_none() && now.zones.iter().all(|z| z.nodes.len() == 1) =>
+                {
+                    map = now
+                }
+                Ok(now) => problems.push(format!("the map did not end shrunk back: {now:?}")),
+                Err(e) => problems.push(format!("reading the final map: {e}")),
+            },
+            Err(e) => problems.push(format!("reading the final map: {e}")),
+        }
+    }
     let mut events: Vec<Event> = match clients.await {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
@@ -200,6 +239,72 @@ async fn chaos(args: Args) -> std::io::Result<bool> {
         dir.display()
     );
     Ok(passed)
+}
+
+/// Grows the map to every node of `all` and shrinks it back to the first node of each
+/// zone with `junokv map change` (a proxy's config names the etcd), again and again
+/// until `until`, then once more to end shrunk; before `until`, kills the command now
+/// and then mid-change and runs it again (it resumes the change).
+async fn grow_and_shrink(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    all: &junokv::cluster::ShardMap,
+    mut rng: rand::rngs::SmallRng,
+    until: Instant,
+) -> Result<(), String> {
+    use rand::Rng;
+    let zones = |per_zone: usize| {
+        let mut map = all.clone();
+        map.zones
+            .iter_mut()
+            .for_each(|z| z.nodes.truncate(per_zone));
+        map
+    };
+    let mut targets = Vec::new();
+    for (name, map) in [("grown", zones(usize::MAX)), ("shrunk", zones(1))] {
+        let target = dir.join(format!("{name}.toml"));
+        std::fs::write(&target, toml::to_string(&map).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        targets.push(target);
+    }
+    let mut changes = 0;
+    while Instant::now() < until || changes % 2 == 1 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..3000))).await;
+        let target = &targets[changes % 2];
+        changes += 1;
+        loop {
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(dir.join("map-change.log"))
+                .map_err(|e| e.to_string())?;
+            let mut driver = tokio::process::Command::new(bin)
+                .args(["map", "change"])
+                .arg(target)
+                .arg("--config")
+                .arg(dir.join("proxy-0.toml"))
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            let crash = (Instant::now() < until && rng.gen_bool(0.5))
+                .then(|| Duration::from_millis(rng.gen_range(10..400)));
+            let ended = match crash {
+                Some(after) => tokio::time::timeout(after, driver.wait()).await.ok(),
+                None => Some(driver.wait().await),
+            };
+            match ended {
+                Some(Ok(status)) if status.success() => break,
+                Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                None => {
+                    // kill -9 mid-change: the next run finishes what this one left.
+                    let _ = driver.kill().await;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Keys whose replicas (asked directly, past the relays) hold different records.

@@ -65,15 +65,21 @@ pub async fn run(
                 heal_links(cluster, &mut log, origin).await;
             }
             3 => {
-                let p = rng.gen_range(0..proxies);
+                // (With one relay per storage node, shared by every proxy, a cut
+                // partitions those nodes from all.)
+                let p = rng.gen_range(0..c.links.len());
                 let cut: Vec<usize> = (0..storage).filter(|_| rng.gen_bool(0.5)).collect();
                 for &s in &cut {
                     c.links[p][s].set(Link::Partitioned);
                 }
                 let names: Vec<&str> = cut.iter().map(|&s| c.storage[s].name.as_str()).collect();
+                let who = match c.links.len() == proxies {
+                    true => format!("proxy-{p}"),
+                    false => "every proxy".into(),
+                };
                 note(
                     &mut log,
-                    format!("partition proxy-{p} from [{}]", names.join(", ")),
+                    format!("partition {who} from [{}]", names.join(", ")),
                 );
                 drop(c);
                 tokio::time::sleep(length).await;
@@ -81,11 +87,15 @@ pub async fn run(
             }
             _ => {
                 let delay = Duration::from_millis(rng.gen_range(20..300));
-                let p = rng.gen_range(0..proxies);
+                let p = rng.gen_range(0..c.links.len());
                 for link in &c.links[p] {
                     link.set(Link::Slow(delay));
                 }
-                note(&mut log, format!("slow links ({delay:?}) from proxy-{p}"));
+                let who = match c.links.len() == proxies {
+                    true => format!("from proxy-{p}"),
+                    false => "to every storage node".into(),
+                };
+                note(&mut log, format!("slow links ({delay:?}) {who}"));
                 drop(c);
                 tokio::time::sleep(length).await;
                 heal_links(cluster, &mut log, origin).await;
