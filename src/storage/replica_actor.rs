@@ -117,6 +117,9 @@ struct Replica {
     /// The shards this server holds, once it knows (see [`Envelope::Own`]); until
     /// then it serves any.
     owns: Option<Ownership>,
+    /// Shards it no longer holds whose slots are being dropped: the key to go on after
+    /// and the slots dropped so far.
+    dropping: BTreeMap<u16, (Vec<u8>, usize)>,
 }
 
 /// The replica task as started.
@@ -159,9 +162,11 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         seq: 0,
         held: BTreeMap::new(),
         owns: None,
+        dropping: BTreeMap::new(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
     let task = tokio::spawn(async move {
+        let mut dropping = tokio::time::interval(std::time::Duration::from_millis(10));
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -189,6 +194,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                     }
                     replica.release();
                 }
+                _ = dropping.tick(), if !replica.dropping.is_empty() => replica.drop_some(),
             }
         }
         drop(replica);
@@ -321,52 +327,100 @@ impl Replica {
         if self.owns.as_ref().is_some_and(|o| o.epoch > owns.epoch) {
             return;
         }
+        // A shard held again while its old slots are still being dropped: they go now,
+        // before the server serves it as a new acceptor.
+        let back: Vec<u16> = (self.dropping.keys().copied())
+            .filter(|s| owns.holds(*s))
+            .collect();
+        for shard in back {
+            // (An engine that fails a scan leaves the entry: the error is logged.)
+            while self.dropping.contains_key(&shard) {
+                if !self.drop_page(shard) && self.dropping.contains_key(&shard) {
+                    break;
+                }
+            }
+        }
         let shards = owns.shards.len() as u16;
         for shard in (0..shards).filter(|s| !owns.holds(*s)) {
-            if let Err(e) = self.drop_shard(shard, owns.epoch) {
-                tracing::error!(server = %self.name, shard, error = %e, "dropping a shard this server no longer holds");
-            }
+            self.dropping
+                .entry(shard)
+                .or_insert((shard.to_be_bytes().to_vec(), 0));
         }
-        tracing::info!(server = %self.name, epoch = owns.epoch, shards = owns.shards.iter().filter(|h| **h).count(), "serving the map");
-        self.owns = Some(owns);
-    }
-
-    /// Removes every slot of `shard` (through group commit, behind every write already
-    /// on its way), leaving the floor as it is.
-    fn drop_shard(&mut self, shard: u16, epoch: u64) -> std::io::Result<()> {
-        let prefix = shard.to_be_bytes();
-        let mut keys: Vec<Vec<u8>> = (self.dirty.iter())
-            .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut after = prefix.to_vec();
-        loop {
-            let page = self.engine.scan(Some(&after), 1024)?;
-            // (Keys of the shard sort together: the shard is their first two bytes.)
-            let (full, before) = (page.len() == 1024, keys.len());
-            let mine = page.into_iter().map(|(k, _)| k);
-            keys.extend(mine.take_while(|k| k.starts_with(&prefix)));
-            match keys.last() {
-                Some(last) if full && keys.len() - before == 1024 => after = last.clone(),
-                _ => break,
-            }
-        }
-        if !keys.is_empty() {
-            tracing::info!(server = %self.name, shard, slots = keys.len(), "dropping a shard this server no longer holds");
-        }
-        // Replies still waiting for a write to the shard will not tell of it: the write
-        // is removed behind it, and the server no longer serves the shard.
+        // Replies still waiting for a write to a shard no longer served will not tell
+        // of it: its slots are dropped behind it.
+        let epoch = owns.epoch;
         for held in self.held.values_mut().flatten() {
-            if held.key.starts_with(&prefix) {
+            let shard = u16::from_be_bytes([held.key[0], held.key[1]]);
+            if !owns.holds(shard) {
                 (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
             }
         }
-        for key in keys {
+        tracing::info!(server = %self.name, epoch, shards = owns.shards.iter().filter(|h| **h).count(), "serving the map");
+        self.owns = Some(owns);
+    }
+
+    /// Removes the next page of slots of a shard this server no longer holds (through
+    /// group commit, behind every write already on its way), leaving the floor as it
+    /// is. A page at a time, between requests: a node that leaves half its shards
+    /// must go on serving the other half meanwhile. Returns whether it removed any.
+    fn drop_page(&mut self, shard: u16) -> bool {
+        const PAGE: usize = 256;
+        let Some((after, dropped)) = self.dropping.get(&shard).cloned() else {
+            return false;
+        };
+        let prefix = shard.to_be_bytes();
+        let page = match self.engine.scan(Some(&after), PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(server = %self.name, shard, error = %e, "dropping a shard this server no longer holds");
+                return false;
+            }
+        };
+        // (Keys of the shard sort together: the shard is their first two bytes.)
+        let mut keys: Vec<Vec<u8>> = (page.into_iter().map(|(k, _)| k))
+            .take_while(|k| k.starts_with(&prefix))
+            .collect();
+        let more = keys.len() == PAGE;
+        let next = keys.last().cloned();
+        let written = self
+            .dirty
+            .iter()
+            .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some());
+        keys.extend(written.map(|(k, _)| k.clone()).collect::<Vec<_>>());
+        let removed = !keys.is_empty();
+        let dropped = dropped + keys.len();
+        if removed {
             self.seq += 1;
-            self.commit.submit(self.seq, vec![(key.clone(), None)]);
-            self.dirty.insert(key, (None, self.seq));
+            let changes = keys.iter().map(|k| (k.clone(), None)).collect();
+            self.commit.submit(self.seq, changes);
+            for key in keys {
+                self.dirty.insert(key, (None, self.seq));
+            }
         }
-        Ok(())
+        match (more, next) {
+            (true, Some(next)) => {
+                self.dropping.insert(shard, (next, dropped));
+            }
+            _ => {
+                self.dropping.remove(&shard);
+                if dropped > 0 {
+                    tracing::info!(server = %self.name, shard, slots = dropped, "dropped a shard this server no longer holds");
+                }
+            }
+        }
+        removed
+    }
+
+    /// One page of slots of the shards being dropped (see [`Replica::drop_page`]),
+    /// passing over up to a few dozen shards that turn out to hold none.
+    fn drop_some(&mut self) {
+        for _ in 0..64 {
+            let first = self.dropping.keys().next().copied();
+            match first {
+                Some(shard) if !self.drop_page(shard) => continue,
+                _ => return,
+            }
+        }
     }
 
     fn handle(
