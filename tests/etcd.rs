@@ -2,13 +2,13 @@
 //! it from etcd and follow it, and `junokv map change` grows the cluster from three
 //! zones of one node to three of two and shrinks it back while a client writes.
 
+mod common;
+
 use junokv::client::Client;
 use junokv::map_change::{MapSourceConfig, MapStore};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A child process killed when the test ends, however it ends.
@@ -160,28 +160,7 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
         "seeded from [cluster]"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = vec![0u32; 100];
-            let mut round = 0;
-            while !stop.load(Ordering::Relaxed) || round < 2 {
-                round += 1;
-                for (k, last) in acked.iter_mut().enumerate() {
-                    let value = round.to_string();
-                    if client
-                        .set(format!("k{k}").as_bytes(), value.as_bytes(), 0)
-                        .await
-                        .is_ok()
-                    {
-                        *last = round;
-                    }
-                }
-            }
-            (client, acked)
-        })
-    };
+    let writer = common::Writer::start(client, 100);
     let grown = write(&d.join("grown.toml"), &cluster_toml(&addrs, 2));
     let said = change_map(d, &proxy_config, &grown).await;
     assert!(said.contains("map epoch 2: done"), "{said}");
@@ -192,16 +171,7 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
     let shrunk = write(&d.join("shrunk.toml"), &cluster_toml(&addrs, 1));
     let said = change_map(d, &proxy_config, &shrunk).await;
     assert!(said.contains("map epoch 4: done"), "{said}");
-    stop.store(true, Ordering::Relaxed);
-    let (client, acked) = writer.await.unwrap();
-    for (k, last) in acked.iter().enumerate() {
-        let got = client.get(format!("k{k}").as_bytes()).await.unwrap();
-        let round: u32 = String::from_utf8(got.value).unwrap().parse().unwrap();
-        assert!(
-            round >= *last,
-            "k{k}: read round {round}, acknowledged {last}"
-        );
-    }
+    writer.stop_and_check().await;
     let map = etcd.current().await.unwrap();
     assert_eq!((map.epoch, map.previous.is_none()), (4, true));
     drop(procs);

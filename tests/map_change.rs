@@ -13,7 +13,6 @@ use junokv::key::StoreKey;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::storage::{is_record_key, StorageServer};
 use junokv::transport::Acceptor;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,15 +44,28 @@ async fn start_nodes(store: &watch::Sender<ShardMap>, addrs: Vec<TcpListener>) -
     nodes
 }
 
-fn zones(nodes: &Nodes, per_zone: usize) -> Vec<Zone> {
+/// Three zones of `per_zone` of `addrs` each (zone `z`: `z`, `z + 3`).
+fn zones(addrs: &[String], per_zone: usize) -> Vec<Zone> {
     (0..3)
         .map(|z| Zone {
             datacenter: format!("dc{z}"),
             nodes: (0..per_zone)
-                .map(|i| Node::at(nodes.addrs[z + 3 * i].clone()))
+                .map(|i| Node::at(addrs[z + 3 * i].clone()))
                 .collect(),
         })
         .collect()
+}
+
+/// Six listeners on loopback, for the storage servers, and their addresses.
+async fn six_listeners() -> (Vec<TcpListener>, Vec<String>) {
+    let mut listeners = Vec::new();
+    for _ in 0..6 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs = (listeners.iter())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    (listeners, addrs)
 }
 
 fn proxy_on(store: &watch::Sender<ShardMap>) -> Arc<Proxy> {
@@ -84,22 +96,11 @@ fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
-    let mut listeners = Vec::new();
-    for _ in 0..6 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = (listeners.iter())
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
+    let (listeners, addrs) = six_listeners().await;
     let first = ShardMap {
         epoch: 1,
         num_shards: 64,
-        zones: (0..3)
-            .map(|z| Zone {
-                datacenter: format!("dc{z}"),
-                nodes: vec![Node::at(addrs[z].clone())],
-            })
-            .collect(),
+        zones: zones(&addrs, 1),
         previous: None,
     };
     let store = watch::Sender::new(first);
@@ -114,52 +115,18 @@ async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
         .await
         .unwrap();
 
-    // A writer sets 200 keys round after round; each key's last acknowledged round is
-    // what a read must find at least.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = vec![0u32; 200];
-            let mut round = 0;
-            while !stop.load(Ordering::Relaxed) || round < 2 {
-                round += 1;
-                for (k, last) in acked.iter_mut().enumerate() {
-                    let value = round.to_string();
-                    // (An error leaves the outcome unknown: a later round settles it.)
-                    if client
-                        .set(format!("k{k}").as_bytes(), value.as_bytes(), 0)
-                        .await
-                        .is_ok()
-                    {
-                        *last = round;
-                    }
-                }
-            }
-            (client, acked)
-        })
-    };
+    let writer = common::Writer::start(client, 200);
 
     let driver = proxy_on(&store);
-    let grown = junokv::map_change::change(&store, &driver, zones(&nodes, 2))
+    let grown = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 2))
         .await
         .unwrap();
     assert_eq!((grown.epoch, grown.previous.is_none()), (3, true));
-    let shrunk = junokv::map_change::change(&store, &driver, zones(&nodes, 1))
+    let shrunk = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 1))
         .await
         .unwrap();
     assert_eq!(shrunk.epoch, 5);
-    stop.store(true, Ordering::Relaxed);
-    let (client, acked) = writer.await.unwrap();
-
-    for (k, last) in acked.iter().enumerate() {
-        let got = client.get(format!("k{k}").as_bytes()).await.unwrap();
-        let round: u32 = String::from_utf8(got.value).unwrap().parse().unwrap();
-        assert!(
-            round >= *last,
-            "k{k}: read round {round}, acknowledged {last}"
-        );
-    }
+    writer.stop_and_check().await;
     // Every key is on each of its replicas under the final map (the reads repaired a
     // replica that was a joiner's old node), and the nodes that left hold nothing.
     eventually("every replica holds every key", || {
@@ -180,25 +147,11 @@ async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
 /// done, before anyone reads it: the catch-up's promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
-    let mut listeners = Vec::new();
-    for _ in 0..6 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = (listeners.iter())
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let one_each = |addrs: &[String]| -> Vec<Zone> {
-        (0..3)
-            .map(|z| Zone {
-                datacenter: format!("dc{z}"),
-                nodes: vec![Node::at(addrs[z].clone())],
-            })
-            .collect()
-    };
+    let (listeners, addrs) = six_listeners().await;
     let first = ShardMap {
         epoch: 1,
         num_shards: 64,
-        zones: one_each(&addrs),
+        zones: zones(&addrs, 1),
         previous: None,
     };
     let store = watch::Sender::new(first.clone());
@@ -229,7 +182,7 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
     .await;
 
     // Zone 0's node is replaced by the spare of zone 0.
-    let mut zones = one_each(&addrs);
+    let mut zones = zones(&addrs, 1);
     zones[0].nodes = vec![Node::at(addrs[3].clone())];
     let driver = proxy_on(&store);
     let done = junokv::map_change::change(&store, &driver, zones)

@@ -166,7 +166,9 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
     let task = tokio::spawn(async move {
-        let mut dropping = tokio::time::interval(std::time::Duration::from_millis(10));
+        // A page of a dropped shard every 25 ms (about 10,000 slots a second): removing
+        // them competes with client writes for the disk.
+        let mut dropping = tokio::time::interval(std::time::Duration::from_millis(25));
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {

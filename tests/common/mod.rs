@@ -255,3 +255,55 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// A client setting keys `k0`… round after round (each round's number as the value)
+/// until stopped, at least two rounds: each key's last acknowledged round is what a
+/// read must find at least. (An error leaves a set's outcome unknown: a later round
+/// settles it.)
+pub struct Writer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(Client, Vec<u32>)>,
+}
+
+impl Writer {
+    pub fn start(client: Client, keys: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = vec![0u32; keys];
+            let mut round = 0;
+            while !stopped.load(Ordering::Relaxed) || round < 2 {
+                round += 1;
+                for (k, last) in acked.iter_mut().enumerate() {
+                    let key = format!("k{k}");
+                    let value = round.to_string();
+                    if client
+                        .set(key.as_bytes(), value.as_bytes(), 0)
+                        .await
+                        .is_ok()
+                    {
+                        *last = round;
+                    }
+                }
+            }
+            (client, acked)
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops writing; then every key must read back at least its last acknowledged
+    /// round.
+    pub async fn stop_and_check(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (client, acked) = self.task.await.unwrap();
+        for (k, last) in acked.iter().enumerate() {
+            let got = client.get(format!("k{k}").as_bytes()).await.unwrap();
+            let round: u32 = String::from_utf8(got.value).unwrap().parse().unwrap();
+            assert!(
+                round >= *last,
+                "k{k}: read round {round}, acknowledged {last}"
+            );
+        }
+    }
+}
