@@ -56,16 +56,25 @@ fn zones(addrs: &[String], per_zone: usize) -> Vec<Zone> {
         .collect()
 }
 
-/// Six listeners on loopback, for the storage servers, and their addresses.
-async fn six_listeners() -> (Vec<TcpListener>, Vec<String>) {
+/// Six storage servers following a map source whose map holds the first of each
+/// zone's two: three zones of one node.
+async fn three_zones_of_one() -> (watch::Sender<ShardMap>, Nodes) {
     let mut listeners = Vec::new();
     for _ in 0..6 {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
-    let addrs = (listeners.iter())
+    let addrs: Vec<String> = (listeners.iter())
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
-    (listeners, addrs)
+    let first = ShardMap {
+        epoch: 1,
+        num_shards: 64,
+        zones: zones(&addrs, 1),
+        previous: None,
+    };
+    let store = watch::Sender::new(first);
+    let nodes = start_nodes(&store, listeners).await;
+    (store, nodes)
 }
 
 fn proxy_on(store: &watch::Sender<ShardMap>) -> Arc<Proxy> {
@@ -96,15 +105,7 @@ fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
-    let (listeners, addrs) = six_listeners().await;
-    let first = ShardMap {
-        epoch: 1,
-        num_shards: 64,
-        zones: zones(&addrs, 1),
-        previous: None,
-    };
-    let store = watch::Sender::new(first);
-    let nodes = start_nodes(&store, listeners).await;
+    let (store, nodes) = three_zones_of_one().await;
     let proxy = proxy_on(&store);
     let server = (proxy.serve(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -147,15 +148,8 @@ async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
 /// done, before anyone reads it: the catch-up's promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
-    let (listeners, addrs) = six_listeners().await;
-    let first = ShardMap {
-        epoch: 1,
-        num_shards: 64,
-        zones: zones(&addrs, 1),
-        previous: None,
-    };
-    let store = watch::Sender::new(first.clone());
-    let nodes = start_nodes(&store, listeners).await;
+    let (store, nodes) = three_zones_of_one().await;
+    let (first, addrs) = (store.borrow().clone(), nodes.addrs.clone());
     // Written through a proxy that cannot reach zone 2: on zones 0 and 1 only.
     let mut blind = first.clone();
     blind.zones[2].nodes = vec![Node::at("127.0.0.1:1")];

@@ -76,34 +76,31 @@ impl Recovery {
     /// replica holds each one. Returns how many keys it looked at.
     ///
     /// Not every peer need answer: a value chosen through this replica was accepted by
-    /// a quorum of `q` of a shard's `n` replicas, so `q - 1` of its `n - 1` peers hold
-    /// it, and any `n - q + 1` of them include one (three zones: both peers; five:
-    /// three of four). A shard with fewer peers listed fails the pass.
+    /// a majority of each layout of its shard's acceptors (one layout; two while the
+    /// map changes), so in a layout of `n` holding this replica, any `n - q + 1` of its
+    /// other `n - 1` members include one that holds it (three zones: both peers; five:
+    /// three of four). A shard with fewer peers listed fails the pass. A server that
+    /// holds no shard has nothing to recover: a shard it joins later, it joins empty.
     async fn pass(&self) -> Result<u64, String> {
         let map = self.proxy.map();
-        let placements = (0..map.num_shards).map(|s| (s, map.replicas(s)));
-        let mine: BTreeMap<u16, Vec<&str>> = placements
-            .filter(|(_, r)| r.contains(&self.me.as_str()))
+        let me = self.me.as_str();
+        let mine: BTreeMap<u16, crate::cluster::Placement> = (0..map.num_shards)
+            .map(|s| (s, map.placement(s)))
+            .filter(|(_, p)| p.nodes.iter().any(|n| n.addr == me))
             .collect();
-        if mine.is_empty() {
-            return Err(format!(
-                "this server ({}) holds no shard in the map: it must be named there by the \
-                 address it listens on",
-                self.me
-            ));
-        }
-        let peers: BTreeSet<&str> = (mine.values().flatten())
-            .copied()
-            .filter(|a| *a != self.me)
+        let peers: BTreeSet<&str> = (mine.values())
+            .flat_map(|p| p.nodes.iter().map(|n| n.addr.as_str()))
+            .filter(|a| *a != me)
             .take(if bug(Bug::RecoveryAsksOnePeer) {
                 1
             } else {
                 usize::MAX
             })
             .collect();
+        let shards: BTreeSet<u16> = mine.keys().copied().collect();
         let (mut seen, mut listed, mut unlisted) = (0, BTreeSet::new(), Vec::new());
         for peer in peers {
-            match self.recover_from(peer, &mine).await? {
+            match self.recover_from(peer, &shards).await? {
                 Ok(keys) => {
                     seen += keys;
                     listed.insert(peer);
@@ -111,14 +108,17 @@ impl Recovery {
                 Err(e) => unlisted.push(e),
             }
         }
-        let zones = map.zones.len();
-        let needed = zones - (zones / 2 + 1) + 1;
-        let short = (mine.iter())
-            .find(|(_, replicas)| replicas.iter().filter(|r| listed.contains(*r)).count() < needed);
-        match short {
+        let short_in = |p: &crate::cluster::Placement| {
+            p.layouts.iter().any(|layout| {
+                let members: Vec<&str> = layout.iter().map(|&i| p.nodes[i].addr.as_str()).collect();
+                let answered = members.iter().filter(|a| listed.contains(*a)).count();
+                let needed = layout.len() - (layout.len() / 2 + 1) + 1;
+                members.contains(&me) && answered < needed
+            })
+        };
+        match mine.iter().find(|(_, p)| short_in(p)) {
             Some((shard, _)) if !bug(Bug::RecoveryAsksOnePeer) => Err(format!(
-                "shard {shard}: fewer than {needed} of its other replicas listed their keys \
-                 ({})",
+                "shard {shard}: too few of its other replicas listed their keys ({})",
                 unlisted.join("; ")
             )),
             _ => Ok(seen),
@@ -131,7 +131,7 @@ impl Recovery {
     async fn recover_from(
         &self,
         peer: &str,
-        mine: &BTreeMap<u16, Vec<&str>>,
+        mine: &BTreeSet<u16>,
     ) -> Result<Result<u64, String>, String> {
         let (mut seen, mut after) = (0, None);
         loop {
@@ -147,7 +147,7 @@ impl Recovery {
             let end = keys.len() < PAGE as usize;
             after = keys.last().cloned();
             let ours: Vec<StoreKey> = (keys.into_iter())
-                .filter(|k| mine.contains_key(&k.shard))
+                .filter(|k| mine.contains(&k.shard))
                 .collect();
             seen += ours.len() as u64;
             stream::iter(ours.into_iter().map(|k| self.hold(k)))
