@@ -164,6 +164,7 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
     let grown = write(&d.join("grown.toml"), &cluster_toml(&addrs, 2));
     let said = change_map(d, &proxy_config, &grown).await;
     assert!(said.contains("map epoch 2: done"), "{said}");
+    assert!(said.contains("data to move: about"), "{said}");
     assert!(
         said.contains("(added)"),
         "the plan names the added nodes: {said}"
@@ -171,6 +172,16 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
     let shrunk = write(&d.join("shrunk.toml"), &cluster_toml(&addrs, 1));
     let said = change_map(d, &proxy_config, &shrunk).await;
     assert!(said.contains("map epoch 4: done"), "{said}");
+    let shown = Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(["map", "show"])
+        .arg(&proxy_config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("from etcd /junokv/test-map") && shown.contains("map epoch 4,"),
+        "junokv map show reads the map in etcd: {shown}"
+    );
     writer.stop_and_check().await;
     let map = etcd.current().await.unwrap();
     assert_eq!((map.epoch, map.previous.is_none()), (4, true));

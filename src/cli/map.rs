@@ -10,7 +10,8 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum MapCommand {
     /// Each zone's nodes and how many shards each holds. FILE: a proxy's or storage
-    /// server's config (its `[cluster]` table), or a map on its own.
+    /// server's config (its `[cluster]` table, or with `[map_source]` the map in etcd),
+    /// or a map on its own.
     Show { file: PathBuf },
     /// What changing the map from OLD to NEW moves: the shards each node gains and
     /// loses, zone by zone. Nothing is contacted; exits 1 if NEW is no valid successor
@@ -40,7 +41,19 @@ pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
             dry_run,
         } => change(&new, &config, dry_run).await,
         MapCommand::Show { file } => {
-            print!("{}", show(&load(&file)?));
+            let map = match source_of(&file)? {
+                Some(source) => {
+                    let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await?;
+                    let map = junokv::map_change::MapStore::current(&etcd).await?;
+                    println!("from etcd {} ({})", source.key, source.etcd.join(","));
+                    if map.previous.is_some() {
+                        println!("a change of the map is under way: shown as it will end");
+                    }
+                    map
+                }
+                None => load(&file)?,
+            };
+            print!("{}", show(&map));
             Ok(ExitCode::SUCCESS)
         }
         MapCommand::Plan { old, new } => {
@@ -89,20 +102,71 @@ async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, St
         zones: zones.clone(),
         ..from.clone()
     };
-    print!("{}", describe(&from, &after, &plan(&from, &after)?));
-    if dry_run {
-        return Ok(ExitCode::SUCCESS);
-    }
+    let moves = plan(&from, &after)?;
+    print!("{}", describe(&from, &after, &moves));
     cfg.cluster = now;
     let follow = etcd.clone().follow(cfg.cluster.clone());
     let proxy = junokv::proxy::Proxy::new(cfg, junokv::clock::Clock::default())?;
     proxy.follow(follow);
+    println!("{}", bytes_moving(&proxy, &from, &moves).await);
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(done) = junokv::map_change::resume(&etcd, &proxy).await? {
         println!("map epoch {}: the change under way is done", done.epoch);
     }
     let done = junokv::map_change::change(&etcd, &proxy, zones).await?;
     println!("map epoch {}: done", done.epoch);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the shard replicas that move hold, estimated from each giving node's engine
+/// size (asked now) spread evenly over the shards it holds.
+async fn bytes_moving(proxy: &junokv::proxy::Proxy, map: &ShardMap, moves: &[Move]) -> String {
+    use junokv::replica::{NodeRequest, ReplicaReply};
+    let held = counts(map);
+    let mut bytes = 0.0;
+    let mut unknown = Vec::new();
+    for (z, zone) in map.zones.iter().enumerate() {
+        for node in &zone.nodes {
+            let giving = moves
+                .iter()
+                .filter(|m| m.zone == z && m.from == node.id)
+                .count();
+            if giving == 0 {
+                continue;
+            }
+            match proxy.ask_node(&node.addr, NodeRequest::Status).await {
+                Ok(ReplicaReply::Node(info)) => {
+                    let shards = held[z][node.id.as_str()].max(1);
+                    bytes += info.engine_bytes as f64 * giving as f64 / shards as f64;
+                }
+                _ => unknown.push(node.id.clone()),
+            }
+        }
+    }
+    let mib = bytes / f64::from(1 << 20);
+    match unknown.is_empty() {
+        true => format!("data to move: about {mib:.1} MiB (from the giving nodes' sizes)"),
+        false => format!(
+            "data to move: about {mib:.1} MiB, and what {} hold (not answering)",
+            unknown.join(", ")
+        ),
+    }
+}
+
+/// The `[map_source]` of the config `file`, if it has one.
+fn source_of(file: &Path) -> Result<Option<junokv::map_change::MapSourceConfig>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    (table.remove("map_source"))
+        .map(|t| {
+            t.try_into()
+                .map_err(|e| format!("{}: [map_source]: {e}", file.display()))
+        })
+        .transpose()
 }
 
 /// The map in `file`: its `[cluster]` table, or the whole file.

@@ -73,8 +73,11 @@ pub fn verify(server: &str, codec: &SlotCodec, floor_key: &[u8], expect: &Expect
     let (promised, accepted) = match stored {
         None => (floor, floor),
         Some(bytes) => match codec.decode(&expect.key, &bytes) {
+            // A slot holding no record may be one a prepare made after the record was
+            // purged (in the same group-commit batch as the write a reply waits on):
+            // the floor then stands for the purged record, as for a missing key.
             Ok(d) => {
-                let accepted = d.slot.accepted.map_or(Ballot::default(), |(b, _)| b);
+                let accepted = d.slot.accepted.map_or(floor, |(b, _)| b);
                 (d.slot.promised.max(floor), accepted)
             }
             Err(_) => return, // corrupted on disk since: the damaged-slot rules apply
