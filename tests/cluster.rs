@@ -3,14 +3,12 @@
 mod common;
 
 use common::{assert_read_and_sweep_repair, eventually, Store, TestCluster};
-use junokv::client::{Client, ClientError};
+use junokv::client::ClientError;
 use junokv::clock::Clock;
 use junokv::key::StoreKey;
 use junokv::protocol::Status;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
-use junokv::transport::Acceptor;
-use tokio::net::TcpListener;
 
 fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
     r.expect_err("expected an error status")
@@ -309,14 +307,7 @@ async fn a_storage_server_serves_only_senders_on_its_map_and_only_its_shards() {
     // A proxy on zone 0's map: zone 0 takes the keys of the shards it kept, and no
     // other (those go to the added node, which is not there).
     let proxy = Proxy::new(ProxyConfig::new(map.clone()), Clock::default()).unwrap();
-    let server = (proxy.serve(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Acceptor::Plain,
-    ))
-    .unwrap();
-    let c = Client::connect(&server.addr().to_string(), "test")
-        .await
-        .unwrap();
+    let (_server, c) = common::serve_and_connect(&proxy).await;
     for k in &keys {
         c.set(k, b"w", 0).await.unwrap();
     }

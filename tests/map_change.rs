@@ -5,7 +5,6 @@
 mod common;
 
 use common::eventually;
-use junokv::client::Client;
 use junokv::clock::Clock;
 use junokv::cluster::{Node, ShardMap, Zone};
 use junokv::engine::{Engine, MemoryEngine};
@@ -107,14 +106,7 @@ fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
 async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
     let (store, nodes) = three_zones_of_one().await;
     let proxy = proxy_on(&store);
-    let server = (proxy.serve(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Acceptor::Plain,
-    ))
-    .unwrap();
-    let client = Client::connect(&server.addr().to_string(), "test")
-        .await
-        .unwrap();
+    let (_server, client) = common::serve_and_connect(&proxy).await;
 
     let writer = common::Writer::start(client, 200);
 
@@ -154,15 +146,7 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
     let mut blind = first.clone();
     blind.zones[2].nodes = vec![Node::at("127.0.0.1:1")];
     let writer = Proxy::new(ProxyConfig::new(blind), Clock::default()).unwrap();
-    let server = writer
-        .serve(
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            Acceptor::Plain,
-        )
-        .unwrap();
-    let client = Client::connect(&server.addr().to_string(), "test")
-        .await
-        .unwrap();
+    let (_server, client) = common::serve_and_connect(&writer).await;
     for k in 0..50 {
         client
             .set(format!("k{k}").as_bytes(), b"v", 0)
