@@ -1128,6 +1128,20 @@ mod tests {
         ]
     }
 
+    /// Four requests, `op(i)` each, from proxies on the maps `later - 1` and `later` of a
+    /// move as `mix` says (false: the earlier map); then the cluster is left on the
+    /// later map, for a read.
+    fn on_adjacent_maps(later: usize, mix: &[bool], op: impl Fn(u8) -> Op) -> Cluster {
+        let maps = maps_of_a_move();
+        let mut cl = Cluster::new(4);
+        for (i, on_later) in mix.iter().enumerate() {
+            cl.map = maps[later - 1 + usize::from(*on_later)].clone();
+            cl.add(op(i as u8), i as u8 + 1);
+        }
+        cl.map = maps[later].clone();
+        cl
+    }
+
     proptest! {
         /// Creates from proxies on two adjacent maps of a move (before and joint, or
         /// joint and after) at once: at most one wins, and a read on the later map
@@ -1135,16 +1149,10 @@ mod tests {
         /// and what the map before chose reaches the one after by the catch-up.
         #[test]
         fn creates_on_adjacent_maps_of_a_move_at_most_one_wins(sched in schedule(), later in 1usize..3, mix in proptest::collection::vec(any::<bool>(), 4)) {
-            let maps = maps_of_a_move();
-            let mut cl = Cluster::new(4);
-            for (i, on_later) in mix.iter().enumerate() {
-                cl.map = maps[later - 1 + usize::from(*on_later)].clone();
-                cl.add(Op::Create { value: val(i as u8), ttl: 0 }, i as u8 + 1);
-            }
+            let mut cl = on_adjacent_maps(later, &mix, |i| Op::Create { value: val(i), ttl: 0 });
             cl.run(&sched);
             let winners: Vec<usize> = (0..4).filter(|&c| matches!(cl.outcomes[c], Some(Ok(_)))).collect();
             prop_assert!(winners.len() <= 1, "{:?}", cl.outcomes);
-            cl.map = maps[later].clone();
             let got = cl.read();
             if let [w] = winners[..] {
                 prop_assert_eq!(got.unwrap().unwrap().value, vec![w as u8]);
@@ -1153,17 +1161,11 @@ mod tests {
 
         #[test]
         fn sets_on_adjacent_maps_of_a_move_are_applied_exactly_once(sched in schedule(), later in 1usize..3, mix in proptest::collection::vec(any::<bool>(), 4)) {
-            let maps = maps_of_a_move();
-            let mut cl = Cluster::new(4);
-            for (i, on_later) in mix.iter().enumerate() {
-                cl.map = maps[later - 1 + usize::from(*on_later)].clone();
-                cl.add(Op::Set { value: val(i as u8), ttl: 0 }, i as u8 + 1);
-            }
+            let mut cl = on_adjacent_maps(later, &mix, |i| Op::Set { value: val(i), ttl: 0 });
             cl.run(&sched);
             let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
             let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
             prop_assert_eq!(ok + unknown, 4);
-            cl.map = maps[later].clone();
             let version = match cl.read() {
                 Ok(r) => r.unwrap().version,
                 Err(s) => { prop_assert_eq!(s, Status::NoKey); 0 }

@@ -30,6 +30,13 @@ impl StoreKey {
         out
     }
 
+    /// The shard of an engine key written by [`StoreKey::to_bytes`] (its first two
+    /// bytes), without decoding the rest.
+    pub fn shard_in(bytes: &[u8]) -> Option<u16> {
+        let (&[hi, lo], _) = bytes.split_first_chunk::<2>()?;
+        Some(u16::from_be_bytes([hi, lo]))
+    }
+
     /// Reads back an engine key written by [`StoreKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Option<StoreKey> {
         let (&[hi, lo, ns_len], rest) = bytes.split_first_chunk::<3>()?;

@@ -182,36 +182,46 @@ async fn finish(
     Ok(done)
 }
 
-/// The nodes of each moving shard's old layout (by address).
-fn old_layouts<'a>(joint: &'a ShardMap, moving: &[u16]) -> Vec<(u16, Vec<&'a str>)> {
-    (moving.iter())
-        .map(|&s| {
-            let p = joint.placement(s);
-            let old = p.layouts[1].iter().map(|&i| p.nodes[i].addr.as_str());
-            (s, old.collect())
-        })
-        .collect()
+/// The old layouts of the moving shards (their nodes by address), and every node
+/// of them once.
+struct OldLayouts<'a> {
+    layouts: Vec<Vec<&'a str>>,
+    nodes: BTreeSet<&'a str>,
+}
+
+impl<'a> OldLayouts<'a> {
+    fn of(joint: &'a ShardMap, moving: &[u16]) -> Self {
+        let layouts: Vec<Vec<&str>> = (moving.iter())
+            .map(|&s| {
+                let p = joint.placement(s);
+                let old = p.layouts[1].iter().map(|&i| p.nodes[i].addr.as_str());
+                old.collect()
+            })
+            .collect();
+        let nodes = layouts.iter().flatten().copied().collect();
+        OldLayouts { layouts, nodes }
+    }
+
+    /// Whether `done` holds a majority of every old layout.
+    fn majority_of_each(&self, done: &BTreeSet<&str>) -> bool {
+        (self.layouts.iter()).all(|l| l.iter().filter(|a| done.contains(*a)).count() > l.len() / 2)
+    }
 }
 
 /// Waits until a majority of every moving shard's old layout serves `joint` or a
 /// later map: from then on no quorum of the map before can form.
 async fn wait_for_fence(proxy: &Arc<Proxy>, joint: &ShardMap, moving: &[u16]) {
-    let layouts = old_layouts(joint, moving);
-    let nodes: BTreeSet<&str> = layouts.iter().flat_map(|(_, l)| l.clone()).collect();
+    let old = OldLayouts::of(joint, moving);
     loop {
         let mut fenced = BTreeSet::new();
-        for node in &nodes {
+        for node in &old.nodes {
             if let Ok(ReplicaReply::Node(info)) = proxy.ask_node(node, NodeRequest::Status).await {
                 if info.epoch.is_some_and(|e| e >= joint.epoch) {
                     fenced.insert(*node);
                 }
             }
         }
-        let has_majority = |l: &Vec<&str>| {
-            let n = l.iter().filter(|a| fenced.contains(*a)).count();
-            n > l.len() / 2
-        };
-        if layouts.iter().all(|(_, l)| has_majority(l)) {
+        if old.majority_of_each(&fenced) {
             return;
         }
         tokio::time::sleep(POLL).await;
@@ -222,24 +232,19 @@ async fn wait_for_fence(proxy: &Arc<Proxy>, joint: &ShardMap, moving: &[u16]) {
 /// of such a majority answered in full): every record chosen before the change is on
 /// an old majority, which shares a node with this one.
 async fn old_keys(proxy: &Arc<Proxy>, joint: &ShardMap, moving: &[u16]) -> BTreeSet<StoreKey> {
-    let layouts = old_layouts(joint, moving);
-    let nodes: BTreeSet<&str> = layouts.iter().flat_map(|(_, l)| l.clone()).collect();
+    let old = OldLayouts::of(joint, moving);
     let wanted: BTreeSet<u16> = moving.iter().copied().collect();
     let mut keys = BTreeSet::new();
     let mut listed = BTreeSet::new();
     loop {
-        let unlisted: Vec<&str> = nodes.difference(&listed).copied().collect();
+        let unlisted: Vec<&str> = old.nodes.difference(&listed).copied().collect();
         for node in unlisted {
             if let Some(held) = list_keys(proxy, node).await {
                 keys.extend(held.into_iter().filter(|k| wanted.contains(&k.shard)));
                 listed.insert(node);
             }
         }
-        let has_majority = |l: &Vec<&str>| {
-            let n = l.iter().filter(|a| listed.contains(*a)).count();
-            n > l.len() / 2
-        };
-        if layouts.iter().all(|(_, l)| has_majority(l)) {
+        if old.majority_of_each(&listed) {
             return keys;
         }
         tokio::time::sleep(POLL).await;

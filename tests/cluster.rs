@@ -307,7 +307,7 @@ async fn a_storage_server_serves_only_senders_on_its_map_and_only_its_shards() {
     // A proxy on zone 0's map: zone 0 takes the keys of the shards it kept, and no
     // other (those go to the added node, which is not there).
     let proxy = Proxy::new(ProxyConfig::new(map.clone()), Clock::default()).unwrap();
-    let (_server, c) = common::serve_and_connect(&proxy).await;
+    let (_server, c) = common::serve_and_connect(&proxy, "test").await;
     for k in &keys {
         c.set(k, b"w", 0).await.unwrap();
     }

@@ -8,8 +8,6 @@ use common::TestCluster;
 use junokv::client::Client;
 use junokv::clock::Clock;
 use junokv::proxy::{Proxy, ProxyConfig};
-use junokv::transport::Acceptor;
-use tokio::net::TcpListener;
 
 /// A proxy on `cluster` (leases on or off) and a client of it.
 async fn proxy(cluster: &TestCluster, leases: bool) -> (Client, junokv::proxy::ProxyServer) {
@@ -18,11 +16,7 @@ async fn proxy(cluster: &TestCluster, leases: bool) -> (Client, junokv::proxy::P
         config.leases.memory_bytes = 0;
     }
     let proxy = Proxy::new(config, Clock::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = proxy.serve(listener, Acceptor::Plain).unwrap();
-    let client = Client::connect(&server.addr().to_string(), "leases")
-        .await
-        .unwrap();
+    let (server, client) = common::serve_and_connect(&proxy, "leases").await;
     (client, server)
 }
 

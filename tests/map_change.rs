@@ -90,9 +90,8 @@ fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
     for (engine, addr) in nodes.engines.iter().zip(&nodes.addrs) {
         let mut n = 0;
         junokv::engine::for_each(&**engine as &dyn Engine, |k, _| {
-            let shard = u16::from_be_bytes([k[0], k[1]]);
-            let placed = map.placement(shard).nodes.iter().any(|p| &p.addr == addr);
-            n += usize::from(is_record_key(k) && !placed);
+            let placed = |s| map.placement(s).nodes.iter().any(|p| &p.addr == addr);
+            n += usize::from(is_record_key(k) && StoreKey::shard_in(k).is_some_and(|s| !placed(s)));
         })
         .unwrap();
         if n > 0 {
@@ -106,7 +105,7 @@ fn foreign_slots(nodes: &Nodes, map: &ShardMap) -> Vec<String> {
 async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
     let (store, nodes) = three_zones_of_one().await;
     let proxy = proxy_on(&store);
-    let (_server, client) = common::serve_and_connect(&proxy).await;
+    let (_server, client) = common::serve_and_connect(&proxy, "test").await;
 
     let writer = common::Writer::start(client, 200);
 
@@ -146,7 +145,7 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
     let mut blind = first.clone();
     blind.zones[2].nodes = vec![Node::at("127.0.0.1:1")];
     let writer = Proxy::new(ProxyConfig::new(blind), Clock::default()).unwrap();
-    let (_server, client) = common::serve_and_connect(&writer).await;
+    let (_server, client) = common::serve_and_connect(&writer, "test").await;
     for k in 0..50 {
         client
             .set(format!("k{k}").as_bytes(), b"v", 0)

@@ -9,6 +9,7 @@ use jepsen_like::runner::{read_back, run, Workload};
 use jepsen_like::{checker, model::Model, report};
 use junokv::at_rest::{SlotCodec, StaticKeys, KEY_LEN};
 use junokv::clock::Clock;
+use junokv::key::StoreKey;
 use junokv::proxy::{Proxy, ProxyConfig};
 use junokv::record::Slot;
 use junokv::storage::{is_record_key, MemoryConfig, StorageServer, SweepConfig};
@@ -568,10 +569,8 @@ fn foreign_records(nemesis: &Nemesis, map: &junokv::cluster::ShardMap) -> Vec<St
         let me = s.addr.to_string();
         let disk = s.engine.durable();
         let foreign = (disk.keys().filter(|k| is_record_key(k)))
-            .filter(|k| {
-                let shard = u16::from_be_bytes([k[0], k[1]]);
-                !map.placement(shard).nodes.iter().any(|n| n.addr == me)
-            })
+            .filter_map(|k| StoreKey::shard_in(k))
+            .filter(|shard| !map.placement(*shard).nodes.iter().any(|n| n.addr == me))
             .count();
         if foreign > 0 {
             problems.push(format!(
@@ -607,7 +606,9 @@ fn divergent_replicas(
     keys.dedup();
     let mut problems = Vec::new();
     for key in keys {
-        let shard = u16::from_be_bytes([key[0], key[1]]);
+        let Some(shard) = StoreKey::shard_in(key) else {
+            continue;
+        };
         let mut states = Vec::new();
         for addr in map.replicas(shard) {
             let disk = &disks[by_addr[addr]];

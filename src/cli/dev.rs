@@ -186,19 +186,16 @@ async fn run_until_shutdown(reload: impl Fn() -> Result<(), String>) {
 }
 
 /// With `[map_source]`: the map the source holds (seeded with `seed` when it holds
-/// none) replaces `seed`, and the receiver follows it from then on.
+/// none), and a receiver that follows it from then on.
 async fn map_from_source(
-    source: Option<&junokv::map_change::MapSourceConfig>,
-    seed: Option<&mut ShardMap>,
-) -> Result<Option<tokio::sync::watch::Receiver<ShardMap>>, String> {
-    let Some(source) = source else {
-        return Ok(None);
-    };
+    source: &junokv::map_change::MapSourceConfig,
+    seed: Option<&ShardMap>,
+) -> (ShardMap, tokio::sync::watch::Receiver<ShardMap>) {
     // etcd may come up after the servers (a whole datacentre restarting): wait for it.
     let (etcd, map) = loop {
         let got = async {
             let etcd = junokv::etcd_map::EtcdMaps::connect(source).await?;
-            let map = match &seed {
+            let map = match seed {
                 Some(seed) => etcd.get_or_seed(seed).await?,
                 None => junokv::map_change::MapStore::current(&etcd).await?,
             };
@@ -212,27 +209,20 @@ async fn map_from_source(
     };
     tracing::info!(epoch = map.epoch, key = %source.key, "cluster map from etcd");
     let follow = etcd.follow(map.clone());
-    if let Some(seed) = seed {
-        *seed = map;
-    }
-    Ok(Some(follow))
+    (map, follow)
 }
 
 pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
     let mut cfg = storage_config(config)?;
     let bad = |e: String| format!("{}: {e}", config.display());
-    let maps = match (&cfg.map_source, &mut cfg.cluster) {
-        (Some(source), Some(seed)) => map_from_source(Some(source), Some(seed)).await,
-        (Some(source), None) => {
-            let maps = map_from_source(Some(source), None).await;
-            if let Ok(Some(m)) = &maps {
-                cfg.cluster = Some(m.borrow().clone());
-            }
-            maps
+    let maps = match &cfg.map_source {
+        Some(source) => {
+            let (map, maps) = map_from_source(source, cfg.cluster.as_ref()).await;
+            cfg.cluster = Some(map);
+            Some(maps)
         }
-        (None, _) => Ok(None),
-    }
-    .map_err(bad)?;
+        None => None,
+    };
     let me = cfg.address_in_map(id).map_err(bad)?;
     let acceptor = cfg.acceptor().map_err(bad)?;
     let codec = cfg.codec().map_err(bad)?;
@@ -285,9 +275,14 @@ pub async fn run_storage(config: &Path, id: Option<&str>) -> CliResult {
 pub async fn run_proxy(config: &Path) -> CliResult {
     let mut cfg = proxy_config(config)?;
     let bad = |e: &str| format!("{}: {e}", config.display());
-    let maps = map_from_source(cfg.map_source.as_ref(), Some(&mut cfg.cluster))
-        .await
-        .map_err(|e| bad(&e))?;
+    let maps = match &cfg.map_source {
+        Some(source) => {
+            let (map, maps) = map_from_source(source, Some(&cfg.cluster)).await;
+            cfg.cluster = map;
+            Some(maps)
+        }
+        None => None,
+    };
     let proxy = Proxy::new(cfg.clone(), Clock::default()).map_err(|e| bad(&e))?;
     if let Some(maps) = maps {
         proxy.follow(maps);

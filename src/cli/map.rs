@@ -157,11 +157,7 @@ async fn bytes_moving(proxy: &junokv::proxy::Proxy, map: &ShardMap, moves: &[Mov
 
 /// The `[map_source]` of the config `file`, if it has one.
 fn source_of(file: &Path) -> Result<Option<junokv::map_change::MapSourceConfig>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    (table.remove("map_source"))
+    (read_table(file)?.remove("map_source"))
         .map(|t| {
             t.try_into()
                 .map_err(|e| format!("{}: [map_source]: {e}", file.display()))
@@ -169,12 +165,15 @@ fn source_of(file: &Path) -> Result<Option<junokv::map_change::MapSourceConfig>,
         .transpose()
 }
 
+/// The TOML file `file`, parsed.
+fn read_table(file: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    text.parse().map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// The map in `file`: its `[cluster]` table, or the whole file.
 fn load(file: &Path) -> Result<ShardMap, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut table = read_table(file)?;
     let map: ShardMap = match table.remove("cluster") {
         Some(cluster) => cluster.try_into(),
         None => toml::Value::Table(table).try_into(),

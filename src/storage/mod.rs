@@ -337,8 +337,7 @@ impl StorageServer {
     ///
     /// [`ReplicaReply::NotOwner`]: crate::replica::ReplicaReply::NotOwner
     pub fn own(&self, map: &ShardMap, me: &str) {
-        let owns = replica_actor::Ownership::of(map, me);
-        let _ = self.inbox.send(replica_actor::Envelope::Own(owns));
+        send_ownership(&self.inbox, map, me);
     }
 
     /// Serves every map `maps` brings, as [`StorageServer::own`] does with one, for as
@@ -351,8 +350,7 @@ impl StorageServer {
             0,
             tokio::spawn(async move {
                 loop {
-                    let owns = replica_actor::Ownership::of(&maps.borrow_and_update(), &me);
-                    if inbox.send(replica_actor::Envelope::Own(owns)).is_err() {
+                    if !send_ownership(&inbox, &maps.borrow_and_update(), &me) {
                         return;
                     }
                     if maps.changed().await.is_err() {
@@ -436,6 +434,16 @@ impl StorageServer {
         let _ = self.accepting.await;
         let _ = self.replica.await;
     }
+}
+
+/// Tells the replica what `map` places on `me`; false once the replica has stopped.
+fn send_ownership(
+    inbox: &mpsc::UnboundedSender<replica_actor::Envelope>,
+    map: &ShardMap,
+    me: &str,
+) -> bool {
+    let owns = replica_actor::Ownership::of(map, me);
+    inbox.send(replica_actor::Envelope::Own(owns)).is_ok()
 }
 
 async fn serve_connection(

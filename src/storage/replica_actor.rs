@@ -335,15 +335,18 @@ impl Replica {
             .filter(|s| owns.holds(*s))
             .collect();
         for shard in back {
-            // (An engine that fails a scan leaves the entry: the error is logged.)
-            while self.dropping.contains_key(&shard) {
-                if !self.drop_page(shard) && self.dropping.contains_key(&shard) {
-                    break;
-                }
-            }
+            // (Until a page removes nothing: then the entry is gone, or the engine
+            // failed a scan, which is logged.)
+            while self.drop_page(shard) {}
         }
+        // Slots exist only of shards held before (or, on the first map, whatever this
+        // server kept from before it started).
+        let held_before = |s: u16| self.owns.as_ref().is_none_or(|o| o.holds(s));
         let shards = owns.shards.len() as u16;
-        for shard in (0..shards).filter(|s| !owns.holds(*s)) {
+        let left: Vec<u16> = (0..shards)
+            .filter(|s| !owns.holds(*s) && held_before(*s))
+            .collect();
+        for shard in left {
             self.dropping
                 .entry(shard)
                 .or_insert((shard.to_be_bytes().to_vec(), 0));
@@ -352,8 +355,7 @@ impl Replica {
         // of it: its slots are dropped behind it.
         let epoch = owns.epoch;
         for held in self.held.values_mut().flatten() {
-            let shard = u16::from_be_bytes([held.key[0], held.key[1]]);
-            if !owns.holds(shard) {
+            if StoreKey::shard_in(&held.key).is_some_and(|s| !owns.holds(s)) {
                 (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
             }
         }
@@ -388,7 +390,7 @@ impl Replica {
             .dirty
             .iter()
             .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some());
-        keys.extend(written.map(|(k, _)| k.clone()).collect::<Vec<_>>());
+        keys.extend(written.map(|(k, _)| k.clone()));
         let removed = !keys.is_empty();
         let dropped = dropped + keys.len();
         if removed {

@@ -309,11 +309,11 @@ impl Writer {
 }
 
 /// `proxy` serving plain-text clients on a free loopback port, and a client of it in
-/// the namespace `test` (the server stops when dropped).
-pub async fn serve_and_connect(proxy: &Arc<Proxy>) -> (ProxyServer, Client) {
+/// namespace `ns` (the server stops when dropped).
+pub async fn serve_and_connect(proxy: &Arc<Proxy>, ns: &str) -> (ProxyServer, Client) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = proxy.serve(listener, Acceptor::Plain).unwrap();
-    let client = Client::connect(&server.addr().to_string(), "test")
+    let client = Client::connect(&server.addr().to_string(), ns)
         .await
         .unwrap();
     (server, client)
