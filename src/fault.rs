@@ -72,10 +72,16 @@ pub enum Bug {
     /// A move publishes the final map at once, without the joint one: the old node
     /// leaves before the new one has caught up or been part of any quorum.
     MoveSkipsJoint,
+    /// A joining node takes a copied record over whatever it holds, even over a newer
+    /// record accepted through the joint map.
+    CopyOverPromise,
+    /// A move takes its copy from one old node as the catch-up: records that node
+    /// missed (chosen on the others) are never read through the joint quorums.
+    CatchUpTrustsCopy,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 24] = [
+    pub const ALL: [Bug; 26] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -100,6 +106,8 @@ impl Bug {
         Bug::ServesOlderMaps,
         Bug::MoveWithoutCatchUp,
         Bug::MoveSkipsJoint,
+        Bug::CopyOverPromise,
+        Bug::CatchUpTrustsCopy,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -129,6 +137,8 @@ impl Bug {
             Bug::ServesOlderMaps => "serves-older-maps",
             Bug::MoveWithoutCatchUp => "move-without-catch-up",
             Bug::MoveSkipsJoint => "move-skips-joint",
+            Bug::CopyOverPromise => "copy-over-promise",
+            Bug::CatchUpTrustsCopy => "catch-up-trusts-copy",
         }
     }
 
@@ -146,7 +156,11 @@ impl Bug {
     pub fn map_change(self) -> bool {
         matches!(
             self,
-            Bug::ServesOlderMaps | Bug::MoveWithoutCatchUp | Bug::MoveSkipsJoint
+            Bug::ServesOlderMaps
+                | Bug::MoveWithoutCatchUp
+                | Bug::MoveSkipsJoint
+                | Bug::CopyOverPromise
+                | Bug::CatchUpTrustsCopy
         )
     }
 

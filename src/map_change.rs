@@ -10,10 +10,20 @@
 //! 2. **Fence.** Storage servers serve only senders on their own map. Once a majority
 //!    of each moving shard's old layout serves the joint map (or later), no request on
 //!    M can complete any more.
-//! 3. **Catch-up.** Every key an old majority holds of a moving shard is read through
-//!    the joint quorums: a read answers only when a joint quorum agrees on the key's
-//!    record, and writes it back first otherwise, so afterwards the record is on a
-//!    majority of the new layout. Records chosen later are there anyway (joint quorums).
+//! 3. **Copy and catch-up**, a few shards at a time. Each joining node is sent the
+//!    records the node it replaces holds of the shard, a page per message, which it
+//!    takes as late Accepts of their ballots: never below its own promise, and only
+//!    from senders on the joint map (it refuses them once it serves the final map).
+//!    Such an Accept is one the protocol already allows: the record is a real
+//!    proposal, and in the joint map every quorum holds a majority of the old layout,
+//!    where Paxos' own argument applies. Then every node of the shard lists its keys
+//!    with their accepted ballots, and every key an old node holds at a ballot that
+//!    a majority of the new layout has not reached is read through the joint quorums:
+//!    a read answers only when a joint quorum agrees on the key's record, and writes
+//!    it back first otherwise. A record chosen before the change is on an old
+//!    majority, which meets the old nodes listed, so afterwards it (or a later record
+//!    built on it) is on a majority of the new layout. Records chosen later are there
+//!    anyway (joint quorums). The copy only saves reads; the lists decide.
 //! 4. **Final** (e+2): M' alone. Its quorums meet the joint map's; M's cannot complete
 //!    any more. A server drops the shards the map no longer places on it.
 //!
@@ -22,16 +32,17 @@
 //! before the change. The driver keeps no state of its own: a change interrupted
 //! anywhere is resumed from the map source (a joint map there is finished).
 
-use crate::cluster::{ShardMap, Zone};
+use crate::cluster::{Placement, ShardMap, Zone};
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::protocol::Status;
 use crate::proxy::Proxy;
-use crate::replica::{NodeRequest, ReplicaReply};
+use crate::record::Ballot;
+use crate::replica::{NodeRequest, ReplicaReply, ReplicaRequest};
 use crate::semantics::Op;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use std::collections::BTreeSet;
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,17 +98,45 @@ impl MapStore for tokio::sync::watch::Sender<ShardMap> {
 /// How long the driver waits between looks at the nodes, and before retrying a key.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Catch-up reads in flight at once.
-const CATCH_UP_READS: usize = 64;
+/// Shards moved at once.
+const SHARDS_AT_ONCE: usize = 4;
+
+/// Catch-up reads of one shard in flight at once.
+const CATCH_UP_READS: usize = 16;
+
+/// About how many bytes of records one copy message carries.
+const COPY_BYTES: u32 = 1 << 20;
+
+/// What a change tells as it goes (an operator's progress bar, log lines).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The old map can no longer complete a request: `shards` shards move now.
+    Fenced { shards: usize },
+    /// One shard is on its new nodes.
+    Moved(ShardMoved),
+}
+
+/// What moving one shard took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardMoved {
+    pub shard: u16,
+    /// Records copied to its joining nodes, and their size, roughly.
+    pub copied: u64,
+    pub bytes: u64,
+    /// Keys read through the joint quorums: those a majority of the new layout did
+    /// not yet hold at the newest ballot an old node had.
+    pub read: u64,
+}
 
 /// Changes the map in `store` to one of `zones` (same number of zones, nodes added,
-/// removed or replaced), through `proxy`, which follows `store`. Finishes a change
-/// already under way to the same zones; refuses one under way to others. Returns the
-/// final map.
+/// removed or replaced), through `proxy`, which follows `store`, telling `report` how
+/// it goes. Finishes a change already under way to the same zones; refuses one under
+/// way to others. Returns the final map.
 pub async fn change(
     store: &dyn MapStore,
     proxy: &Arc<Proxy>,
     zones: Vec<Zone>,
+    report: &(dyn Fn(Progress) + Sync),
 ) -> Result<ShardMap, String> {
     let now = store.current().await?;
     let joint = match &now.previous {
@@ -127,15 +166,19 @@ pub async fn change(
             joint
         }
     };
-    finish(store, proxy, joint).await
+    finish(store, proxy, joint, report).await
 }
 
 /// Finishes the change under way in `store`, if there is one (its joint map is
 /// there): what a driver does first, after another driver stopped mid-change.
-pub async fn resume(store: &dyn MapStore, proxy: &Arc<Proxy>) -> Result<Option<ShardMap>, String> {
+pub async fn resume(
+    store: &dyn MapStore,
+    proxy: &Arc<Proxy>,
+    report: &(dyn Fn(Progress) + Sync),
+) -> Result<Option<ShardMap>, String> {
     let now = store.current().await?;
     match now.previous {
-        Some(_) => finish(store, proxy, now).await.map(Some),
+        Some(_) => finish(store, proxy, now, report).await.map(Some),
         None => Ok(None),
     }
 }
@@ -145,6 +188,7 @@ async fn finish(
     store: &dyn MapStore,
     proxy: &Arc<Proxy>,
     joint: ShardMap,
+    report: &(dyn Fn(Progress) + Sync),
 ) -> Result<ShardMap, String> {
     while proxy.map().epoch < joint.epoch {
         tokio::time::sleep(POLL).await;
@@ -158,18 +202,15 @@ async fn finish(
         shards = moving.len(),
         "map change: old maps fenced, catching up"
     );
+    report(Progress::Fenced {
+        shards: moving.len(),
+    });
     if !bug(Bug::MoveWithoutCatchUp) {
-        let keys = old_keys(proxy, &joint, &moving).await;
-        tracing::info!(keys = keys.len(), "map change: keys to catch up");
-        let total = keys.len();
-        let reads = futures::stream::iter(keys).map(|key| catch_up(proxy, key));
-        let mut reads = reads.buffer_unordered(CATCH_UP_READS);
-        let mut done = 0;
-        while reads.next().await.is_some() {
-            done += 1;
-            if done % 10_000 == 0 {
-                tracing::info!("map change: caught up {done} of {total} keys");
-            }
+        let moves = futures::stream::iter(moving).map(|s| move_shard(proxy, &joint, s));
+        let mut moves = moves.buffer_unordered(SHARDS_AT_ONCE);
+        while let Some(moved) = moves.next().await {
+            tracing::debug!(?moved, "map change: shard moved");
+            report(Progress::Moved(moved));
         }
     }
     let done = ShardMap {
@@ -182,86 +223,170 @@ async fn finish(
     Ok(done)
 }
 
-/// The old layouts of the moving shards (their nodes by address), and every node
-/// of them once.
-struct OldLayouts<'a> {
-    layouts: Vec<Vec<&'a str>>,
-    nodes: BTreeSet<&'a str>,
-}
-
-impl<'a> OldLayouts<'a> {
-    fn of(joint: &'a ShardMap, moving: &[u16]) -> Self {
-        let layouts: Vec<Vec<&str>> = (moving.iter())
-            .map(|&s| {
-                let p = joint.placement(s);
-                let old = p.layouts[1].iter().map(|&i| p.nodes[i].addr.as_str());
-                old.collect()
-            })
-            .collect();
-        let nodes = layouts.iter().flatten().copied().collect();
-        OldLayouts { layouts, nodes }
-    }
-
-    /// Whether `done` holds a majority of every old layout.
-    fn majority_of_each(&self, done: &BTreeSet<&str>) -> bool {
-        (self.layouts.iter()).all(|l| l.iter().filter(|a| done.contains(*a)).count() > l.len() / 2)
-    }
+/// Whether the places in `done` hold a majority of `layout`.
+fn majority(layout: &[usize], done: impl Fn(usize) -> bool) -> bool {
+    layout.iter().filter(|i| done(**i)).count() > layout.len() / 2
 }
 
 /// Waits until a majority of every moving shard's old layout serves `joint` or a
 /// later map: from then on no quorum of the map before can form.
 async fn wait_for_fence(proxy: &Arc<Proxy>, joint: &ShardMap, moving: &[u16]) {
-    let old = OldLayouts::of(joint, moving);
+    let placements: Vec<Placement> = moving.iter().map(|s| joint.placement(*s)).collect();
+    let nodes: BTreeSet<&str> = (placements.iter())
+        .flat_map(|p| p.layouts[1].iter().map(|i| p.nodes[*i].addr.as_str()))
+        .collect();
     loop {
         let mut fenced = BTreeSet::new();
-        for node in &old.nodes {
+        for node in &nodes {
             if let Ok(ReplicaReply::Node(info)) = proxy.ask_node(node, NodeRequest::Status).await {
                 if info.epoch.is_some_and(|e| e >= joint.epoch) {
                     fenced.insert(*node);
                 }
             }
         }
-        if old.majority_of_each(&fenced) {
+        let old_fenced =
+            |p: &Placement| majority(&p.layouts[1], |i| fenced.contains(p.nodes[i].addr.as_str()));
+        if placements.iter().all(old_fenced) {
             return;
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// Every key of a moving shard held by a majority of its old layout (listed once all
-/// of such a majority answered in full): every record chosen before the change is on
-/// an old majority, which shares a node with this one.
-async fn old_keys(proxy: &Arc<Proxy>, joint: &ShardMap, moving: &[u16]) -> BTreeSet<StoreKey> {
-    let old = OldLayouts::of(joint, moving);
-    let wanted: BTreeSet<u16> = moving.iter().copied().collect();
-    let mut keys = BTreeSet::new();
-    let mut listed = BTreeSet::new();
-    loop {
-        let unlisted: Vec<&str> = old.nodes.difference(&listed).copied().collect();
-        for node in unlisted {
-            if let Some(held) = list_keys(proxy, node).await {
-                keys.extend(held.into_iter().filter(|k| wanted.contains(&k.shard)));
-                listed.insert(node);
+/// Moves `shard` onto its joining nodes: copies its records there from the nodes
+/// they replace, then reads through the joint quorums every key whose record a
+/// majority of the new layout may still lack.
+async fn move_shard(proxy: &Arc<Proxy>, joint: &ShardMap, shard: u16) -> ShardMoved {
+    let placement = joint.placement(shard);
+    let (new, old) = (&placement.layouts[0], &placement.layouts[1]);
+    let mut moved = ShardMoved {
+        shard,
+        ..ShardMoved::default()
+    };
+    for (zone, &was) in old.iter().enumerate() {
+        if was != new[zone] {
+            let to = placement.nodes[new[zone]].addr.as_str();
+            // From the node it replaces, or else any other that held the shard.
+            let from = std::iter::once(was).chain(old.iter().copied().filter(|i| *i != was));
+            for from in from.map(|i| placement.nodes[i].addr.as_str()) {
+                if copy(proxy, joint.epoch, shard, from, to, &mut moved).await {
+                    break;
+                }
             }
         }
-        if old.majority_of_each(&listed) {
-            return keys;
+    }
+    let keys = unsettled(proxy, &placement, shard).await;
+    if !bug(Bug::CatchUpTrustsCopy) {
+        moved.read = keys.len() as u64;
+        let reads = futures::stream::iter(keys).map(|key| catch_up(proxy, key));
+        reads.buffer_unordered(CATCH_UP_READS).collect::<()>().await;
+    }
+    moved
+}
+
+/// Copies the records `from` holds of `shard` to `to`, as a sender on the joint map
+/// of `epoch` (see [`ReplicaRequest::Copy`]). Returns whether it got to the end; the
+/// catch-up reads what a copy left out either way.
+async fn copy(
+    proxy: &Arc<Proxy>,
+    epoch: u64,
+    shard: u16,
+    from: &str,
+    to: &str,
+    moved: &mut ShardMoved,
+) -> bool {
+    let mut after = None;
+    loop {
+        let read = NodeRequest::ReadShard {
+            shard,
+            after: after.clone(),
+            limit_bytes: COPY_BYTES,
+        };
+        let records = match proxy.ask_node(from, read).await {
+            Ok(ReplicaReply::Records { records }) if records.is_empty() => return true,
+            Ok(ReplicaReply::Records { records }) => records,
+            other => {
+                tracing::debug!(shard, from, ?other, "map change: copy source failed");
+                return false;
+            }
+        };
+        after = records.last().map(|(k, _)| k.clone());
+        let bytes: u64 = (records.iter())
+            .map(|(_, (_, r))| r.value.len() as u64)
+            .sum();
+        let count = records.len() as u64;
+        match proxy
+            .send(to, &ReplicaRequest::Copy { records }, epoch)
+            .await
+        {
+            Ok(ReplicaReply::Copied { .. }) => {
+                (moved.copied, moved.bytes) = (moved.copied + count, moved.bytes + bytes)
+            }
+            other => {
+                tracing::debug!(shard, to, ?other, "map change: copy refused");
+                return false;
+            }
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 
-/// Every key `node` holds a slot for, or None if it did not answer in full.
-async fn list_keys(proxy: &Arc<Proxy>, node: &str) -> Option<Vec<StoreKey>> {
-    const PAGE: u32 = 1024;
-    let mut keys: Vec<StoreKey> = Vec::new();
+/// The keys of `shard` an old node holds at a ballot that fewer than a majority of
+/// the new layout has durably reached, or holds with no record or a write on its way
+/// (listed once a majority of each layout answered in full). Every record chosen
+/// before the change is durable on an old majority, which shares a node with the
+/// one listed, so its ballot, or a later one, or a key in flux is what is found.
+async fn unsettled(proxy: &Arc<Proxy>, placement: &Placement<'_>, shard: u16) -> Vec<StoreKey> {
+    let (new, old) = (&placement.layouts[0], &placement.layouts[1]);
+    let mut lists: BTreeMap<usize, BTreeMap<StoreKey, Option<Ballot>>> = BTreeMap::new();
     loop {
-        let after = keys.last().cloned();
-        let ask = NodeRequest::ListKeys { after, limit: PAGE };
+        for (i, node) in placement.nodes.iter().enumerate() {
+            if let btree_map::Entry::Vacant(unlisted) = lists.entry(i) {
+                if let Some(list) = list_shard(proxy, &node.addr, shard).await {
+                    unlisted.insert(list);
+                }
+            }
+        }
+        let listed = |i| lists.contains_key(&i);
+        if majority(new, listed) && majority(old, listed) {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let ballot =
+        |i: usize, key: &StoreKey| lists.get(&i).and_then(|l| l.get(key).copied().flatten());
+    // The newest ballot an old node holds each key at; none if one holds it in flux.
+    let mut newest: BTreeMap<&StoreKey, Option<Ballot>> = BTreeMap::new();
+    for (key, b) in old.iter().filter_map(|i| lists.get(i)).flatten() {
+        let at = newest.entry(key).or_insert(*b);
+        *at = at.zip(*b).map(|(x, y)| x.max(y));
+    }
+    (newest.into_iter())
+        .filter(|(key, b)| b.is_none_or(|b| !majority(new, |i| ballot(i, key) >= Some(b))))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Every key `node` holds a slot for of `shard`, with its accepted ballot, or None if
+/// it did not answer in full.
+async fn list_shard(
+    proxy: &Arc<Proxy>,
+    node: &str,
+    shard: u16,
+) -> Option<BTreeMap<StoreKey, Option<Ballot>>> {
+    const PAGE: u32 = 1024;
+    let mut keys = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let ask = NodeRequest::ListKeys {
+            after,
+            shard: Some(shard),
+            limit: PAGE,
+        };
         let Ok(ReplicaReply::Keys { keys: page }) = proxy.ask_node(node, ask).await else {
             return None;
         };
         let last = page.len() < PAGE as usize;
+        after = page.last().map(|(k, _)| k.clone());
         keys.extend(page);
         if last {
             return Some(keys);

@@ -256,7 +256,9 @@ pub fn kind_name(req: &ReplicaRequest) -> &'static str {
         ReplicaRequest::Purge { .. } => "purge",
         ReplicaRequest::Forget { .. } => "forget",
         ReplicaRequest::Node(NodeRequest::Status) => "node_status",
+        ReplicaRequest::Copy { .. } => "copy",
         ReplicaRequest::Node(NodeRequest::ListKeys { .. }) => "list_keys",
+        ReplicaRequest::Node(NodeRequest::ReadShard { .. }) => "read_shard",
     }
 }
 

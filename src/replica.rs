@@ -37,6 +37,12 @@ pub enum ReplicaRequest {
     /// written): fold that promise into the floor and drop the slot. Sent by the
     /// replica's own sweeper.
     Forget { key: StoreKey, promised: Ballot },
+    /// Records another acceptor of their shards accepted, each taken as a late
+    /// Accept of its ballot would be (so never below a promise): how a move fills a
+    /// joining node before its catch-up (DESIGN §12). Served only to senders on the
+    /// server's own map, which is the joint map while a move copies. Answered with
+    /// [`ReplicaReply::Copied`] once what was taken is durable.
+    Copy { records: Vec<(StoreKey, Accepted)> },
     /// About the storage server itself, not a key: answered by the server, before
     /// any key's replica sees it.
     Node(NodeRequest),
@@ -47,10 +53,25 @@ pub enum ReplicaRequest {
 pub enum NodeRequest {
     /// For `junokv status`: answered with [`ReplicaReply::Node`].
     Status,
-    /// Up to `limit` keys this server holds a slot for, in store order, after `after`:
-    /// how a restarted in-memory replica learns which keys it may have forgotten.
-    /// Answered with [`ReplicaReply::Keys`].
-    ListKeys { after: Option<StoreKey>, limit: u32 },
+    /// Up to `limit` keys this server holds a slot for, in store order, after `after`
+    /// (of `shard` only, if named), with the ballot of the record each durably
+    /// accepted (none if none, or if a write to it is on its way): how a restarted
+    /// in-memory replica learns which keys it may have forgotten, and how a move finds
+    /// the keys its joining nodes still lack. Answered with [`ReplicaReply::Keys`].
+    ListKeys {
+        after: Option<StoreKey>,
+        shard: Option<u16>,
+        limit: u32,
+    },
+    /// The records this server durably accepted of `shard` (those with no write on
+    /// its way), in store order, after `after`, up to about `limit_bytes`: what a move
+    /// copies to a joining node.
+    /// Answered with [`ReplicaReply::Records`].
+    ReadShard {
+        shard: u16,
+        after: Option<StoreKey>,
+        limit_bytes: u32,
+    },
 }
 
 impl ReplicaRequest {
@@ -62,7 +83,7 @@ impl ReplicaRequest {
             | ReplicaRequest::Accept { key, .. }
             | ReplicaRequest::Purge { key, .. }
             | ReplicaRequest::Forget { key, .. } => Some(key),
-            ReplicaRequest::Node(_) => None,
+            ReplicaRequest::Copy { .. } | ReplicaRequest::Node(_) => None,
         }
     }
 }
@@ -91,7 +112,14 @@ pub enum ReplicaReply {
     /// Answer to [`NodeRequest::Status`].
     Node(NodeInfo),
     /// Answer to [`NodeRequest::ListKeys`]: fewer than asked for means the end.
-    Keys { keys: Vec<StoreKey> },
+    Keys {
+        keys: Vec<(StoreKey, Option<Ballot>)>,
+    },
+    /// Answer to [`NodeRequest::ReadShard`]: none means the end.
+    Records { records: Vec<(StoreKey, Accepted)> },
+    /// Answer to [`ReplicaRequest::Copy`]: how many of the records the replica took
+    /// (the others were below what it had promised, or it is full).
+    Copied { taken: u32 },
     /// The server serves the map of `epoch`, and the sender is on another (behind or
     /// ahead of a change of the map), or the key's shard is not this server's in it.
     /// Nothing was done.
@@ -222,12 +250,12 @@ pub fn step(
                 ReplicaReply::Purged,
             )
         }
-        ReplicaRequest::Node(_) => (None, not_about_a_key()),
+        ReplicaRequest::Copy { .. } | ReplicaRequest::Node(_) => (None, not_about_a_key()),
     }
 }
 
-/// The answer of a key's replica to [`ReplicaRequest::Node`], which the server answers
-/// itself and never hands on.
+/// The answer of a key's replica to [`ReplicaRequest::Node`] and
+/// [`ReplicaRequest::Copy`], which the server takes apart itself and never hands on.
 fn not_about_a_key() -> ReplicaReply {
     ReplicaReply::Failed {
         reason: "a request about the server, not a key".into(),
@@ -257,7 +285,7 @@ fn step_damaged(promised: Ballot, req: &ReplicaRequest) -> (Option<Write>, Repli
         ReplicaRequest::Read { .. } | ReplicaRequest::Prepare { .. } => {
             (None, ReplicaReply::Damaged { promised })
         }
-        ReplicaRequest::Node(_) => (None, not_about_a_key()),
+        ReplicaRequest::Copy { .. } | ReplicaRequest::Node(_) => (None, not_about_a_key()),
     }
 }
 

@@ -110,11 +110,11 @@ async fn a_cluster_grows_and_shrinks_under_writes_without_losing_one() {
     let writer = common::Writer::start(client, 200);
 
     let driver = proxy_on(&store);
-    let grown = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 2))
+    let grown = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 2), &|_| {})
         .await
         .unwrap();
     assert_eq!((grown.epoch, grown.previous.is_none()), (3, true));
-    let shrunk = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 1))
+    let shrunk = junokv::map_change::change(&store, &driver, zones(&nodes.addrs, 1), &|_| {})
         .await
         .unwrap();
     assert_eq!(shrunk.epoch, 5);
@@ -162,7 +162,7 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
     let mut zones = zones(&addrs, 1);
     zones[0].nodes = vec![Node::at(addrs[3].clone())];
     let driver = proxy_on(&store);
-    let done = junokv::map_change::change(&store, &driver, zones)
+    let done = junokv::map_change::change(&store, &driver, zones, &|_| {})
         .await
         .unwrap();
     let on_new_majority = |k: usize| {
@@ -180,4 +180,108 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
         short.is_empty(),
         "keys on fewer than two replicas after the change: {short:?}"
     );
+}
+
+/// A quiet cluster's move copies every record of a moving shard to its joining node
+/// and reads none through the protocol: the joining node and the two that stay agree
+/// on every key's ballot once the copy is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_copies_the_records_and_reads_nothing_the_copy_brought() {
+    let (store, nodes) = three_zones_of_one().await;
+    let proxy = proxy_on(&store);
+    let (_server, client) = common::serve_and_connect(&proxy, "test").await;
+    for k in 0..100 {
+        let value = vec![b'v'; 100];
+        client
+            .set(format!("k{k}").as_bytes(), &value, 0)
+            .await
+            .unwrap();
+    }
+    let key = |k: usize| StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).to_bytes();
+    eventually("every replica holds every key", || {
+        (0..100).all(|k| (0..3).all(|z| nodes.engines[z].get(&key(k)).unwrap().is_some()))
+    })
+    .await;
+
+    let mut zones = zones(&nodes.addrs, 1);
+    zones[0].nodes = vec![Node::at(nodes.addrs[3].clone())];
+    let moved = std::sync::Mutex::new((0, 0, 0));
+    let report = |step| {
+        if let junokv::map_change::Progress::Moved(m) = step {
+            let mut moved = moved.lock().unwrap();
+            *moved = (moved.0 + m.copied, moved.1 + m.bytes, moved.2 + m.read);
+        }
+    };
+    junokv::map_change::change(&store, &proxy_on(&store), zones, &report)
+        .await
+        .unwrap();
+    assert_eq!(*moved.lock().unwrap(), (100, 100 * 100, 0));
+    assert!((0..100).all(|k| nodes.engines[3].get(&key(k)).unwrap().is_some()));
+}
+
+/// A joining node takes a copied record as a late Accept of its ballot: never below
+/// what it accepted or promised, and only from a sender on its own map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_taken_as_a_late_accept_and_only_on_the_senders_map() {
+    use junokv::record::Ballot;
+    use junokv::replica::{NodeRequest, ReplicaReply, ReplicaRequest};
+    let (store, nodes) = three_zones_of_one().await;
+    let proxy = proxy_on(&store);
+    let (_server, client) = common::serve_and_connect(&proxy, "test").await;
+    client.set(b"k", b"new", 0).await.unwrap();
+    let (key, node) = (StoreKey::new(b"test", b"k", 64), nodes.addrs[0].as_str());
+    eventually("zone 0 holds the key", || {
+        nodes.engines[0].get(&key.to_bytes()).unwrap().is_some()
+    })
+    .await;
+    let shard = |key: &StoreKey| NodeRequest::ReadShard {
+        shard: key.shard,
+        after: None,
+        limit_bytes: 1 << 20,
+    };
+    let Ok(ReplicaReply::Records { records }) = proxy.ask_node(node, shard(&key)).await else {
+        panic!("no records")
+    };
+    let [(_, (ballot, record))] = &records[..] else {
+        panic!("{records:?}")
+    };
+    let copy = |key: &StoreKey, ballot, value: &[u8]| {
+        let mut record = record.clone();
+        record.value = value.to_vec();
+        ReplicaRequest::Copy {
+            records: vec![(key.clone(), (ballot, record))],
+        }
+    };
+    let older = Ballot {
+        counter: ballot.counter - 1,
+        ..*ballot
+    };
+    let taken = |n| Ok(ReplicaReply::Copied { taken: n });
+    assert_eq!(
+        proxy.send(node, &copy(&key, older, b"old"), 1).await,
+        taken(0)
+    );
+    let other = StoreKey::new(b"test", b"other", 64);
+    assert_eq!(
+        proxy.send(node, &copy(&other, older, b"o"), 1).await,
+        taken(1)
+    );
+    let refused = Ok(ReplicaReply::NotOwner { epoch: 1 });
+    let newer = Ballot {
+        counter: ballot.counter + 1,
+        ..*ballot
+    };
+    assert_eq!(proxy.send(node, &copy(&key, newer, b"x"), 2).await, refused);
+    let value_of = |records: Vec<(StoreKey, junokv::record::Accepted)>, key: &StoreKey| {
+        let found = records.into_iter().find(|(k, _)| k == key);
+        found.map(|(_, (_, r))| r.value)
+    };
+    let Ok(ReplicaReply::Records { records }) = proxy.ask_node(node, shard(&key)).await else {
+        panic!("no records")
+    };
+    assert_eq!(value_of(records, &key), Some(b"new".to_vec()));
+    let Ok(ReplicaReply::Records { records }) = proxy.ask_node(node, shard(&other)).await else {
+        panic!("no records")
+    };
+    assert_eq!(value_of(records, &other), Some(b"o".to_vec()));
 }

@@ -312,22 +312,22 @@ async fn simulate(plan: Plan) -> Run {
     let nemesis_task = plan
         .faults
         .then(|| tokio::spawn(nemesis.clone().run(fault_period)));
-    let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let moves = Arc::new(crate::mover::Moves::default());
     let driver_crashes = plan.moves.then(|| {
-        let (store, all, changes) = (store.clone(), map.zones.clone(), changes.clone());
+        let (store, all, moves) = (store.clone(), map.zones.clone(), moves.clone());
         let until = tokio::time::Instant::now() + fault_period;
         let driver = handle
             .create_node()
             .name("map-driver")
             .ip([10, 5, 0, 1].into())
             .init(move || {
-                let (store, all, changes) = (store.clone(), all.clone(), changes.clone());
+                let (store, all, moves) = (store.clone(), all.clone(), moves.clone());
                 async move {
                     let mut config = ProxyConfig::new(store.borrow().clone());
                     config.timeouts.purge_grace_secs = PURGE_GRACE_SECS;
                     let proxy = Proxy::new(config, Clock::default()).expect("a valid map");
                     proxy.follow(store.subscribe());
-                    crate::mover::run(store, proxy, all, until, changes).await
+                    crate::mover::run(store, proxy, all, until, moves).await
                 }
             })
             .build();
@@ -364,10 +364,7 @@ async fn simulate(plan: Plan) -> Run {
         let mut maps = store.subscribe();
         let done = async move { maps.wait_for(|m| m.previous.is_none()).await.is_ok() };
         match tokio::time::timeout(Duration::from_secs(60), done).await {
-            Ok(_) => tracing::info!(
-                changes = changes.load(std::sync::atomic::Ordering::Relaxed),
-                "map changes made"
-            ),
+            Ok(_) => tracing::info!(?moves, "map changes made"),
             Err(_) => problems.push("a change of the map did not finish after the heal".into()),
         }
     }

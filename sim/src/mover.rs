@@ -4,29 +4,50 @@
 //! restarted too: a new driver finishes the change the old one left.
 
 use junokv::cluster::{ShardMap, Zone};
+use junokv::map_change::Progress;
 use junokv::proxy::Proxy;
 use madsim::rand::{seq::SliceRandom, Rng};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// What the drivers of a run did, all told.
+#[derive(Debug, Default)]
+pub struct Moves {
+    /// Changes finished.
+    pub changes: AtomicU64,
+    /// Records copied to joining nodes, and keys read through the joint quorums.
+    pub copied: AtomicU64,
+    pub read: AtomicU64,
+}
+
+impl Moves {
+    fn report(&self, step: Progress) {
+        if let Progress::Moved(moved) = step {
+            self.copied.fetch_add(moved.copied, Ordering::Relaxed);
+            self.read.fetch_add(moved.read, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Changes the map in `store` through `proxy` (which follows it) until `until`, each
 /// change to zones made of the nodes of `all` (every node the topology has, zone by
 /// zone), after finishing any change a crashed driver left; the change under way at
-/// `until` is finished. Counts the changes made in `changes`.
+/// `until` is finished. Counts what it does in `moves`.
 pub async fn run(
     store: Arc<watch::Sender<ShardMap>>,
     proxy: Arc<Proxy>,
     all: Vec<Zone>,
     until: Instant,
-    changes: Arc<AtomicUsize>,
+    moves: Arc<Moves>,
 ) {
     let mut rng = madsim::rand::thread_rng();
-    match junokv::map_change::resume(&*store, &proxy).await {
+    let report = |step| moves.report(step);
+    match junokv::map_change::resume(&*store, &proxy, &report).await {
         Ok(Some(done)) => {
-            changes.fetch_add(1, Ordering::Relaxed);
+            moves.changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 epoch = done.epoch,
                 "mover: finished the change a crashed driver left"
@@ -40,9 +61,9 @@ pub async fn run(
         let map = store.borrow().clone();
         let zones = next_zones(&map.zones, &all, &mut rng);
         tracing::info!(from = %describe(&map.zones), to = %describe(&zones), "mover: changing the map");
-        match junokv::map_change::change(&*store, &proxy, zones).await {
+        match junokv::map_change::change(&*store, &proxy, zones, &report).await {
             Ok(done) => {
-                changes.fetch_add(1, Ordering::Relaxed);
+                moves.changes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(epoch = done.epoch, "mover: map changed");
             }
             Err(e) => tracing::warn!(error = %e, "mover: change refused"),
@@ -50,13 +71,22 @@ pub async fn run(
     }
 }
 
-/// One zone changed: a node removed (if it has two), one of `all`'s outside it added,
-/// or one replaced by an outsider.
+/// Each zone changed with a chance of one in two, and at least one: a node removed
+/// (if it has two), one of `all`'s outside it added, or one replaced by an outsider.
+/// Zones changed together move their shards in the same joint map.
 fn next_zones(zones: &[Zone], all: &[Zone], rng: &mut impl Rng) -> Vec<Zone> {
     let mut zones = zones.to_vec();
-    let z = rng.gen_range(0..zones.len());
-    let zone = &mut zones[z];
-    let outside: Vec<_> = (all[z].nodes.iter())
+    let first = rng.gen_range(0..zones.len());
+    for (z, zone) in zones.iter_mut().enumerate() {
+        if z == first || rng.gen_bool(0.5) {
+            change_zone(zone, &all[z], rng);
+        }
+    }
+    zones
+}
+
+fn change_zone(zone: &mut Zone, all: &Zone, rng: &mut impl Rng) {
+    let outside: Vec<_> = (all.nodes.iter())
         .filter(|n| !zone.nodes.contains(n))
         .cloned()
         .collect();
@@ -76,7 +106,6 @@ fn next_zones(zones: &[Zone], all: &[Zone], rng: &mut impl Rng) -> Vec<Zone> {
         Some(_) => zone.nodes[i] = outside.choose(rng).expect("some").clone(),
         None => {}
     }
-    zones
 }
 
 fn describe(zones: &[Zone]) -> String {

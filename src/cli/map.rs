@@ -2,10 +2,11 @@
 //! move (a dry run for growing, shrinking or replacing storage nodes).
 
 use clap::Subcommand;
-use junokv::cluster::ShardMap;
+use junokv::cluster::{Node, ShardMap, Zone};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Subcommand)]
 pub enum MapCommand {
@@ -24,22 +25,131 @@ pub enum MapCommand {
         /// The zones to change to (a map, or a config with `[cluster]`; its epoch and
         /// shard count are the source's).
         new: PathBuf,
-        /// A proxy's config: its `[map_source]` and cluster certificate are used.
+        #[command(flatten)]
+        driver: Driver,
+    },
+    /// Adds the storage node ID (listening at ADDR) to zone ZONE, online: it takes
+    /// about 1/(n+1) of that zone's shards, from the others.
+    Add {
+        id: String,
         #[arg(long)]
-        config: PathBuf,
-        /// Print the plan, change nothing.
+        addr: String,
+        /// The zone's place in the map (0 for the first).
         #[arg(long)]
-        dry_run: bool,
+        zone: usize,
+        #[command(flatten)]
+        driver: Driver,
+    },
+    /// Drains the storage node ID and removes it from the map, online: its shards go
+    /// to the other nodes of its zone (which must have one).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        driver: Driver,
+    },
+    /// Replaces the storage node OLD by a new one, ID at ADDR, online: exactly OLD's
+    /// shards move, onto the new node.
+    Replace {
+        old: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        driver: Driver,
     },
 }
 
+/// How a change of the map is driven.
+#[derive(clap::Args)]
+pub struct Driver {
+    /// A proxy's config: its `[map_source]` and cluster certificate are used.
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// A change of the map, by what an operator asks for.
+#[derive(Debug)]
+enum Edit {
+    To(Vec<Zone>),
+    Add { zone: usize, node: Node },
+    Remove { id: String },
+    Replace { old: String, node: Node },
+}
+
+impl Edit {
+    /// The zones of `zones` once edited.
+    fn apply(self, zones: &[Zone]) -> Result<Vec<Zone>, String> {
+        let mut zones = zones.to_vec();
+        let find = |zones: &[Zone], id: &str| {
+            (zones.iter().enumerate())
+                .find_map(|(z, zone)| Some((z, zone.nodes.iter().position(|n| n.id == id)?)))
+        };
+        let unused = |zones: &[Zone], node: &Node| match find(zones, &node.id) {
+            Some(_) => Err(format!("{} is in the map already", node.id)),
+            None => Ok(()),
+        };
+        let missing = |id: &str| format!("no node {id} in the map");
+        match self {
+            Edit::To(to) => return Ok(to),
+            Edit::Add { zone, node } => {
+                unused(&zones, &node)?;
+                let count = zones.len();
+                let at = (zones.get_mut(zone))
+                    .ok_or_else(|| format!("no zone {zone}: the map has {count} (from 0)"))?;
+                at.nodes.push(node);
+            }
+            Edit::Remove { id } => {
+                let (z, i) = find(&zones, &id).ok_or_else(|| missing(&id))?;
+                if zones[z].nodes.len() == 1 {
+                    return Err(format!(
+                        "{id} is zone {z}'s only node: replace it, or add another first"
+                    ));
+                }
+                zones[z].nodes.remove(i);
+            }
+            Edit::Replace { old, node } => {
+                unused(&zones, &node)?;
+                let (z, i) = find(&zones, &old).ok_or_else(|| missing(&old))?;
+                zones[z].nodes[i] = node;
+            }
+        }
+        Ok(zones)
+    }
+}
+
 pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
+    let node = |id, addr| Node { id, addr };
     match command {
-        MapCommand::Change {
-            new,
-            config,
-            dry_run,
-        } => change(&new, &config, dry_run).await,
+        MapCommand::Change { new, driver } => change(&driver, Edit::To(load(&new)?.zones)).await,
+        MapCommand::Add {
+            id,
+            addr,
+            zone,
+            driver,
+        } => {
+            let node = node(id, addr);
+            change(&driver, Edit::Add { zone, node }).await
+        }
+        MapCommand::Remove { id, driver } => change(&driver, Edit::Remove { id }).await,
+        MapCommand::Replace {
+            old,
+            id,
+            addr,
+            driver,
+        } => {
+            change(
+                &driver,
+                Edit::Replace {
+                    old,
+                    node: node(id, addr),
+                },
+            )
+            .await
+        }
         MapCommand::Show { file } => {
             let map = match source_of(&file)? {
                 Some(source) => {
@@ -72,10 +182,12 @@ pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
     }
 }
 
-/// Drives a change of the map in the map source of the proxy config `config` to the
-/// zones of `new` (see `junokv::map_change`).
-async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, String> {
+/// Drives a change of the map in the map source of the proxy config in `driver` (see
+/// `junokv::map_change`), `edit` applied to the zones the map has once any change
+/// under way is finished.
+async fn change(driver: &Driver, edit: Edit) -> Result<ExitCode, String> {
     use junokv::map_change::MapStore;
+    let config = &driver.config;
     let mut cfg = super::dev::proxy_config(config)?;
     let source = (cfg.map_source.clone()).ok_or_else(|| {
         format!(
@@ -85,7 +197,6 @@ async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, St
     })?;
     let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await?;
     let now = etcd.current().await?;
-    let zones = load(new)?.zones;
     if now.previous.is_some() {
         println!(
             "a change of the map is under way (epoch {}): it is finished first",
@@ -97,11 +208,13 @@ async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, St
         previous: None,
         ..now.clone()
     };
+    let zones = edit.apply(&from.zones)?;
     let after = ShardMap {
         epoch: from.epoch + 2,
         zones: zones.clone(),
         ..from.clone()
     };
+    after.validate()?;
     let moves = plan(&from, &after)?;
     print!("{}", describe(&from, &after, &moves));
     cfg.cluster = now;
@@ -109,15 +222,69 @@ async fn change(new: &Path, config: &Path, dry_run: bool) -> Result<ExitCode, St
     let proxy = junokv::proxy::Proxy::new(cfg, junokv::clock::Clock::default())?;
     proxy.follow(follow);
     println!("{}", bytes_moving(&proxy, &from, &moves).await);
-    if dry_run {
+    if driver.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(done) = junokv::map_change::resume(&etcd, &proxy).await? {
+    let progress = Progress::default();
+    let report = |step| progress.report(step);
+    if let Some(done) = junokv::map_change::resume(&etcd, &proxy, &report).await? {
         println!("map epoch {}: the change under way is done", done.epoch);
     }
-    let done = junokv::map_change::change(&etcd, &proxy, zones).await?;
-    println!("map epoch {}: done", done.epoch);
+    let done = junokv::map_change::change(&etcd, &proxy, zones, &report).await?;
+    progress.bar.finish_and_clear();
+    println!("map epoch {}: done; {}", done.epoch, progress.totals());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A change's progress as an operator sees it: a bar on a terminal, and totals.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    copied: AtomicU64,
+    bytes: AtomicU64,
+    read: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} shards moved, eta {eta} {msg}",
+        )
+        .expect("a valid template");
+        Progress {
+            bar: indicatif::ProgressBar::new(0).with_style(style),
+            copied: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    fn report(&self, step: junokv::map_change::Progress) {
+        use junokv::map_change::Progress as Step;
+        match step {
+            Step::Fenced { shards } => {
+                self.bar.reset();
+                self.bar.set_length(shards as u64);
+            }
+            Step::Moved(moved) => {
+                self.copied.fetch_add(moved.copied, Ordering::Relaxed);
+                self.bytes.fetch_add(moved.bytes, Ordering::Relaxed);
+                self.read.fetch_add(moved.read, Ordering::Relaxed);
+                self.bar.inc(1);
+                self.bar.set_message(self.totals());
+            }
+        }
+    }
+
+    fn totals(&self) -> String {
+        let mib = self.bytes.load(Ordering::Relaxed) as f64 / f64::from(1 << 20);
+        format!(
+            "{} records ({mib:.1} MiB) copied, {} keys read through the joint quorums",
+            self.copied.load(Ordering::Relaxed),
+            self.read.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// What the shard replicas that move hold, estimated from each giving node's engine
@@ -318,7 +485,6 @@ fn describe(old: &ShardMap, new: &ShardMap, moves: &[Move]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use junokv::cluster::{Node, Zone};
 
     fn map(epoch: u64, zones: &[&[&str]]) -> ShardMap {
         ShardMap {
@@ -364,6 +530,46 @@ mod tests {
         assert!(moves
             .iter()
             .all(|m| m.zone == 0 && (m.from == "b" || m.to == "x")));
+    }
+
+    #[test]
+    fn named_changes_edit_one_zone_and_refuse_what_would_break_the_map() {
+        let zones = map(1, &[&["a", "b"], &["c"], &["e"]]).zones;
+        let node = |id: &str| Node::at(id);
+        let added = Edit::Add {
+            zone: 1,
+            node: node("d"),
+        }
+        .apply(&zones)
+        .unwrap();
+        assert_eq!(added[1].nodes, [node("c"), node("d")]);
+        assert_eq!((&added[0], &added[2]), (&zones[0], &zones[2]));
+        let removed = Edit::Remove { id: "a".into() }.apply(&zones).unwrap();
+        assert_eq!(removed[0].nodes, [node("b")]);
+        let replaced = (Edit::Replace {
+            old: "c".into(),
+            node: node("x"),
+        })
+        .apply(&zones);
+        assert_eq!(replaced.unwrap()[1].nodes, [node("x")]);
+        let err = |edit: Edit| edit.apply(&zones).unwrap_err();
+        assert!(err(Edit::Remove { id: "c".into() }).contains("only node"));
+        assert!(err(Edit::Remove { id: "z".into() }).contains("no node z"));
+        assert!(err(Edit::Add {
+            zone: 0,
+            node: node("e")
+        })
+        .contains("in the map already"));
+        assert!(err(Edit::Add {
+            zone: 3,
+            node: node("f")
+        })
+        .contains("no zone 3"));
+        let taken = Edit::Replace {
+            old: "a".into(),
+            node: node("b"),
+        };
+        assert!(err(taken).contains("in the map already"));
     }
 
     #[test]

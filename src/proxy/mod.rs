@@ -291,15 +291,23 @@ impl Proxy {
     /// Asks the storage node at `addr` (one in the map) about itself, waiting at most
     /// one round's timeout.
     pub async fn ask_node(&self, addr: &str, req: NodeRequest) -> Result<ReplicaReply, String> {
-        let (peer, epoch) = {
-            let routing = self.routing.borrow();
-            (routing.peers.get(addr).cloned(), routing.map.epoch)
-        };
+        let epoch = self.routing.borrow().map.epoch;
+        self.send(addr, &ReplicaRequest::Node(req), epoch).await
+    }
+
+    /// Sends `req` to the storage node at `addr` (one in the map) as a sender on the
+    /// map of `epoch`, whichever this proxy is on now (a move's copy is made on the
+    /// joint map only), waiting at most one round's timeout.
+    pub async fn send(
+        &self,
+        addr: &str,
+        req: &ReplicaRequest,
+        epoch: u64,
+    ) -> Result<ReplicaReply, String> {
+        let peer = self.routing.borrow().peers.get(addr).cloned();
         let peer = peer.ok_or_else(|| format!("{addr} is not in the map"))?;
         let timeout = self.config.timeouts.round();
-        let reply = peer
-            .call(&ReplicaRequest::Node(req), (None, epoch), timeout)
-            .await;
+        let reply = peer.call(req, (None, epoch), timeout).await;
         reply.map_err(|e| format!("{addr}: {e}"))
     }
 

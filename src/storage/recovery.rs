@@ -137,6 +137,7 @@ impl Recovery {
         loop {
             let req = NodeRequest::ListKeys {
                 after: after.clone(),
+                shard: None,
                 limit: PAGE,
             };
             let keys = match self.proxy.ask_node(peer, req).await {
@@ -145,8 +146,8 @@ impl Recovery {
                 Err(e) => return Ok(Err(e)),
             };
             let end = keys.len() < PAGE as usize;
-            after = keys.last().cloned();
-            let ours: Vec<StoreKey> = (keys.into_iter())
+            after = keys.last().map(|(k, _)| k.clone());
+            let ours: Vec<StoreKey> = (keys.into_iter().map(|(k, _)| k))
                 .filter(|k| mine.contains(&k.shard))
                 .collect();
             seen += ours.len() as u64;

@@ -9,7 +9,7 @@ use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::protocol::RequestId;
-use crate::record::{Ballot, Slot};
+use crate::record::{Accepted, Ballot, Slot};
 use crate::replica::{
     promise_at_most, step, Bounds, NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest, Stored,
     Write,
@@ -439,21 +439,16 @@ impl Replica {
             .replica_requests
             .get_or_create(&crate::metrics::KindLabel { kind })
             .inc();
-        let key = match &req {
-            ReplicaRequest::Node(node) => return reply_to.send(&self.about_node(node)),
-            ReplicaRequest::Accept { record, .. } if !record.tombstone && self.full() => {
+        let key = match req {
+            ReplicaRequest::Node(node) => return reply_to.send(&self.about_node(&node)),
+            ReplicaRequest::Copy { records } => return self.copy(records, epoch, reply_to),
+            ReplicaRequest::Accept { ref record, .. } if !record.tombstone && self.full() => {
                 return reply_to.send(&ReplicaReply::Full)
             }
-            req => {
+            ref req => {
                 let key = req.key().expect("about a key");
-                if let Some(owns) = &self.owns {
-                    // Only senders on this very map: quorums of maps two changes apart
-                    // may miss each other (DESIGN §12).
-                    let older_let_in = |e: u64| e < owns.epoch && bug(Bug::ServesOlderMaps);
-                    let other_map = epoch.is_some_and(|e| e != owns.epoch && !older_let_in(e));
-                    if other_map || !owns.holds(key.shard) {
-                        return reply_to.send(&ReplicaReply::NotOwner { epoch: owns.epoch });
-                    }
+                if let Some(epoch) = self.refuses(epoch, key.shard) {
+                    return reply_to.send(&ReplicaReply::NotOwner { epoch });
                 }
                 key.to_bytes()
             }
@@ -503,20 +498,148 @@ impl Replica {
                     epoch: self.owns.as_ref().map(|o| o.epoch),
                 })
             }
-            NodeRequest::ListKeys { after, limit } => {
-                let after = after.as_ref().map(StoreKey::to_bytes);
+            NodeRequest::ListKeys {
+                after,
+                shard,
+                limit,
+            } => {
                 let limit = (*limit).clamp(1, 4096) as usize;
-                match self.engine.scan(after.as_deref(), limit) {
+                match self.slots_after(after.as_ref(), *shard, limit) {
                     Ok(page) => ReplicaReply::Keys {
-                        keys: (page.iter())
-                            .take_while(|(k, _)| is_record_key(k))
-                            .filter_map(|(k, _)| StoreKey::from_bytes(k))
+                        keys: (page.into_iter())
+                            .map(|(k, slot)| (k, slot.and_then(|s| s.accepted).map(|a| a.0)))
                             .collect(),
                     },
-                    Err(e) => ReplicaReply::Failed {
-                        reason: format!("engine scan: {e}"),
-                    },
+                    Err(e) => ReplicaReply::Failed { reason: e },
                 }
+            }
+            NodeRequest::ReadShard {
+                shard,
+                after,
+                limit_bytes,
+            } => match self.read_shard(*shard, after.clone(), *limit_bytes as usize) {
+                Ok(records) => ReplicaReply::Records { records },
+                Err(e) => ReplicaReply::Failed { reason: e },
+            },
+        }
+    }
+
+    /// The server's epoch, if it must refuse a sender on the map of `epoch` (none: its
+    /// own sweeper) about `shard`: only senders on this very map, since quorums of
+    /// maps two changes apart may miss each other (DESIGN §12), and only its shards.
+    fn refuses(&self, epoch: Option<u64>, shard: u16) -> Option<u64> {
+        let owns = self.owns.as_ref()?;
+        let older_let_in = |e: u64| e < owns.epoch && bug(Bug::ServesOlderMaps);
+        let other_map = epoch.is_some_and(|e| e != owns.epoch && !older_let_in(e));
+        (other_map || !owns.holds(shard)).then_some(owns.epoch)
+    }
+
+    /// Takes copied records as late Accepts of their ballots (see
+    /// [`ReplicaRequest::Copy`]), replying once they are durable. A late Accept of a
+    /// real proposal, under the acceptor's own promise, is a delivery the protocol
+    /// already allows; only the joint map's senders may make it (the sender is refused
+    /// once this server serves the final map, whose quorums need not meet the old
+    /// proposer's).
+    fn copy(&mut self, records: Vec<(StoreKey, Accepted)>, epoch: Option<u64>, reply_to: ReplyTo) {
+        let (mut taken, mut wait_for) = (0, 0);
+        for (key, (ballot, record)) in records {
+            if let Some(epoch) = self.refuses(epoch, key.shard) {
+                return reply_to.send(&ReplicaReply::NotOwner { epoch });
+            }
+            if !record.tombstone && self.full() {
+                break;
+            }
+            let bytes = key.to_bytes();
+            let Ok((stored, seq)) = self.load(&bytes, &RequestId(None)) else {
+                continue;
+            };
+            wait_for = wait_for.max(seq);
+            let write = if bug(Bug::CopyOverPromise) {
+                let promised = match &stored {
+                    Stored::Slot(Some(slot)) => slot.promised.max(ballot),
+                    _ => ballot,
+                };
+                let accepted = Some((ballot, record));
+                Some(Write::Put(Slot { promised, accepted }))
+            } else {
+                let accept = ReplicaRequest::Accept {
+                    key,
+                    ballot,
+                    record,
+                    next: None,
+                };
+                step(&stored, self.bounds, &accept).0
+            };
+            if let Some(write) = write {
+                taken += 1;
+                wait_for = self.persist(bytes, write);
+            }
+        }
+        let reply = ReplicaReply::Copied { taken };
+        if wait_for <= self.commit.durable() {
+            return reply_to.send(&reply);
+        }
+        let held = Held {
+            key: Vec::new(),
+            reply_to,
+            reply,
+            expect: None,
+        };
+        self.held.entry(wait_for).or_default().push(held);
+    }
+
+    /// Up to `limit` slots after `after` (of `shard` only, if named) as they are
+    /// durable: `None` for one with a write on its way (a put or a removal: in flux)
+    /// or failing its checksum. A move counts only durable records on the nodes it
+    /// fills, and reads every key in flux.
+    fn slots_after(
+        &self,
+        after: Option<&StoreKey>,
+        shard: Option<u16>,
+        limit: usize,
+    ) -> Result<Vec<(StoreKey, Option<Slot>)>, String> {
+        // (Two bytes sort before every key of their shard, and after the one before.)
+        let after = (after.map(StoreKey::to_bytes)).or(shard.map(|s| s.to_be_bytes().to_vec()));
+        let page =
+            (self.engine.scan(after.as_deref(), limit)).map_err(|e| format!("engine scan: {e}"))?;
+        let in_range =
+            |k: &[u8]| is_record_key(k) && shard.is_none_or(|s| StoreKey::shard_in(k) == Some(s));
+        Ok((page.into_iter())
+            .take_while(|(k, _)| in_range(k))
+            .filter_map(|(k, bytes)| {
+                let slot = match self.dirty.contains_key(&k) {
+                    true => None,
+                    false => self.codec.decode(&k, &bytes).ok().map(|d| d.slot),
+                };
+                Some((StoreKey::from_bytes(&k)?, slot))
+            })
+            .collect())
+    }
+
+    /// The records accepted of `shard` after `after`, up to about `limit` bytes.
+    fn read_shard(
+        &self,
+        shard: u16,
+        mut after: Option<StoreKey>,
+        limit: usize,
+    ) -> Result<Vec<(StoreKey, Accepted)>, String> {
+        const PAGE: usize = 256;
+        let (mut records, mut bytes) = (Vec::new(), 0);
+        loop {
+            let page = self.slots_after(after.as_ref(), Some(shard), PAGE)?;
+            let end = page.len() < PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (key, slot) in page {
+                if bytes >= limit {
+                    return Ok(records);
+                }
+                if let Some((ballot, record)) = slot.and_then(|s| s.accepted) {
+                    bytes += key.key.len() + record.value.len() + 64;
+                    records.push((key, (ballot, record)));
+                }
+            }
+            if end || bytes >= limit {
+                return Ok(records);
             }
         }
     }
