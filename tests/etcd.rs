@@ -1,6 +1,7 @@
 //! The cluster map in a real etcd: `junokv storage` and `junokv proxy` processes take
 //! it from etcd and follow it, and `junokv map change` grows the cluster from three
-//! zones of one node to three of two and shrinks it back while a client writes.
+//! zones of one node to three of two and shrinks it back while a client writes, then
+//! `junokv map add`, `replace` and `remove` change one node at a time.
 
 mod common;
 
@@ -61,10 +62,12 @@ fn write(path: &Path, text: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-async fn change_map(dir: &Path, proxy_config: &Path, new: &Path) -> String {
+/// Runs `junokv map ARGS --config PROXY_CONFIG` (a change of the map), which must
+/// succeed; returns what it printed.
+async fn change_map(dir: &Path, proxy_config: &Path, args: &[&str]) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junokv"))
-        .args(["map", "change"])
-        .arg(new)
+        .arg("map")
+        .args(args)
         .arg("--config")
         .arg(proxy_config)
         .env("RUST_LOG", "info")
@@ -73,7 +76,7 @@ async fn change_map(dir: &Path, proxy_config: &Path, new: &Path) -> String {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "junokv map change failed: {stdout}");
+    assert!(out.status.success(), "junokv map {args:?} failed: {stdout}");
     stdout
 }
 
@@ -162,16 +165,40 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
 
     let writer = common::Writer::start(client, 100);
     let grown = write(&d.join("grown.toml"), &cluster_toml(&addrs, 2));
-    let said = change_map(d, &proxy_config, &grown).await;
+    let said = change_map(d, &proxy_config, &["change", grown.to_str().unwrap()]).await;
     assert!(said.contains("map epoch 2: done"), "{said}");
+    assert!(said.contains("records ("), "the copy is told: {said}");
     assert!(said.contains("data to move: about"), "{said}");
     assert!(
         said.contains("(added)"),
         "the plan names the added nodes: {said}"
     );
     let shrunk = write(&d.join("shrunk.toml"), &cluster_toml(&addrs, 1));
-    let said = change_map(d, &proxy_config, &shrunk).await;
+    let said = change_map(d, &proxy_config, &["change", shrunk.to_str().unwrap()]).await;
     assert!(said.contains("map epoch 4: done"), "{said}");
+    // The named changes: zone 0 gains its spare, zone 1's node is replaced by its
+    // spare, then zone 0's first node is drained and removed.
+    let (a, spare) = (&addrs[0], &addrs[3]);
+    let add = ["add", spare, "--addr", spare, "--zone", "0"];
+    let said = change_map(d, &proxy_config, &add).await;
+    assert!(said.contains(&format!("{spare} (added)")) && said.contains("map epoch 6: done"));
+    let replace = ["replace", &addrs[1], "--id", &addrs[4], "--addr", &addrs[4]];
+    let said = change_map(d, &proxy_config, &replace).await;
+    assert!(
+        said.contains("(removed)") && said.contains("map epoch 8: done"),
+        "{said}"
+    );
+    let said = change_map(d, &proxy_config, &["remove", a]).await;
+    assert!(said.contains(&format!("{a} (removed)")) && said.contains("map epoch 10: done"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_junokv"))
+        .args(["map", "remove", &addrs[2], "--config"])
+        .arg(&proxy_config)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a zone's last node cannot be removed"
+    );
     let shown = Command::new(env!("CARGO_BIN_EXE_junokv"))
         .args(["map", "show"])
         .arg(&proxy_config)
@@ -179,11 +206,18 @@ async fn junokv_map_change_grows_and_shrinks_a_running_cluster() {
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        shown.contains("from etcd /junokv/test-map") && shown.contains("map epoch 4,"),
+        shown.contains("from etcd /junokv/test-map") && shown.contains("map epoch 10,"),
         "junokv map show reads the map in etcd: {shown}"
     );
     writer.stop_and_check().await;
     let map = etcd.current().await.unwrap();
-    assert_eq!((map.epoch, map.previous.is_none()), (4, true));
+    assert_eq!((map.epoch, map.previous.is_none()), (10, true));
+    let nodes: Vec<&str> = map
+        .zones
+        .iter()
+        .flat_map(|z| &z.nodes)
+        .map(|n| n.addr.as_str())
+        .collect();
+    assert_eq!(nodes, [spare, &addrs[4], &addrs[2]]);
     drop(procs);
 }
