@@ -6,7 +6,12 @@
 //!
 //! 1. **Joint** (e+1): M' with M's zones as `previous`. A moving shard has both its
 //!    old and its new node as acceptors, and a quorum holds a majority of each layout,
-//!    so it meets every quorum of M and of M'. A joining node starts empty.
+//!    so it meets every quorum of M and of M'. A joining node starts empty: the first
+//!    time a server serves a map that names it a new acceptor of a shard, it drops
+//!    whatever it held of the shard (left over from an earlier tenure by a drop that a
+//!    crash cut short), and persists the map's epoch behind the removals before it
+//!    serves the map; the driver waits for each joining node to serve the joint map so
+//!    (a dead one holds the change up until the change is redirected without it).
 //! 2. **Fence.** Storage servers serve only senders on their own map. Once a majority
 //!    of each moving shard's old layout serves the joint map (or later), no request on
 //!    M can complete any more.
@@ -31,6 +36,11 @@
 //! once: that is the whole safety argument, with the catch-up for records chosen
 //! before the change. The driver keeps no state of its own: a change interrupted
 //! anywhere is resumed from the map source (a joint map there is finished).
+//!
+//! A change under way can be **redirected** to other zones (or rolled back to M's):
+//! the new joint map keeps M's zones as `previous`. Its quorums hold a majority of M's
+//! layout, as the abandoned joint map's did, so the two meet, and its fence (a majority
+//! of M's layout on it) stops the abandoned one before its own final map.
 
 use crate::cluster::{Placement, ShardMap, Zone};
 use crate::fault::{bug, Bug};
@@ -130,8 +140,8 @@ pub struct ShardMoved {
 
 /// Changes the map in `store` to one of `zones` (same number of zones, nodes added,
 /// removed or replaced), through `proxy`, which follows `store`, telling `report` how
-/// it goes. Finishes a change already under way to the same zones; refuses one under
-/// way to others. Returns the final map.
+/// it goes. Finishes a change already under way to the same zones, and redirects one
+/// under way to others (from the zones before it). Returns the final map.
 pub async fn change(
     store: &dyn MapStore,
     proxy: &Arc<Proxy>,
@@ -141,17 +151,13 @@ pub async fn change(
     let now = store.current().await?;
     let joint = match &now.previous {
         Some(_) if now.zones == zones => now,
-        Some(_) => {
-            return Err(format!(
-                "another change of the map is under way (epoch {}): finish it first",
-                now.epoch
-            ))
-        }
         None if now.zones == zones => return Ok(now),
-        None => {
+        // A change under way to other zones is redirected: the joint map of the zones
+        // before it and these (back to them, it rolls the change back).
+        before => {
             let mut joint = ShardMap {
                 epoch: now.epoch + 1,
-                previous: Some(now.zones.clone()),
+                previous: Some(before.clone().unwrap_or(now.zones.clone())),
                 zones,
                 ..now.clone()
             };
@@ -162,7 +168,11 @@ pub async fn change(
                 return Ok(joint);
             }
             store.publish(joint.clone(), now.epoch).await?;
-            tracing::info!(epoch = joint.epoch, "map change: joint map published");
+            tracing::info!(
+                epoch = joint.epoch,
+                redirected = before.is_some(),
+                "map change: joint map published"
+            );
             joint
         }
     };
@@ -266,6 +276,9 @@ async fn move_shard(proxy: &Arc<Proxy>, joint: &ShardMap, shard: u16) -> ShardMo
     for (zone, &was) in old.iter().enumerate() {
         if was != new[zone] {
             let to = placement.nodes[new[zone]].addr.as_str();
+            if !joined(proxy, joint.epoch, to).await {
+                return moved;
+            }
             // From the node it replaces, or else any other that held the shard.
             let from = std::iter::once(was).chain(old.iter().copied().filter(|i| *i != was));
             for from in from.map(|i| placement.nodes[i].addr.as_str()) {
@@ -282,6 +295,34 @@ async fn move_shard(proxy: &Arc<Proxy>, joint: &ShardMap, shard: u16) -> ShardMo
         reads.buffer_unordered(CATCH_UP_READS).collect::<()>().await;
     }
     moved
+}
+
+/// Waits until the joining node `to` durably serves the joint map of `epoch` (so that
+/// it has dropped whatever it held of its new shards from an earlier tenure: see the
+/// module doc), or returns false once the map has moved past it (another driver
+/// finished or redirected the change: this one's final map will be refused).
+async fn joined(proxy: &Arc<Proxy>, epoch: u64, to: &str) -> bool {
+    let nothing = ReplicaRequest::Copy {
+        records: Vec::new(),
+    };
+    let mut tries = 0u64;
+    loop {
+        if proxy.map().epoch > epoch {
+            return false;
+        }
+        tries += 1;
+        match proxy.send(to, &nothing, epoch).await {
+            Ok(ReplicaReply::Copied { .. }) => return true,
+            other if tries.is_multiple_of(25) => tracing::warn!(
+                node = to,
+                ?other,
+                "map change: waiting for a joining node to serve the joint map (if it is \
+                 gone for good, change the map again without it)"
+            ),
+            _ => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Copies the records `from` holds of `shard` to `to`, as a sender on the joint map

@@ -285,3 +285,104 @@ async fn a_copy_is_taken_as_a_late_accept_and_only_on_the_senders_map() {
     };
     assert_eq!(value_of(records, &other), Some(b"o".to_vec()));
 }
+
+/// A change that waits for a joining node that never comes (here an address nobody
+/// listens on) is rolled back by another driver while a client writes: the map returns
+/// to the zones before it, and the waiting driver's final map is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stuck_on_a_dead_joining_node_is_rolled_back() {
+    let (store, nodes) = three_zones_of_one().await;
+    let before = store.borrow().zones.clone();
+    let proxy = proxy_on(&store);
+    let (_server, client) = common::serve_and_connect(&proxy, "test").await;
+    let writer = common::Writer::start(client, 100);
+
+    let mut zones = before.clone();
+    zones[0].nodes = vec![Node::at("127.0.0.1:1")];
+    let (stuck_store, stuck_driver) = (store.clone(), proxy_on(&store));
+    let stuck = tokio::spawn(async move {
+        junokv::map_change::change(&stuck_store, &stuck_driver, zones, &|_| {}).await
+    });
+    eventually("the joint map is out", || store.borrow().previous.is_some()).await;
+    let back = junokv::map_change::change(&store, &proxy_on(&store), before.clone(), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!((back.epoch, back.previous.is_none()), (4, true));
+    assert_eq!(back.zones, before);
+    let refused = stuck.await.unwrap().unwrap_err();
+    assert!(refused.contains("another change went first"), "{refused}");
+    writer.stop_and_check().await;
+    assert!(foreign_slots(&nodes, &back).is_empty());
+}
+
+/// A node that joins a shard drops whatever it still held of it from an earlier
+/// tenure (a drop that a crash cut short) before it serves the joint map: a record of a
+/// key deleted and purged everywhere else since must not come back through it. Here
+/// the joining node starts (as after such a crash) only once the joint map is out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_drops_what_it_held_of_its_shards_before() {
+    use junokv::record::{Ballot, Record, Slot};
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = (listeners.iter())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let first = ShardMap {
+        epoch: 1,
+        num_shards: 64,
+        zones: zones(&addrs, 1),
+        previous: None,
+    };
+    let store = watch::Sender::new(first);
+    let spare = listeners.pop().unwrap();
+    let _nodes = start_nodes(&store, listeners).await;
+
+    // Zone 0's node is replaced by the spare, which is not up yet: the driver waits.
+    let mut to = zones(&addrs, 1);
+    to[0].nodes = vec![Node::at(addrs[3].clone())];
+    let (driver_store, driver) = (store.clone(), proxy_on(&store));
+    let change = tokio::spawn(async move {
+        junokv::map_change::change(&driver_store, &driver, to, &|_| {}).await
+    });
+    eventually("the joint map is out", || store.borrow().previous.is_some()).await;
+
+    // The spare comes up holding a live record of a key no other node has.
+    let key = StoreKey::new(b"test", b"gone", 64);
+    let record = Record {
+        version: 1,
+        creation_time: 1,
+        expires_at: u32::MAX,
+        last_modified_ns: 0,
+        originator: [0; 16],
+        lineage: Vec::new(),
+        tombstone: false,
+        payload_kind: 0,
+        value: b"stale".to_vec(),
+    };
+    let ballot = Ballot {
+        counter: 1,
+        proposer: 1,
+    };
+    let slot = Slot {
+        promised: ballot,
+        accepted: Some((ballot, record)),
+    };
+    let codec = junokv::at_rest::SlotCodec::clear();
+    let engine = Arc::new(MemoryEngine::default());
+    let stale = codec.encode(&key.to_bytes(), &slot);
+    engine
+        .write(&[(key.to_bytes(), Some(stale))], true)
+        .unwrap();
+    let mut server = StorageServer::start(spare, engine.clone(), codec, Acceptor::Plain).unwrap();
+    server.follow(store.subscribe(), &addrs[3]);
+
+    change.await.unwrap().unwrap();
+    assert_eq!(engine.get(&key.to_bytes()).unwrap(), None);
+    let (_server, client) = common::serve_and_connect(&proxy_on(&store), "test").await;
+    assert!(
+        client.get(b"gone").await.is_err(),
+        "the stale record came back"
+    );
+}

@@ -1,7 +1,8 @@
 //! The membership nemesis: changes the map (a node leaves its zone, joins one, or
 //! replaces another) one change after another while every other fault goes on, through
 //! the same driver an operator runs (`junokv::map_change`). Its node is crashed and
-//! restarted too: a new driver finishes the change the old one left.
+//! restarted too: a new driver finishes the change the old one left, or redirects it
+//! to other zones, or rolls it back.
 
 use junokv::cluster::{ShardMap, Zone};
 use junokv::map_change::Progress;
@@ -45,7 +46,23 @@ pub async fn run(
 ) {
     let mut rng = madsim::rand::thread_rng();
     let report = |step| moves.report(step);
-    match junokv::map_change::resume(&*store, &proxy, &report).await {
+    // A change a crashed driver left is finished, or now and then redirected to other
+    // zones or rolled back.
+    let left = store.borrow().clone();
+    let resumed = match &left.previous {
+        Some(before) if rng.gen_bool(0.3) => {
+            let zones = match rng.gen_bool(0.5) {
+                true => before.clone(),
+                false => next_zones(&left.zones, &all, &mut rng),
+            };
+            tracing::info!(to = %describe(&zones), "mover: redirecting the change a crashed driver left");
+            junokv::map_change::change(&*store, &proxy, zones, &report)
+                .await
+                .map(Some)
+        }
+        _ => junokv::map_change::resume(&*store, &proxy, &report).await,
+    };
+    match resumed {
         Ok(Some(done)) => {
             moves.changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(

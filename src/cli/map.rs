@@ -58,6 +58,13 @@ pub enum MapCommand {
         #[command(flatten)]
         driver: Driver,
     },
+    /// Rolls back the change of the map under way (one whose driver was stopped, or
+    /// that waits for a joining node that is gone): the map returns to the zones before
+    /// it, online, and the joining nodes drop what they took.
+    Abort {
+        #[command(flatten)]
+        driver: Driver,
+    },
 }
 
 /// How a change of the map is driven.
@@ -75,15 +82,26 @@ pub struct Driver {
 #[derive(Debug)]
 enum Edit {
     To(Vec<Zone>),
-    Add { zone: usize, node: Node },
-    Remove { id: String },
-    Replace { old: String, node: Node },
+    Add {
+        zone: usize,
+        node: Node,
+    },
+    Remove {
+        id: String,
+    },
+    Replace {
+        old: String,
+        node: Node,
+    },
+    /// Back to the zones before the change under way.
+    Back,
 }
 
 impl Edit {
-    /// The zones of `zones` once edited.
-    fn apply(self, zones: &[Zone]) -> Result<Vec<Zone>, String> {
-        let mut zones = zones.to_vec();
+    /// The zones of `map` (as they will be once any change under way is done) once
+    /// edited.
+    fn apply(self, map: &ShardMap) -> Result<Vec<Zone>, String> {
+        let mut zones = map.zones.clone();
         let find = |zones: &[Zone], id: &str| {
             (zones.iter().enumerate())
                 .find_map(|(z, zone)| Some((z, zone.nodes.iter().position(|n| n.id == id)?)))
@@ -95,6 +113,10 @@ impl Edit {
         let missing = |id: &str| format!("no node {id} in the map");
         match self {
             Edit::To(to) => return Ok(to),
+            Edit::Back => {
+                return (map.previous.clone())
+                    .ok_or_else(|| "no change of the map is under way".to_string())
+            }
             Edit::Add { zone, node } => {
                 unused(&zones, &node)?;
                 let count = zones.len();
@@ -150,6 +172,7 @@ pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
             )
             .await
         }
+        MapCommand::Abort { driver } => change(&driver, Edit::Back).await,
         MapCommand::Show { file } => {
             let map = match source_of(&file)? {
                 Some(source) => {
@@ -183,8 +206,8 @@ pub async fn run(command: MapCommand) -> Result<ExitCode, String> {
 }
 
 /// Drives a change of the map in the map source of the proxy config in `driver` (see
-/// `junokv::map_change`), `edit` applied to the zones the map has once any change
-/// under way is finished.
+/// `junokv::map_change`) to the zones `edit` makes of the map's (as they will be once
+/// any change under way is done): a change under way to other zones is redirected.
 async fn change(driver: &Driver, edit: Edit) -> Result<ExitCode, String> {
     use junokv::map_change::MapStore;
     let config = &driver.config;
@@ -197,24 +220,29 @@ async fn change(driver: &Driver, edit: Edit) -> Result<ExitCode, String> {
     })?;
     let etcd = junokv::etcd_map::EtcdMaps::connect(&source).await?;
     let now = etcd.current().await?;
-    if now.previous.is_some() {
-        println!(
-            "a change of the map is under way (epoch {}): it is finished first",
-            now.epoch
-        );
-    }
-    // Where the map stands once any change under way is finished.
+    let zones = edit.apply(&now)?;
+    // What moves is counted from the zones before any change under way.
     let from = ShardMap {
         previous: None,
+        zones: now.previous.clone().unwrap_or(now.zones.clone()),
         ..now.clone()
     };
-    let zones = edit.apply(&from.zones)?;
     let after = ShardMap {
-        epoch: from.epoch + 2,
+        epoch: now.epoch + 2,
         zones: zones.clone(),
         ..from.clone()
     };
     after.validate()?;
+    if now.previous.is_some() {
+        let what = match now.zones == zones {
+            true => "finished",
+            false => "redirected: what moves is counted from the zones before it",
+        };
+        println!(
+            "a change of the map is under way (epoch {}): it is {what}",
+            now.epoch
+        );
+    }
     let moves = plan(&from, &after)?;
     print!("{}", describe(&from, &after, &moves));
     cfg.cluster = now;
@@ -227,9 +255,6 @@ async fn change(driver: &Driver, edit: Edit) -> Result<ExitCode, String> {
     }
     let progress = Progress::default();
     let report = |step| progress.report(step);
-    if let Some(done) = junokv::map_change::resume(&etcd, &proxy, &report).await? {
-        println!("map epoch {}: the change under way is done", done.epoch);
-    }
     let done = junokv::map_change::change(&etcd, &proxy, zones, &report).await?;
     progress.bar.finish_and_clear();
     println!("map epoch {}: done; {}", done.epoch, progress.totals());
@@ -534,25 +559,32 @@ mod tests {
 
     #[test]
     fn named_changes_edit_one_zone_and_refuse_what_would_break_the_map() {
-        let zones = map(1, &[&["a", "b"], &["c"], &["e"]]).zones;
+        let before = map(1, &[&["a", "b"], &["c"], &["e"]]);
+        let zones = before.zones.clone();
         let node = |id: &str| Node::at(id);
         let added = Edit::Add {
             zone: 1,
             node: node("d"),
         }
-        .apply(&zones)
+        .apply(&before)
         .unwrap();
         assert_eq!(added[1].nodes, [node("c"), node("d")]);
         assert_eq!((&added[0], &added[2]), (&zones[0], &zones[2]));
-        let removed = Edit::Remove { id: "a".into() }.apply(&zones).unwrap();
+        let removed = Edit::Remove { id: "a".into() }.apply(&before).unwrap();
         assert_eq!(removed[0].nodes, [node("b")]);
         let replaced = (Edit::Replace {
             old: "c".into(),
             node: node("x"),
         })
-        .apply(&zones);
+        .apply(&before);
         assert_eq!(replaced.unwrap()[1].nodes, [node("x")]);
-        let err = |edit: Edit| edit.apply(&zones).unwrap_err();
+        let err = |edit: Edit| edit.apply(&before).unwrap_err();
+        assert!(err(Edit::Back).contains("no change"));
+        let under_way = ShardMap {
+            previous: Some(removed.clone()),
+            ..before.clone()
+        };
+        assert_eq!(Edit::Back.apply(&under_way).unwrap(), removed);
         assert!(err(Edit::Remove { id: "c".into() }).contains("only node"));
         assert!(err(Edit::Remove { id: "z".into() }).contains("no node z"));
         assert!(err(Edit::Add {

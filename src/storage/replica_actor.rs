@@ -32,6 +32,8 @@ const CEILING_KEY: &[u8] = b"\xff\xff\x00ceiling";
 const STARTED_KEY: &[u8] = b"\xff\xff\x00started";
 /// Engine key of the fingerprints of every data key this store has sealed with.
 const DATA_KEYS_KEY: &[u8] = b"\xff\xff\x00datakeys";
+/// Engine key of the epoch of the newest map the server has served.
+const ADOPTED_KEY: &[u8] = b"\xff\xff\x00adopted";
 /// How far the persisted ceiling runs ahead of the highest ballot stored, so that it
 /// is rewritten once in this many ballots rather than with every write.
 const CEILING_STEP: u64 = 1 << 16;
@@ -83,6 +85,9 @@ pub struct Ownership {
     pub epoch: u64,
     /// By shard number.
     pub shards: Vec<bool>,
+    /// The shards it joins in this map (a joint map naming it as a new acceptor of
+    /// them, not an old one), by shard number.
+    pub joining: Vec<bool>,
 }
 
 /// A reply waiting for a write (about `key`) to be durable.
@@ -120,6 +125,9 @@ struct Replica {
     /// Shards it no longer holds whose slots are being dropped: the key to go on after
     /// and the slots dropped so far.
     dropping: BTreeMap<u16, (Vec<u8>, usize)>,
+    /// The epoch of the newest map it has served (as persisted: it survives restarts),
+    /// and the sequence number of the write that persists it.
+    adopted: (Option<u64>, u64),
 }
 
 /// The replica task as started.
@@ -140,6 +148,9 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         record_data_keys(&*engine, &keys).map_err(std::io::Error::other)?;
     }
     let bounds = load_bounds(&*engine, &codec)?;
+    let adopted = (engine.get(ADOPTED_KEY)?)
+        .map(|b| bincode::deserialize(&b).map_err(std::io::Error::other))
+        .transpose()?;
     let recovering = engine.volatile() && engine.get(STARTED_KEY)?.is_some();
     if engine.volatile() && !recovering {
         engine.write(&[(STARTED_KEY.to_vec(), Some(Vec::new()))], true)?;
@@ -163,6 +174,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         held: BTreeMap::new(),
         owns: None,
         dropping: BTreeMap::new(),
+        adopted: (adopted, 0),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
     let task = tokio::spawn(async move {
@@ -214,11 +226,19 @@ impl Ownership {
     /// node in it: then nothing), counting the shards it is leaving or joining while
     /// the map changes.
     pub fn of(map: &crate::cluster::ShardMap, me: &str) -> Self {
-        let is_me = |n: &&crate::cluster::Node| n.addr == me || n.id == me;
-        let holds = |s| map.placement(s).nodes.iter().any(is_me);
+        let is_me = |n: &crate::cluster::Node| n.addr == me || n.id == me;
+        let (mut shards, mut joining) = (Vec::new(), Vec::new());
+        for shard in 0..map.num_shards {
+            let p = map.placement(shard);
+            let in_layout =
+                |l: usize| (p.layouts.get(l)).is_some_and(|l| l.iter().any(|i| is_me(p.nodes[*i])));
+            shards.push(p.nodes.iter().any(|n| is_me(n)));
+            joining.push(p.layouts.len() > 1 && in_layout(0) && !in_layout(1));
+        }
         Ownership {
             epoch: map.epoch,
-            shards: (0..map.num_shards).map(holds).collect(),
+            shards,
+            joining,
         }
     }
 
@@ -227,6 +247,10 @@ impl Ownership {
             .get(usize::from(shard))
             .copied()
             .unwrap_or(false)
+    }
+
+    fn joins(&self, shard: u16) -> bool {
+        (self.joining.get(usize::from(shard)).copied()).unwrap_or(false)
     }
 }
 
@@ -329,20 +353,30 @@ impl Replica {
         if self.owns.as_ref().is_some_and(|o| o.epoch > owns.epoch) {
             return;
         }
-        // A shard held again while its old slots are still being dropped: they go now,
-        // before the server serves it as a new acceptor.
-        let back: Vec<u16> = (self.dropping.keys().copied())
-            .filter(|s| owns.holds(*s))
-            .collect();
-        for shard in back {
+        let shards = owns.shards.len() as u16;
+        // A shard it joins in a map it has never served before: whatever it holds of it
+        // is from an earlier tenure (a drop still under way, or one a crash cut short)
+        // and goes now, before the map is served. The epoch is persisted behind the
+        // removals, so a restart into the same map keeps what was accepted in it since.
+        let first = self.adopted.0.is_none_or(|e| e < owns.epoch);
+        let stale =
+            |s: u16| owns.holds(s) && ((first && owns.joins(s)) || self.dropping.contains_key(&s));
+        for shard in (0..shards).filter(|s| stale(*s)).collect::<Vec<_>>() {
+            (self.dropping).insert(shard, (shard.to_be_bytes().to_vec(), 0));
             // (Until a page removes nothing: then the entry is gone, or the engine
             // failed a scan, which is logged.)
             while self.drop_page(shard) {}
+            self.dropping.remove(&shard);
+        }
+        if first {
+            self.seq += 1;
+            let epoch = bincode::serialize(&owns.epoch).expect("an epoch serialises");
+            (self.commit).submit(self.seq, vec![(ADOPTED_KEY.to_vec(), Some(epoch))]);
+            self.adopted = (Some(owns.epoch), self.seq);
         }
         // Slots exist only of shards held before (or, on the first map, whatever this
         // server kept from before it started).
         let held_before = |s: u16| self.owns.as_ref().is_none_or(|o| o.holds(s));
-        let shards = owns.shards.len() as u16;
         let left: Vec<u16> = (0..shards)
             .filter(|s| !owns.holds(*s) && held_before(*s))
             .collect();
@@ -541,7 +575,8 @@ impl Replica {
     /// once this server serves the final map, whose quorums need not meet the old
     /// proposer's).
     fn copy(&mut self, records: Vec<(StoreKey, Accepted)>, epoch: Option<u64>, reply_to: ReplyTo) {
-        let (mut taken, mut wait_for) = (0, 0);
+        // (Not before the map is durably this server's: see `own`.)
+        let (mut taken, mut wait_for) = (0, self.adopted.1);
         for (key, (ballot, record)) in records {
             if let Some(epoch) = self.refuses(epoch, key.shard) {
                 return reply_to.send(&ReplicaReply::NotOwner { epoch });
