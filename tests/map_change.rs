@@ -272,6 +272,13 @@ async fn a_copy_is_taken_as_a_late_accept_and_only_on_the_senders_map() {
         ..*ballot
     };
     assert_eq!(proxy.send(node, &copy(&key, newer, b"x"), 2).await, refused);
+    // Even with nothing to copy: the driver asks so whether a joining node serves the
+    // joint map yet.
+    let nothing = ReplicaRequest::Copy {
+        records: Vec::new(),
+    };
+    assert_eq!(proxy.send(node, &nothing, 2).await, refused);
+    assert_eq!(proxy.send(node, &nothing, 1).await, taken(0));
     let value_of = |records: Vec<(StoreKey, junokv::record::Accepted)>, key: &StoreKey| {
         let found = records.into_iter().find(|(k, _)| k == key);
         found.map(|(_, (_, r))| r.value)

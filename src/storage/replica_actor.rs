@@ -361,7 +361,8 @@ impl Replica {
         let first = self.adopted.0.is_none_or(|e| e < owns.epoch);
         let stale =
             |s: u16| owns.holds(s) && ((first && owns.joins(s)) || self.dropping.contains_key(&s));
-        for shard in (0..shards).filter(|s| stale(*s)).collect::<Vec<_>>() {
+        let wiped: Vec<u16> = (0..shards).filter(|s| stale(*s)).collect();
+        for &shard in &wiped {
             (self.dropping).insert(shard, (shard.to_be_bytes().to_vec(), 0));
             // (Until a page removes nothing: then the entry is gone, or the engine
             // failed a scan, which is logged.)
@@ -385,11 +386,12 @@ impl Replica {
                 .entry(shard)
                 .or_insert((shard.to_be_bytes().to_vec(), 0));
         }
-        // Replies still waiting for a write to a shard no longer served will not tell
-        // of it: its slots are dropped behind it.
+        // Replies still waiting for a write to a shard no longer served, or dropped just
+        // now, will not tell of it: its slots are gone, or going, behind it.
         let epoch = owns.epoch;
+        let gone = |s: u16| !owns.holds(s) || wiped.contains(&s);
         for held in self.held.values_mut().flatten() {
-            if StoreKey::shard_in(&held.key).is_some_and(|s| !owns.holds(s)) {
+            if StoreKey::shard_in(&held.key).is_some_and(gone) {
                 (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
             }
         }
@@ -575,6 +577,12 @@ impl Replica {
     /// once this server serves the final map, whose quorums need not meet the old
     /// proposer's).
     fn copy(&mut self, records: Vec<(StoreKey, Accepted)>, epoch: Option<u64>, reply_to: ReplyTo) {
+        // Even an empty copy: it tells the driver this server serves the joint map.
+        let other_map = (self.owns.as_ref()).filter(|o| epoch != Some(o.epoch));
+        if let Some(owns) = other_map {
+            let epoch = owns.epoch;
+            return reply_to.send(&ReplicaReply::NotOwner { epoch });
+        }
         // (Not before the map is durably this server's: see `own`.)
         let (mut taken, mut wait_for) = (0, self.adopted.1);
         for (key, (ballot, record)) in records {
