@@ -55,23 +55,33 @@ fn zones(addrs: &[String], per_zone: usize) -> Vec<Zone> {
         .collect()
 }
 
+/// `n` listeners on loopback, and their addresses.
+async fn listen(n: usize) -> (Vec<TcpListener>, Vec<String>) {
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs = (listeners.iter())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    (listeners, addrs)
+}
+
+/// A map source whose map holds the first three of `addrs`: three zones of one node.
+fn source_of_three_zones_of_one(addrs: &[String]) -> watch::Sender<ShardMap> {
+    watch::Sender::new(ShardMap {
+        epoch: 1,
+        num_shards: 64,
+        zones: zones(addrs, 1),
+        previous: None,
+    })
+}
+
 /// Six storage servers following a map source whose map holds the first of each
 /// zone's two: three zones of one node.
 async fn three_zones_of_one() -> (watch::Sender<ShardMap>, Nodes) {
-    let mut listeners = Vec::new();
-    for _ in 0..6 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = (listeners.iter())
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let first = ShardMap {
-        epoch: 1,
-        num_shards: 64,
-        zones: zones(&addrs, 1),
-        previous: None,
-    };
-    let store = watch::Sender::new(first);
+    let (listeners, addrs) = listen(6).await;
+    let store = source_of_three_zones_of_one(&addrs);
     let nodes = start_nodes(&store, listeners).await;
     (store, nodes)
 }
@@ -329,20 +339,8 @@ async fn a_change_stuck_on_a_dead_joining_node_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_drops_what_it_held_of_its_shards_before() {
     use junokv::record::{Ballot, Record, Slot};
-    let mut listeners = Vec::new();
-    for _ in 0..4 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = (listeners.iter())
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let first = ShardMap {
-        epoch: 1,
-        num_shards: 64,
-        zones: zones(&addrs, 1),
-        previous: None,
-    };
-    let store = watch::Sender::new(first);
+    let (mut listeners, addrs) = listen(4).await;
+    let store = source_of_three_zones_of_one(&addrs);
     let spare = listeners.pop().unwrap();
     let _nodes = start_nodes(&store, listeners).await;
 
