@@ -5,6 +5,7 @@
 use super::durability_check::{self, Expect};
 use super::group_commit::GroupCommit;
 use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
+use crate::bounded::BoundedMap;
 use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
@@ -34,6 +35,9 @@ const STARTED_KEY: &[u8] = b"\xff\xff\x00started";
 const DATA_KEYS_KEY: &[u8] = b"\xff\xff\x00datakeys";
 /// Engine key of the epoch of the newest map the server has served.
 const ADOPTED_KEY: &[u8] = b"\xff\xff\x00adopted";
+/// Memory for decoded durable slots: a hot key's read skips the engine's lookup (a
+/// memtable search through every version of it) and the unsealing.
+const SLOT_CACHE_BYTES: usize = 64 << 20;
 /// How far the persisted ceiling runs ahead of the highest ballot stored, so that it
 /// is rewritten once in this many ballots rather than with every write.
 const CEILING_STEP: u64 = 1 << 16;
@@ -74,6 +78,10 @@ pub enum Envelope {
     /// Recovery is done (see `recovery.rs`): a missing slot is absent again, behind a
     /// floor above every ballot this replica may have promised before it restarted.
     Recovered,
+    /// The sweeper found this key's slot damaged on disk: the replica reads it from
+    /// disk again (and answers as a damaged slot, which the read path repairs) rather
+    /// than from what it decoded before the damage.
+    Uncache(Vec<u8>),
     /// From now on, serve only senders on this map, and only about the shards it
     /// places here; drop whatever is held of the others.
     Own(Ownership),
@@ -115,6 +123,9 @@ struct Replica {
     start_ceiling: u64,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
+    /// Durable slots recently read or written, decoded (none while an in-memory
+    /// replica recovers, whose missing slots are not absent).
+    cache: BoundedMap<Vec<u8>, Option<Slot>>,
     seq: u64,
     /// Replies held until the write they depend on is durable, by its sequence number
     /// (with what the simulator checks is on disk as they leave).
@@ -170,6 +181,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         recovering: recovering.clone(),
         start_ceiling: bounds.ceiling,
         dirty: HashMap::new(),
+        cache: BoundedMap::new(SLOT_CACHE_BYTES),
         seq: 0,
         held: BTreeMap::new(),
         owns: None,
@@ -199,6 +211,9 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                         let _ = answer.send(damaged);
                     }
                     Some(Envelope::Recovered) => replica.recovered(),
+                    Some(Envelope::Uncache(key)) => {
+                        replica.cache.remove(&key);
+                    }
                     Some(Envelope::Own(owns)) => replica.own(owns),
                     None => break,
                 },
@@ -724,7 +739,13 @@ impl Replica {
     fn release(&mut self) {
         let failed = self.commit.has_failed();
         let durable = self.commit.durable();
-        self.dirty.retain(|_, (_, seq)| *seq > durable);
+        for (key, (slot, seq)) in std::mem::take(&mut self.dirty) {
+            if seq > durable {
+                self.dirty.insert(key, (slot, seq));
+            } else if !failed {
+                self.cache_slot(key, slot);
+            }
+        }
         let still_held = if failed {
             BTreeMap::new()
         } else {
@@ -780,14 +801,25 @@ impl Replica {
         if let Some((slot, seq)) = self.dirty.get(key) {
             return Ok(Found::Slot(Stored::Slot(slot.clone()), *seq));
         }
+        if let Some(slot) = self.cache.get(key) {
+            #[cfg(madsim)]
+            self.check_cached(key, slot);
+            return Ok(Found::Slot(Stored::Slot(slot.clone()), 0));
+        }
         match self.engine.get(key) {
             Ok(None) if self.recovering() && !bug(Bug::ForgottenAsAbsent) => {
                 let ceiling = self.start_ceiling;
                 Ok(Found::Slot(Stored::Damaged { ceiling }, 0))
             }
-            Ok(None) => Ok(Found::Slot(Stored::Slot(None), 0)),
+            Ok(None) => {
+                self.cache_slot(key.to_vec(), None);
+                Ok(Found::Slot(Stored::Slot(None), 0))
+            }
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
-                Ok(decoded) => Ok(Found::Slot(Stored::Slot(Some(decoded.slot)), 0)),
+                Ok(decoded) => {
+                    self.cache_slot(key.to_vec(), Some(decoded.slot.clone()));
+                    Ok(Found::Slot(Stored::Slot(Some(decoded.slot)), 0))
+                }
                 Err(Unreadable::Damaged(e)) => {
                     let ceiling = self.bounds.ceiling;
                     Ok(Found::Corrupt(Stored::Damaged { ceiling }, e.to_string()))
@@ -795,6 +827,41 @@ impl Replica {
                 Err(e @ Unreadable::NoKey(_)) => Err(Unfound::Unreadable(e.to_string())),
             },
             Err(e) => Err(Unfound::Failed(format!("engine read: {e}"))),
+        }
+    }
+
+    /// Keeps a durable slot decoded, at roughly what it costs in memory (not while an
+    /// in-memory replica recovers: a slot it lacks then is not an absent one).
+    fn cache_slot(&mut self, key: Vec<u8>, slot: Option<Slot>) {
+        if self.recovering() {
+            return;
+        }
+        let held = (slot.as_ref().and_then(|s| s.accepted.as_ref()))
+            .map_or(0, |(_, r)| r.value.len() + r.lineage.len() * 16);
+        let size = 160 + key.len() + held;
+        self.cache.insert(key, slot, size);
+    }
+
+    /// In the simulator, every cache hit is compared with the disk: the cache may only
+    /// serve what the disk holds (unless the disk went bad under it since).
+    #[cfg(madsim)]
+    fn check_cached(&self, key: &[u8], cached: &Option<Slot>) {
+        let on_disk = match self.engine.get(key) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
+                Ok(d) => Some(d.slot),
+                Err(_) => return, // damaged since: the sweeper has it uncached
+            },
+            Err(_) => return, // an injected read error
+        };
+        if on_disk != *cached {
+            crate::fault::invariant_violated(format_args!(
+                "{} cached {:?} for {:?} but its disk holds {:?}",
+                self.name,
+                cached.as_ref().map(|s| s.promised),
+                String::from_utf8_lossy(key),
+                on_disk.as_ref().map(|s| s.promised)
+            ));
         }
     }
 

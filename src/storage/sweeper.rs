@@ -150,7 +150,11 @@ impl Sweeper {
                     Err(Unreadable::Damaged(e)) => Err(e),
                 };
                 let resolve = match decoded {
-                    Err(_) => true,
+                    Err(_) => {
+                        // The replica may hold the slot decoded from before the damage.
+                        let _ = self.replica.send(Envelope::Uncache(raw.clone()));
+                        true
+                    }
                     Ok(Slot {
                         promised,
                         accepted: None,
