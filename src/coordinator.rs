@@ -1031,6 +1031,37 @@ mod tests {
             self.read_at(1000)
         }
 
+        /// Once every one of `sets` sets was answered (a run only ends then): each Ok
+        /// took effect exactly once, each CommitFailure at most once, and the version
+        /// counts them.
+        fn sets_applied_once(&mut self, sets: u32) -> Result<(), TestCaseError> {
+            let count = |status: Result<(), Status>| {
+                let same = |o: &&Option<Outcome>| match (o, status) {
+                    (Some(Ok(_)), Ok(())) => true,
+                    (Some(Err(s)), Err(want)) => *s == want,
+                    _ => false,
+                };
+                self.outcomes.iter().filter(same).count() as u32
+            };
+            let (ok, unknown) = (count(Ok(())), count(Err(Status::CommitFailure)));
+            prop_assert_eq!(ok + unknown, sets);
+            let version = match self.read() {
+                Ok(r) => r.unwrap().version,
+                Err(s) => {
+                    prop_assert_eq!(s, Status::NoKey);
+                    0
+                }
+            };
+            prop_assert!(
+                ok <= version && version <= ok + unknown,
+                "version {} ok {} unknown {}",
+                version,
+                ok,
+                unknown
+            );
+            Ok(())
+        }
+
         fn read_at(&mut self, now_secs: u64) -> Outcome {
             let c = self.add_at(Op::Get { extend_ttl: 0 }, 200, now_secs);
             self.run(&[(0, false)]);
@@ -1100,16 +1131,7 @@ mod tests {
                 cl.add(Op::Set { value: val(i), ttl: 0 }, i + 1);
             }
             cl.run(&sched);
-            // Every set was answered (the run only ends then): each Ok took effect
-            // exactly once, each CommitFailure at most once, and the version counts them.
-            let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
-            let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
-            prop_assert_eq!(ok + unknown, 4);
-            let version = match cl.read() {
-                Ok(r) => r.unwrap().version,
-                Err(s) => { prop_assert_eq!(s, Status::NoKey); 0 }
-            };
-            prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
+            cl.sets_applied_once(4)?;
         }
     }
 
@@ -1163,14 +1185,7 @@ mod tests {
         fn sets_on_adjacent_maps_of_a_move_are_applied_exactly_once(sched in schedule(), later in 1usize..3, mix in proptest::collection::vec(any::<bool>(), 4)) {
             let mut cl = on_adjacent_maps(later, &mix, |i| Op::Set { value: val(i), ttl: 0 });
             cl.run(&sched);
-            let ok = cl.outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count() as u32;
-            let unknown = cl.outcomes.iter().filter(|o| matches!(o, Some(Err(Status::CommitFailure)))).count() as u32;
-            prop_assert_eq!(ok + unknown, 4);
-            let version = match cl.read() {
-                Ok(r) => r.unwrap().version,
-                Err(s) => { prop_assert_eq!(s, Status::NoKey); 0 }
-            };
-            prop_assert!(ok <= version && version <= ok + unknown, "version {} ok {} unknown {}", version, ok, unknown);
+            cl.sets_applied_once(4)?;
         }
     }
 
