@@ -53,6 +53,7 @@ use crate::semantics::Op;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,6 +137,40 @@ pub struct ShardMoved {
     /// Keys read through the joint quorums: those a majority of the new layout did
     /// not yet hold at the newest ballot an old node had.
     pub read: u64,
+}
+
+/// What the shards moved so far took, added up (a report is a shared `Fn`, hence the
+/// atomics): what an operator's progress bar and the simulator's trace tell.
+#[derive(Debug, Default)]
+pub struct Totals {
+    copied: AtomicU64,
+    bytes: AtomicU64,
+    read: AtomicU64,
+}
+
+impl Totals {
+    pub fn add(&self, moved: &ShardMoved) {
+        self.copied.fetch_add(moved.copied, Ordering::Relaxed);
+        self.bytes.fetch_add(moved.bytes, Ordering::Relaxed);
+        self.read.fetch_add(moved.read, Ordering::Relaxed);
+    }
+
+    /// Records copied, their bytes, and keys read through the joint quorums.
+    pub fn get(&self) -> (u64, u64, u64) {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&self.copied), load(&self.bytes), load(&self.read))
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (copied, bytes, read) = self.get();
+        let mib = bytes as f64 / f64::from(1 << 20);
+        write!(
+            f,
+            "{copied} records ({mib:.1} MiB) copied, {read} keys read through the joint quorums"
+        )
+    }
 }
 
 /// Changes the map in `store` to one of `zones` (same number of zones, nodes added,

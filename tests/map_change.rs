@@ -234,17 +234,16 @@ async fn a_move_copies_the_records_and_reads_nothing_the_copy_brought() {
 
     let mut zones = zones(&nodes.addrs, 1);
     zones[0].nodes = vec![Node::at(nodes.addrs[3].clone())];
-    let moved = std::sync::Mutex::new((0, 0, 0));
+    let moved = junokv::map_change::Totals::default();
     let report = |step| {
         if let junokv::map_change::Progress::Moved(m) = step {
-            let mut moved = moved.lock().unwrap();
-            *moved = (moved.0 + m.copied, moved.1 + m.bytes, moved.2 + m.read);
+            moved.add(&m);
         }
     };
     junokv::map_change::change(&store, &proxy_on(&store), zones, &report)
         .await
         .unwrap();
-    assert_eq!(*moved.lock().unwrap(), (100, 100 * 100, 0));
+    assert_eq!(moved.get(), (100, 100 * 100, 0));
     assert!((0..100).all(|k| nodes.engines[3].get(&key(k)).unwrap().is_some()));
 }
 

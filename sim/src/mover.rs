@@ -5,7 +5,7 @@
 //! to other zones, or rolls it back.
 
 use junokv::cluster::{ShardMap, Zone};
-use junokv::map_change::Progress;
+use junokv::map_change::{Progress, Totals};
 use junokv::proxy::Proxy;
 use madsim::rand::{seq::SliceRandom, Rng};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,16 +19,14 @@ use tokio::time::Instant;
 pub struct Moves {
     /// Changes finished.
     pub changes: AtomicU64,
-    /// Records copied to joining nodes, and keys read through the joint quorums.
-    pub copied: AtomicU64,
-    pub read: AtomicU64,
+    /// What their shard moves took.
+    pub totals: Totals,
 }
 
 impl Moves {
     fn report(&self, step: Progress) {
         if let Progress::Moved(moved) = step {
-            self.copied.fetch_add(moved.copied, Ordering::Relaxed);
-            self.read.fetch_add(moved.read, Ordering::Relaxed);
+            self.totals.add(&moved);
         }
     }
 }

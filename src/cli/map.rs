@@ -3,10 +3,10 @@
 
 use clap::Subcommand;
 use junokv::cluster::{Node, ShardMap, Zone};
+use junokv::map_change::Totals;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Subcommand)]
 pub enum MapCommand {
@@ -257,16 +257,14 @@ async fn change(driver: &Driver, edit: Edit) -> Result<ExitCode, String> {
     let report = |step| progress.report(step);
     let done = junokv::map_change::change(&etcd, &proxy, zones, &report).await?;
     progress.bar.finish_and_clear();
-    println!("map epoch {}: done; {}", done.epoch, progress.totals());
+    println!("map epoch {}: done; {}", done.epoch, progress.totals);
     Ok(ExitCode::SUCCESS)
 }
 
 /// A change's progress as an operator sees it: a bar on a terminal, and totals.
 struct Progress {
     bar: indicatif::ProgressBar,
-    copied: AtomicU64,
-    bytes: AtomicU64,
-    read: AtomicU64,
+    totals: Totals,
 }
 
 impl Default for Progress {
@@ -277,9 +275,7 @@ impl Default for Progress {
         .expect("a valid template");
         Progress {
             bar: indicatif::ProgressBar::new(0).with_style(style),
-            copied: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            read: AtomicU64::new(0),
+            totals: Totals::default(),
         }
     }
 }
@@ -293,22 +289,11 @@ impl Progress {
                 self.bar.set_length(shards as u64);
             }
             Step::Moved(moved) => {
-                self.copied.fetch_add(moved.copied, Ordering::Relaxed);
-                self.bytes.fetch_add(moved.bytes, Ordering::Relaxed);
-                self.read.fetch_add(moved.read, Ordering::Relaxed);
+                self.totals.add(&moved);
                 self.bar.inc(1);
-                self.bar.set_message(self.totals());
+                self.bar.set_message(self.totals.to_string());
             }
         }
-    }
-
-    fn totals(&self) -> String {
-        let mib = self.bytes.load(Ordering::Relaxed) as f64 / f64::from(1 << 20);
-        format!(
-            "{} records ({mib:.1} MiB) copied, {} keys read through the joint quorums",
-            self.copied.load(Ordering::Relaxed),
-            self.read.load(Ordering::Relaxed)
-        )
     }
 }
 
