@@ -739,10 +739,11 @@ impl Replica {
     fn release(&mut self) {
         let failed = self.commit.has_failed();
         let durable = self.commit.durable();
-        for (key, (slot, seq)) in std::mem::take(&mut self.dirty) {
-            if seq > durable {
-                self.dirty.insert(key, (slot, seq));
-            } else if !failed {
+        let written: Vec<_> = (self.dirty)
+            .extract_if(|_, (_, seq)| *seq <= durable)
+            .collect();
+        if !failed {
+            for (key, (slot, _)) in written {
                 self.cache_slot(key, slot);
             }
         }
@@ -831,8 +832,16 @@ impl Replica {
     }
 
     /// Keeps a durable slot decoded, at roughly what it costs in memory (not while an
-    /// in-memory replica recovers: a slot it lacks then is not an absent one).
+    /// in-memory replica recovers: a slot it lacks then is not an absent one). A slot
+    /// of a shard it no longer holds (being dropped) only leaves the cache: dropping a
+    /// shard must not push the hot slots out.
     fn cache_slot(&mut self, key: Vec<u8>, slot: Option<Slot>) {
+        let foreign = (self.owns.as_ref())
+            .is_some_and(|o| StoreKey::shard_in(&key).is_none_or(|s| !o.holds(s)));
+        if foreign {
+            self.cache.remove(&key);
+            return;
+        }
         if self.recovering() {
             return;
         }
