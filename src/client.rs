@@ -85,7 +85,8 @@ impl Client {
         connector: &Connector,
     ) -> std::io::Result<Client> {
         let (stream, _) = connector.connect(addr, CONNECT_TIMEOUT).await?;
-        let (mut rd, wr) = tokio::io::split(stream);
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = crate::rpc::frame_reader(rd);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let writer = tokio::spawn(write_frames(wr, rx, None));

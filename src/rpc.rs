@@ -53,6 +53,13 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     Ok(Some((id, body)))
 }
 
+/// A reader for a stream of frames: under load many frames arrive together, and each
+/// frame takes two reads (length, then body), so unbuffered that is two system calls a
+/// frame where one call can take dozens.
+pub fn frame_reader<R: AsyncRead>(r: R) -> tokio::io::BufReader<R> {
+    tokio::io::BufReader::with_capacity(64 << 10, r)
+}
+
 /// Writes every frame queued on `rx`, coalescing what is ready into one flush (a
 /// simulated socket delivers only on flush). Each frame is dropped once copied for
 /// writing (what it carries besides its bytes goes with it). With `stall`, a write the
@@ -186,7 +193,8 @@ impl Peer {
             .connect(&self.addr, self.connect_timeout)
             .await
             .map_err(|e| CallError::Connect(self.addr.clone(), e.to_string()))?;
-        let (mut rd, wr) = tokio::io::split(stream);
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = frame_reader(rd);
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = crate::fault::delayed(rx, local, peer);
         let pending: Pending = Arc::default();

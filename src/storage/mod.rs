@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::listener::serve_until_stopped;
 use crate::proxy::Proxy;
 use crate::replica::ReplicaRequest;
-use crate::rpc::{read_frame, write_frames};
+use crate::rpc::{frame_reader, read_frame, write_frames};
 use crate::transport::{Acceptor, TlsFiles};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -455,7 +455,8 @@ async fn serve_connection(
     let Ok(stream) = acceptor.accept(stream).await else {
         return;
     };
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = frame_reader(rd);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     if let (Ok(local), Ok(peer)) = ends {
         out_rx = crate::fault::delayed(out_rx, local, peer);
