@@ -33,6 +33,24 @@ pub enum Action {
     /// Answer the client. Comes exactly once; the coordinator may still want replies
     /// afterwards (to repair or clean up) until [`Coordinator::is_finished`].
     Reply(Outcome),
+    /// A read asked only a quorum: if `round` is still unanswered after a short while
+    /// (a few of the proxy's usual read round trips), call [`Coordinator::hedge`], so
+    /// that a replica that hangs costs a read that much and not a round timeout.
+    Hedge { round: u32 },
+}
+
+/// Which replicas a plain read asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Every replica: what the sweeper and a recovering replica need, since the
+    /// replica they read for (to purge or repair it) must be among those answering.
+    Every,
+    /// A quorum only, the `first` replica of the layout (modulo its size) and those
+    /// after it, so that a proxy spreads its reads; the rest are asked only if one of
+    /// those fails, the read is slow ([`Action::Hedge`]), or the record is dead long
+    /// enough to be purged (which needs every replica's word). A third less work per
+    /// read in three zones; a lagging replica is repaired by the reads that reach it.
+    Quorum { first: usize },
 }
 
 /// Replication parameters.
@@ -147,6 +165,8 @@ enum Phase {
         seen: Vec<Option<Option<Accepted>>>,
         /// What a quorum agreed on, once it did.
         chosen: Option<Option<Accepted>>,
+        /// The replicas asked so far.
+        asked: Vec<bool>,
     },
     Preparing {
         promises: Vec<Option<Option<Accepted>>>,
@@ -205,6 +225,8 @@ pub struct Coordinator {
     /// What became of a write on a lease: taken by a quorum, or refused (another
     /// proposer prepared since); `None` while unknown or when there was no lease.
     lease_outcome: Option<bool>,
+    /// Which replicas a plain read asks first.
+    read_from: ReadFrom,
 }
 
 impl Coordinator {
@@ -235,7 +257,14 @@ impl Coordinator {
             on_lease: false,
             lease_outcome: None,
             lease_record: None,
+            read_from: ReadFrom::Every,
         }
+    }
+
+    /// Which replicas a plain read asks first (every one unless told).
+    pub fn reading_from(mut self, from: ReadFrom) -> Self {
+        self.read_from = from;
+        self
     }
 
     /// The key the request is about.
@@ -273,12 +302,57 @@ impl Coordinator {
             }
         } else {
             self.round += 1;
+            let asked = self.first_readers();
+            let partial = asked.contains(&false);
             self.phase = Phase::Reading {
                 seen: vec![None; self.q.replicas],
                 chosen: None,
+                asked: vec![false; self.q.replicas],
             };
-            self.broadcast(|key| ReplicaRequest::Read { key })
+            let mut actions = self.ask(|i| asked[i]);
+            if partial {
+                actions.push(Action::Hedge { round: self.round });
+            }
+            actions
         }
+    }
+
+    /// The replicas a plain read asks first: a quorum of the layout, from the place
+    /// [`ReadFrom::Quorum`] names; every replica while the map changes (a quorum of
+    /// two layouts at once is not worth working out for a moment's reads) or when told.
+    fn first_readers(&self) -> Vec<bool> {
+        let mut asked = vec![true; self.q.replicas];
+        if let (ReadFrom::Quorum { first }, [layout]) = (self.read_from, &self.q.layouts[..]) {
+            asked.fill(false);
+            for k in 0..Quorum::needed(layout.len()) {
+                asked[layout[(first + k) % layout.len()]] = true;
+            }
+        }
+        asked
+    }
+
+    /// The read of `round` is slow to reach a quorum: ask the replicas it has not.
+    pub fn hedge(&mut self, round: u32) -> Vec<Action> {
+        match &self.phase {
+            Phase::Reading { chosen: None, .. } if round == self.round => self.ask(|_| true),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends the read to the replicas `wanted` picks that it has not asked yet.
+    fn ask(&mut self, wanted: impl Fn(usize) -> bool) -> Vec<Action> {
+        let Phase::Reading { asked, .. } = &mut self.phase else {
+            unreachable!("only a read asks")
+        };
+        let (round, key) = (self.round, &self.key);
+        (0..self.q.replicas)
+            .filter(|&i| wanted(i) && !std::mem::replace(&mut asked[i], true))
+            .map(|to| Action::Send {
+                round,
+                to,
+                msg: ReplicaRequest::Read { key: key.clone() },
+            })
+            .collect()
     }
 
     /// After a backoff, at wall-clock `now_ns`: a new phase 1 with a higher ballot.
@@ -392,12 +466,18 @@ impl Coordinator {
             other => other,
         };
         match &mut self.phase {
-            Phase::Reading { seen, chosen } => {
+            Phase::Reading {
+                seen,
+                chosen,
+                asked,
+            } => {
                 let ReplicaReply::Value { accepted } = reply else {
                     if self.damaged_seen && chosen.is_some() {
                         return self.prepare(ballots); // the client has its answer: repair
                     }
-                    return Vec::new(); // a failed replica: wait for the others or time out
+                    // A failed replica: ask any not asked yet, and wait for the others
+                    // or time out.
+                    return self.ask(|_| true);
                 };
                 if seen[from].is_some() {
                     return Vec::new();
@@ -406,6 +486,9 @@ impl Coordinator {
                 seen[from] = Some(accepted.clone());
                 let got: Vec<Option<Accepted>> = seen.iter().flatten().cloned().collect();
                 let everyone = got.len() == self.q.replicas;
+                // Every replica asked has answered, and those not asked never will.
+                let all_asked_answered =
+                    (asked.iter().zip(seen.iter())).all(|(a, s)| !a || s.is_some());
                 if let Some(decided) = chosen.clone() {
                     let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
                     if ballot_of(&accepted) != ballot_of(&decided) {
@@ -438,11 +521,13 @@ impl Coordinator {
                         // its answer; a full round now settles the key everywhere.
                         return self.prepare(ballots);
                     }
-                    return if everyone {
-                        self.finish_read(&got)
-                    } else {
-                        Vec::new()
-                    };
+                    if everyone {
+                        return self.finish_read(&got);
+                    }
+                    if all_asked_answered {
+                        self.phase = Phase::Finished;
+                    }
+                    return Vec::new();
                 }
                 let enough = match bug(Bug::ReadOneReplica) {
                     true => !got.is_empty(),
@@ -464,11 +549,16 @@ impl Coordinator {
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
                     Err(s) => Err(s),
                 };
+                let long_dead = (current.as_ref())
+                    .is_some_and(|r| r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs));
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
                     actions.extend(self.finish_read(&got));
                 } else if self.damaged_seen {
                     actions.extend(self.prepare(ballots));
+                } else if long_dead && !bug(Bug::PurgeBeforeAllReplicas) {
+                    // Purged only once every replica is known to hold it.
+                    actions.extend(self.ask(|_| true));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
                     if let Some((ballot, r)) = &got[0] {
                         if r.tombstone || !r.is_live(self.ctx.now_secs()) {
@@ -478,6 +568,8 @@ impl Coordinator {
                             );
                         }
                     }
+                } else if all_asked_answered {
+                    self.phase = Phase::Finished;
                 }
                 actions
             }
@@ -847,6 +939,8 @@ mod tests {
             from: usize,
             reply: ReplicaReply,
         },
+        /// A read's hedge timer, firing whenever the schedule delivers it.
+        Hedge { c: usize, round: u32 },
     }
 
     /// Three in-memory replicas and some coordinators, with messages delivered in an
@@ -862,6 +956,9 @@ mod tests {
         net: Vec<Msg>,
         /// Wall clock as replies arrive (0: each coordinator's own start time).
         now_ns: u64,
+        /// Which replicas reads ask first (unless set: a quorum from the replica
+        /// numbered as the request, so that reads start all round the replicas).
+        read_from: Option<ReadFrom>,
     }
 
     impl Cluster {
@@ -874,6 +971,7 @@ mod tests {
                 outcomes: Vec::new(),
                 net: Vec::new(),
                 now_ns: 0,
+                read_from: None,
             }
         }
 
@@ -917,8 +1015,9 @@ mod tests {
             let key = StoreKey::new(b"ns", b"k", 16);
             let c = self.coords.len();
             let (route, q) = self.map.clone();
-            self.coords
-                .push((Coordinator::new(key, op, ctx, q), proposer));
+            let from = self.read_from.unwrap_or(ReadFrom::Quorum { first: c });
+            let co = Coordinator::new(key, op, ctx, q).reading_from(from);
+            self.coords.push((co, proposer));
             self.routes.push(route);
             self.outcomes.push(None);
             let actions = {
@@ -949,6 +1048,7 @@ mod tests {
                         assert!(self.outcomes[c].is_none());
                         self.outcomes[c] = Some(o);
                     }
+                    Action::Hedge { round } => self.net.push(Msg::Hedge { c, round }),
                 }
             }
         }
@@ -991,6 +1091,10 @@ mod tests {
                         let (co, b) = &mut self.coords[c];
                         co.on_reply(round, from, reply, b, self.now_ns)
                     };
+                    self.perform(c, actions);
+                }
+                Msg::Hedge { c, round } => {
+                    let actions = self.coords[c].0.hedge(round);
                     self.perform(c, actions);
                 }
             }
@@ -1397,8 +1501,9 @@ mod tests {
     }
 
     #[test]
-    fn a_read_repairs_a_lagging_replica() {
+    fn a_read_from_every_replica_repairs_a_lagging_one() {
         let mut cl = Cluster::new(3);
+        cl.read_from = Some(ReadFrom::Every);
         cl.create_now(val(1), 0, 1);
         let lost = cl.replicas[2].0.take();
         assert!(lost.is_some());
@@ -1411,6 +1516,95 @@ mod tests {
             record(cl.replicas[2].0.as_ref().unwrap()),
             record(&lost.unwrap())
         );
+    }
+
+    #[test]
+    fn a_quorum_read_repairs_a_lagging_replica_only_if_it_asks_it() {
+        for (first, repaired) in [(0, false), (1, true), (2, true)] {
+            let mut cl = Cluster::new(3);
+            cl.create_now(val(1), 0, 1);
+            assert!(cl.replicas[2].0.take().is_some());
+            cl.read_from = Some(ReadFrom::Quorum { first });
+            let c = cl.add(Op::Get { extend_ttl: 0 }, 200);
+            // The replicas it asked answer in time: no hedge.
+            cl.net.retain(|m| !matches!(m, Msg::Hedge { .. }));
+            cl.run(&[(0, false)]);
+            assert_eq!(cl.outcomes[c].clone().unwrap().unwrap().unwrap().value, vec![1]);
+            assert_eq!(cl.replicas[2].0.is_some(), repaired, "first {first}");
+        }
+    }
+
+    #[test]
+    fn a_quorum_read_asks_the_rest_when_hedged_or_when_a_replica_fails() {
+        let ctx = Context {
+            now_ns: 1000 * 1_000_000_000,
+            request_id: [9; 16],
+            default_ttl: 3600,
+        };
+        let ballots = Counter(Cell::new(0), 1);
+        let record = |ballot: u64| {
+            let r = Record::absence(1, [1; 16]);
+            Some((
+                Ballot {
+                    counter: ballot,
+                    proposer: 0,
+                },
+                r,
+            ))
+        };
+        let key = StoreKey::new(b"ns", b"k", 16);
+        let reads_to = |actions: &[Action]| -> Vec<usize> {
+            (actions.iter())
+                .filter_map(|a| match a {
+                    Action::Send {
+                        to,
+                        msg: ReplicaRequest::Read { .. },
+                        ..
+                    } => Some(*to),
+                    _ => None,
+                })
+                .collect()
+        };
+        let read = Op::Get { extend_ttl: 0 };
+        let new = || {
+            let co = Coordinator::new(key.clone(), read.clone(), ctx, Quorum::majority(3));
+            co.reading_from(ReadFrom::Quorum { first: 2 })
+        };
+
+        // Hedged: the third replica is asked, and its answer completes the quorum.
+        let mut co = new();
+        let first = co.start(&ballots, None);
+        assert_eq!(reads_to(&first), vec![0, 2]);
+        let round = co.round();
+        assert!(first.contains(&Action::Hedge { round }));
+        let value = |a| ReplicaReply::Value { accepted: a };
+        assert!(co
+            .on_reply(round, 2, value(record(4)), &ballots, 0)
+            .is_empty());
+        assert_eq!(reads_to(&co.hedge(round)), vec![1]);
+        assert!(co.hedge(round).is_empty(), "asked once");
+        let done = co.on_reply(round, 1, value(record(4)), &ballots, 0);
+        assert!(matches!(done[..], [Action::Reply(_)]), "{done:?}");
+        assert!(co.hedge(round).is_empty(), "answered: nothing to hedge");
+
+        // A failed replica: the third is asked at once.
+        let mut co = new();
+        co.start(&ballots, None);
+        let failed = ReplicaReply::Failed {
+            reason: "down".into(),
+        };
+        assert_eq!(
+            reads_to(&co.on_reply(round, 0, failed, &ballots, 0)),
+            vec![1]
+        );
+
+        // Two answers that agree: done, nobody else asked.
+        let mut co = new();
+        co.start(&ballots, None);
+        co.on_reply(round, 0, value(record(4)), &ballots, 0);
+        let done = co.on_reply(round, 2, value(record(4)), &ballots, 0);
+        assert!(matches!(done[..], [Action::Reply(_)]), "{done:?}");
+        assert!(co.is_finished());
     }
 
     #[test]

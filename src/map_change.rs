@@ -49,7 +49,6 @@ use crate::protocol::Status;
 use crate::proxy::Proxy;
 use crate::record::Ballot;
 use crate::replica::{NodeRequest, ReplicaReply, ReplicaRequest};
-use crate::semantics::Op;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
@@ -474,8 +473,7 @@ async fn list_shard(
 async fn catch_up(proxy: &Arc<Proxy>, key: StoreKey) {
     loop {
         let now_ns = proxy.clock().now_ns();
-        let read = Op::Get { extend_ttl: 0 };
-        match proxy.execute(key.clone(), read, now_ns, None).await {
+        match proxy.read_everywhere(key.clone(), now_ns).await {
             Ok(_) | Err(Status::NoKey) => return,
             Err(status) => {
                 tracing::debug!(%status, "map change: catch-up read failed, retrying");

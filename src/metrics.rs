@@ -49,11 +49,13 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub replica_messages: Family<KindLabel, Counter>,
     pub backoffs: Counter,
+    pub read_hedges: Counter,
     pub lease_writes: Family<OutcomeLabel, Counter>,
     pub replica_requests: Family<KindLabel, Counter>,
     pub damaged_slots: Counter,
     pub slots_removed: Counter,
     pub slots_resealed: Counter,
+    pub replica_sync_repairs: Counter,
     pub commit_batch_changes: Histogram,
     pub fsync_seconds: Histogram,
     engine_bytes: Gauge,
@@ -78,11 +80,13 @@ impl Metrics {
             connections_refused: Counter::default(),
             replica_messages: Family::default(),
             backoffs: Counter::default(),
+            read_hedges: Counter::default(),
             lease_writes: Family::default(),
             replica_requests: Family::default(),
             damaged_slots: Counter::default(),
             slots_removed: Counter::default(),
             slots_resealed: Counter::default(),
+            replica_sync_repairs: Counter::default(),
             commit_batch_changes: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             fsync_seconds: seconds(),
             engine_bytes: Gauge::default(),
@@ -128,6 +132,12 @@ impl Metrics {
             m.backoffs.clone(),
         );
         r.register(
+            "proxy_read_hedges",
+            "Reads that asked a quorum of replicas and, finding them slow to answer, asked \
+             the rest",
+            m.read_hedges.clone(),
+        );
+        r.register(
             "proxy_lease_writes",
             "One-round-trip writes (on a lease), by outcome: taken by a quorum, or refused \
              because another proxy wrote the key since (then retried through both phases)",
@@ -152,6 +162,12 @@ impl Metrics {
             "storage_slots_resealed",
             "Slots written again to be sealed with the newest data key",
             m.slots_resealed.clone(),
+        );
+        r.register(
+            "storage_replica_sync_repairs",
+            "Keys whose replicas disagreed, found by comparing the replicas' key lists after \
+             a sweep, and read from every replica to repair them",
+            m.replica_sync_repairs.clone(),
         );
         r.register(
             "storage_commit_batch_changes",

@@ -238,6 +238,52 @@ async fn dead_records_are_purged_by_reads_and_by_the_sweeper() {
     cluster.stop().await;
 }
 
+#[tokio::test]
+async fn replicas_that_missed_writes_are_brought_up_to_date_by_the_sweepers_without_reads() {
+    let mut cluster = TestCluster::memory(3).await;
+    let c = cluster.client().await;
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("key{i}").into_bytes()).collect();
+    for k in &keys {
+        c.create(k, b"v1", 0).await.unwrap();
+    }
+    cluster.kill(2).await;
+    for k in &keys {
+        c.update(k, b"v2", 0).await.unwrap();
+    }
+    cluster.restart(2).await;
+    let behind = || {
+        (keys.iter())
+            .filter(|k| stored_version(&cluster.stores[2], k) != Some(2))
+            .count()
+    };
+    assert_eq!(behind(), keys.len());
+    // Each storage server compares the replicas of the shards it is responsible for.
+    let mut out_of_sync = 0;
+    for z in 0..3 {
+        out_of_sync += cluster.sweep(z, Clock::default()).await.out_of_sync;
+    }
+    assert_eq!(out_of_sync, keys.len() as u64);
+    eventually(
+        "every key reaches the replica that missed its update",
+        || behind() == 0,
+    )
+    .await;
+    // The repairs' last acknowledgements may land a moment later: within a few passes
+    // the replicas agree on every key, and the passes find nothing more to do.
+    let mut again = 0;
+    for _ in 0..5 {
+        again = 0;
+        for z in 0..3 {
+            again += cluster.sweep(z, Clock::default()).await.out_of_sync;
+        }
+        if again == 0 {
+            break;
+        }
+    }
+    assert_eq!(again, 0, "the replicas still disagree");
+    cluster.stop().await;
+}
+
 /// Overwrites zone `z`'s stored slot of `key` with bytes that fail their checksum.
 async fn damage(cluster: &mut TestCluster, z: usize, key: &[u8]) {
     let bytes = cluster.stored(z, key).expect("stored");

@@ -373,9 +373,10 @@ async fn simulate(plan: Plan) -> Run {
         problems.push(format!("the map (epoch {}) is left mid-change", map.epoch));
     }
     // Every fault has healed (and the workload's last seconds ran on a healed
-    // cluster): every key must be readable, and reading it repairs its replicas. A
-    // read that raced with others' last retries may leave a repair half done: a few
-    // passes, until the replicas agree.
+    // cluster): every key must be readable, and its replicas must come to agree: a
+    // read repairs the replicas it asks (a quorum), the sweepers' anti-entropy the
+    // rest. A read that raced with others' last retries may leave a repair half done:
+    // a few passes, a second (a sweep) apart, until the replicas agree.
     let reader = handle
         .create_node()
         .name("read-back")

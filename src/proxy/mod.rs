@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod config;
+mod hedging;
 mod key_turns;
 mod leases;
 mod translate;
@@ -11,7 +12,7 @@ pub use config::{ConnectionLimits, LeaseConfig, Limits, ProxyConfig, Timeouts};
 
 use crate::clock::Clock;
 use crate::cluster::ShardMap;
-use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum};
+use crate::coordinator::{Action, BallotSource, Coordinator, Outcome, Quorum, ReadFrom};
 use crate::key::StoreKey;
 use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
@@ -23,7 +24,7 @@ use crate::transport::{Acceptor, BoxStream, Connector};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -91,6 +92,10 @@ pub struct Proxy {
     turns: key_turns::KeyTurns,
     leases: leases::Leases,
     admission: admission::Admission,
+    /// Where the next client read starts among a key's replicas: each read asks a
+    /// quorum, and turn by turn every replica serves its share.
+    next_reader: AtomicUsize,
+    read_round_trips: hedging::ReadRoundTrips,
 }
 
 /// A running proxy listener.
@@ -139,6 +144,8 @@ impl Proxy {
             clock,
             quorum,
             turns: key_turns::KeyTurns::default(),
+            next_reader: AtomicUsize::new(0),
+            read_round_trips: hedging::ReadRoundTrips::default(),
         };
         proxy.route_by(proxy.config.cluster.clone(), true)?;
         Ok(Arc::new(proxy))
@@ -488,13 +495,38 @@ impl Proxy {
     }
 
     /// Runs one operation, as of wall-clock time `now_ns`, to its outcome (or Timeout
-    /// at the deadline).
+    /// at the deadline). A plain read asks a quorum of the key's replicas.
     pub async fn execute(
         self: &Arc<Self>,
         key: StoreKey,
         op: Op,
         now_ns: u64,
         request_id: Option<[u8; 16]>,
+    ) -> Outcome {
+        let from = match op.may_write() {
+            true => ReadFrom::Every, // (a write asks every replica in any case)
+            false => ReadFrom::Quorum {
+                first: self.next_reader.fetch_add(1, Ordering::Relaxed),
+            },
+        };
+        self.run(key, op, now_ns, request_id, from).await
+    }
+
+    /// Reads `key` from every one of its replicas, settling it on them all (see
+    /// [`ReadFrom::Every`]): how a storage server has its own replica of a key purged
+    /// or repaired, and how a move settles a key on the new replicas.
+    pub async fn read_everywhere(self: &Arc<Self>, key: StoreKey, now_ns: u64) -> Outcome {
+        let read = Op::Get { extend_ttl: 0 };
+        self.run(key, read, now_ns, None, ReadFrom::Every).await
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        key: StoreKey,
+        op: Op,
+        now_ns: u64,
+        request_id: Option<[u8; 16]>,
+        from: ReadFrom,
     ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let mut maps = self.routing.subscribe();
@@ -517,7 +549,7 @@ impl Proxy {
             .then(|| self.leases.take(&key, epoch))
             .flatten();
         let (peers, quorum) = routing.replicas(key.shard, &self.quorum);
-        let coordinator = Coordinator::new(key.clone(), op, ctx, quorum);
+        let coordinator = Coordinator::new(key.clone(), op, ctx, quorum).reading_from(from);
         // The coordinator may linger after answering (to remove a tombstone): let it,
         // without holding up the client or the next request on the key.
         let answer = Answer {
@@ -667,6 +699,8 @@ async fn drive(
     let mut inflight = FuturesUnordered::new();
     let mut round_deadline = Instant::now() + round_timeout;
     let mut backoff: Option<Instant> = None;
+    // When to call `hedge` for the read round it names.
+    let mut hedge: Option<(Instant, u32)> = None;
     // The longest any replica took to answer this request so far: how long a round
     // of a proposer competing for the key may take.
     let mut slowest = Duration::ZERO;
@@ -716,6 +750,10 @@ async fn drive(
                     crate::metrics::metrics().backoffs.inc();
                     backoff = Some(Instant::now() + backoff_delay(attempt, slowest));
                 }
+                Action::Hedge { round } => {
+                    let after = proxy.read_round_trips.hedge_after(round_timeout);
+                    hedge = Some((Instant::now() + after, round));
+                }
                 Action::Reply(outcome) => {
                     if let Some(answer) = answer.take() {
                         answer.send(outcome, &mut co, &proxy);
@@ -735,7 +773,17 @@ async fn drive(
                 if !matches!(reply, ReplicaReply::Failed { .. }) {
                     slowest = slowest.max(took);
                 }
+                if matches!(reply, ReplicaReply::Value { .. }) {
+                    proxy.read_round_trips.observe(took);
+                }
                 actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
+            }
+            _ = sleep_until(hedge.map_or(deadline, |(at, _)| at)), if hedge.is_some() => {
+                let (_, round) = hedge.take().expect("guarded");
+                actions = co.hedge(round);
+                if !actions.is_empty() {
+                    crate::metrics::metrics().read_hedges.inc();
+                }
             }
             _ = sleep_until(backoff.unwrap_or(deadline)), if backoff.is_some() => {
                 backoff = None;

@@ -6,6 +6,7 @@ mod evictor;
 mod group_commit;
 mod recovery;
 mod replica_actor;
+mod replica_sync;
 mod sweeper;
 
 pub use replica_actor::{is_record_key, META_PREFIX};
@@ -387,6 +388,7 @@ impl StorageServer {
                 .iter()
                 .position(|z| z.nodes.iter().any(|n| n.addr == me)),
             zones: map.zones.len(),
+            me,
             engine: self.engine.clone(),
             codec: self.codec.clone(),
             replica: self.inbox.clone(),

@@ -27,7 +27,6 @@ use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::proxy::Proxy;
 use crate::replica::{NodeRequest, ReplicaReply};
-use crate::semantics::Op;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -169,10 +168,8 @@ impl Recovery {
             if !self.damaged_here(&key).await? {
                 return Ok(());
             }
-            let read = Op::Get { extend_ttl: 0 };
-            let _ = (self.proxy.clone())
-                .execute(key.clone(), read, self.clock.now_ns(), None)
-                .await;
+            let now_ns = self.clock.now_ns();
+            let _ = self.proxy.read_everywhere(key.clone(), now_ns).await;
             for wait_ms in [1, 2, 4, 8, 16, 32, 64, 128] {
                 if !self.damaged_here(&key).await? {
                     return Ok(());

@@ -18,7 +18,6 @@ use crate::key::StoreKey;
 use crate::proxy::Proxy;
 use crate::record::Slot;
 use crate::replica::ReplicaRequest;
-use crate::semantics::Op;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -60,6 +59,9 @@ pub struct Swept {
     pub resealed: u64,
     /// Slots sealed with a data key this server lacks (left alone).
     pub unreadable: u64,
+    /// Keys whose replicas disagreed, handed to the read path (see
+    /// [`super::replica_sync`]).
+    pub out_of_sync: u64,
 }
 
 /// Everything a sweeper needs: the engine to walk, the replica to send its own
@@ -70,6 +72,9 @@ pub struct Sweeper {
     /// take over what is dead for twice the grace period (its sweeper may be down).
     pub zone: Option<usize>,
     pub zones: usize,
+    /// This server's address in the map: whose shards' replicas it compares (see
+    /// [`super::replica_sync`]).
+    pub me: String,
     pub engine: Arc<dyn Engine>,
     pub codec: SlotCodec,
     pub replica: mpsc::UnboundedSender<Envelope>,
@@ -115,7 +120,8 @@ impl Sweeper {
         }
     }
 
-    /// One pass over every slot, a page at a time.
+    /// One pass over every slot, a page at a time; then the replicas of the shards
+    /// this server is responsible for are compared.
     pub async fn pass(&self) -> std::io::Result<Swept> {
         let mut swept = Swept::default();
         let mut after: Option<Vec<u8>> = None;
@@ -189,9 +195,7 @@ impl Sweeper {
                     let proxy = self.proxy.clone();
                     resolving.push(async move {
                         // The answer does not matter: the read path purges or repairs.
-                        let _ = proxy
-                            .execute(key, Op::Get { extend_ttl: 0 }, now_ns, None)
-                            .await;
+                        let _ = proxy.read_everywhere(key, now_ns).await;
                     });
                     while resolving.len() >= self.config.concurrency.max(1) {
                         resolving.next().await;
@@ -208,6 +212,11 @@ impl Sweeper {
             tokio::task::yield_now().await;
         }
         while resolving.next().await.is_some() {}
+        let synced = super::replica_sync::sync(&self.proxy, &self.me, self.config.concurrency);
+        swept.out_of_sync = synced.await;
+        crate::metrics::metrics()
+            .replica_sync_repairs
+            .inc_by(swept.out_of_sync);
         Ok(swept)
     }
 
