@@ -1529,7 +1529,10 @@ mod tests {
             // The replicas it asked answer in time: no hedge.
             cl.net.retain(|m| !matches!(m, Msg::Hedge { .. }));
             cl.run(&[(0, false)]);
-            assert_eq!(cl.outcomes[c].clone().unwrap().unwrap().unwrap().value, vec![1]);
+            assert_eq!(
+                cl.outcomes[c].clone().unwrap().unwrap().unwrap().value,
+                vec![1]
+            );
             assert_eq!(cl.replicas[2].0.is_some(), repaired, "first {first}");
         }
     }

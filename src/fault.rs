@@ -262,6 +262,28 @@ mod sim {
         }
     }
 
+    /// What is wrong, if anything, with the storage server named by its address
+    /// removing the record of an engine key accepted at a ballot: the simulator, which
+    /// sees every replica's disk, names another replica of the key holding an older
+    /// record, which the removal would let win (a resurrection waiting to happen, seen
+    /// whether or not a later read happens to meet it).
+    pub type PurgeHook =
+        Arc<dyn Fn(&str, &[u8], crate::record::Ballot) -> Option<String> + Send + Sync>;
+
+    static PURGE_HOOK: RwLock<Option<PurgeHook>> = RwLock::new(None);
+
+    pub fn set_purge_hook(f: PurgeHook) {
+        *PURGE_HOOK.write().unwrap() = Some(f);
+    }
+
+    /// See [`PurgeHook`]; a problem fails the seed.
+    pub fn check_purge(server: &str, key: &[u8], ballot: crate::record::Ballot) {
+        let hook = PURGE_HOOK.read().unwrap().clone();
+        if let Some(problem) = hook.and_then(|h| h(server, key, ballot)) {
+            record_violation(problem);
+        }
+    }
+
     static VIOLATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
     pub(super) fn record_violation(what: String) {
@@ -276,15 +298,20 @@ mod sim {
 
 #[cfg(madsim)]
 pub use sim::{
-    bug, crash_point, durable_bytes, recovered, set_bugs, set_crash_hook, set_durable_hook,
-    set_link_delay, set_recovered_hook, take_violations, CrashHook, DurableHook, LinkDelay,
-    RecoveredHook,
+    bug, check_purge, crash_point, durable_bytes, recovered, set_bugs, set_crash_hook,
+    set_durable_hook, set_link_delay, set_purge_hook, set_recovered_hook, take_violations,
+    CrashHook, DurableHook, LinkDelay, PurgeHook, RecoveredHook,
 };
 
 /// A storage server recovered what it lost in a restart: only the simulator listens.
 #[cfg(not(madsim))]
 #[inline(always)]
 pub fn recovered(_server: &str) {}
+
+/// A storage server removes a record: only the simulator checks it (see `PurgeHook`).
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn check_purge(_server: &str, _key: &[u8], _ballot: crate::record::Ballot) {}
 
 /// A protocol invariant that holds whatever the faults failed: the code is wrong. Logged
 /// as an error (a process keeps serving: one request's view is not worth every other

@@ -300,6 +300,24 @@ async fn simulate(plan: Plan) -> Run {
     let disks: BTreeMap<String, Arc<SimEngine>> = (nemesis.targets().storage.iter())
         .map(|s| (s.addr.to_string(), s.engine.clone()))
         .collect();
+    // The purge oracle: a replica removing a record while another replica of the key
+    // holds an older one (which would then win a quorum it meets) fails the seed.
+    // (Not while the map changes: a joining node holds what the catch-up has not
+    // settled yet, and servers on the new map refuse purges from the old one.)
+    let (holders, maps, decoder) = (disks.clone(), store.subscribe(), codec.clone());
+    junokv::fault::set_purge_hook(Arc::new(move |server, key, ballot| {
+        let map = maps.borrow().clone();
+        let shard = StoreKey::shard_in(key).filter(|_| map.previous.is_none())?;
+        map.replicas(shard).into_iter().find_map(|addr| {
+            let bytes = holders.get(addr)?.durable_get(key)?;
+            let (older, _) = (decoder.decode(key, &bytes).ok()?.slot.accepted)
+                .filter(|(b, _)| *b < ballot && addr != server)?;
+            Some(format!(
+                "{server} purged the record of {:?} at {ballot:?} while {addr} holds an older one at {older:?}",
+                String::from_utf8_lossy(key)
+            ))
+        })
+    }));
     junokv::fault::set_durable_hook(Arc::new(move |server, key| {
         disks.get(server).map(|disk| disk.durable_get(key))
     }));

@@ -701,6 +701,10 @@ async fn drive(
     let mut backoff: Option<Instant> = None;
     // When to call `hedge` for the read round it names.
     let mut hedge: Option<(Instant, u32)> = None;
+    // One timer for whichever of the above comes first (a timer set and cleared for
+    // each of them on every reply costs a request more than its replies do).
+    let timer = sleep_until(deadline);
+    tokio::pin!(timer);
     // The longest any replica took to answer this request so far: how long a round
     // of a proposer competing for the key may take.
     let mut slowest = Duration::ZERO;
@@ -768,6 +772,13 @@ async fn drive(
             while inflight.next().await.is_some() {}
             return;
         }
+        let next = [Some(deadline), hedge.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .fold(backoff.unwrap_or(round_deadline), Instant::min);
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
         tokio::select! {
             Some((round, from, reply, took)) = inflight.next(), if !inflight.is_empty() => {
                 if !matches!(reply, ReplicaReply::Failed { .. }) {
@@ -778,20 +789,30 @@ async fn drive(
                 }
                 actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
             }
-            _ = sleep_until(hedge.map_or(deadline, |(at, _)| at)), if hedge.is_some() => {
-                let (_, round) = hedge.take().expect("guarded");
-                actions = co.hedge(round);
-                if !actions.is_empty() {
-                    crate::metrics::metrics().read_hedges.inc();
+            () = &mut timer => {
+                // It was set for the earliest of these: at least one is due.
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::debug!(status = %co.timeout_status(), "deadline passed");
+                    if let Some(answer) = answer.take() {
+                        let status = co.timeout_status();
+                        answer.send(Err(status), &mut co, &proxy);
+                    }
+                    return;
                 }
-            }
-            _ = sleep_until(backoff.unwrap_or(deadline)), if backoff.is_some() => {
-                backoff = None;
-                actions = co.retry(ballots, proxy.clock.now_ns());
-            }
-            _ = sleep_until(round_deadline), if backoff.is_none() => {
-                round_deadline = Instant::now() + round_timeout;
-                actions = co.on_round_timeout(co.round());
+                if let Some((_, round)) = hedge.filter(|(at, _)| now >= *at) {
+                    hedge = None;
+                    actions = co.hedge(round);
+                    if !actions.is_empty() {
+                        crate::metrics::metrics().read_hedges.inc();
+                    }
+                } else if backoff.is_some_and(|at| now >= at) {
+                    backoff = None;
+                    actions = co.retry(ballots, proxy.clock.now_ns());
+                } else if backoff.is_none() && now >= round_deadline {
+                    round_deadline = now + round_timeout;
+                    actions = co.on_round_timeout(co.round());
+                }
             }
             Ok(()) = maps.changed() => {
                 let routing = maps.borrow_and_update().clone();
@@ -806,14 +827,6 @@ async fn drive(
                     round_deadline = Instant::now() + round_timeout;
                     actions = co.reconfigure(quorum, ballots);
                 }
-            }
-            _ = sleep_until(deadline) => {
-                tracing::debug!(status = %co.timeout_status(), "deadline passed");
-                if let Some(answer) = answer.take() {
-                    let status = co.timeout_status();
-                    answer.send(Err(status), &mut co, &proxy);
-                }
-                return;
             }
         }
     }

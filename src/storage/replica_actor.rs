@@ -509,6 +509,9 @@ impl Replica {
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
+        if let (Some(Write::Purge(_)), ReplicaRequest::Purge { ballot, .. }) = (&write, &req) {
+            crate::fault::check_purge(&self.name, &key, *ballot);
+        }
         tracing::trace!(%request, ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged { .. } => None }, "replica step");
         let expect = match (&write, &loaded.0) {
             (Some(w), _) => durability_check::of_write(&key, w),
