@@ -1537,13 +1537,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_quorum_read_asks_the_rest_when_hedged_or_when_a_replica_fails() {
-        let ctx = Context {
+    /// A request's context at second 1000, as a coordinator made by hand takes it.
+    fn context_at_1000s() -> Context {
+        Context {
             now_ns: 1000 * 1_000_000_000,
             request_id: [9; 16],
             default_ttl: 3600,
-        };
+        }
+    }
+
+    #[test]
+    fn a_quorum_read_asks_the_rest_when_hedged_or_when_a_replica_fails() {
+        let ctx = context_at_1000s();
         let ballots = Counter(Cell::new(0), 1);
         let record = |ballot: u64| {
             let r = Record::absence(1, [1; 16]);
@@ -1645,11 +1650,7 @@ mod tests {
 
     #[test]
     fn a_write_every_replica_is_too_full_for_fails_at_once_and_certainly() {
-        let ctx = Context {
-            now_ns: 1000 * 1_000_000_000,
-            request_id: [9; 16],
-            default_ttl: 3600,
-        };
+        let ctx = context_at_1000s();
         let set = || Op::Set {
             value: Value {
                 kind: 0,

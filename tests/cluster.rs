@@ -84,8 +84,8 @@ fn stored_version(store: &Store, key: &[u8]) -> Option<u32> {
         .map(|(_, r)| r.version)
 }
 
-#[tokio::test]
-async fn losing_one_of_three_storage_nodes_loses_nothing_and_it_catches_up() {
+/// Three replicas (in memory) holding 40 keys at version 1, the third one stopped.
+async fn forty_keys_and_a_replica_down() -> (TestCluster, junokv::client::Client, Vec<Vec<u8>>) {
     let mut cluster = TestCluster::memory(3).await;
     let c = cluster.client().await;
     let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("key{i}").into_bytes()).collect();
@@ -93,6 +93,12 @@ async fn losing_one_of_three_storage_nodes_loses_nothing_and_it_catches_up() {
         c.create(k, b"v1", 0).await.unwrap();
     }
     cluster.kill(2).await;
+    (cluster, c, keys)
+}
+
+#[tokio::test]
+async fn losing_one_of_three_storage_nodes_loses_nothing_and_it_catches_up() {
+    let (mut cluster, c, keys) = forty_keys_and_a_replica_down().await;
     for k in &keys {
         assert_eq!(c.update(k, b"v2", 0).await.unwrap().version, 2);
         assert_eq!(c.get(k).await.unwrap().value, b"v2");
@@ -240,13 +246,7 @@ async fn dead_records_are_purged_by_reads_and_by_the_sweeper() {
 
 #[tokio::test]
 async fn replicas_that_missed_writes_are_brought_up_to_date_by_the_sweepers_without_reads() {
-    let mut cluster = TestCluster::memory(3).await;
-    let c = cluster.client().await;
-    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("key{i}").into_bytes()).collect();
-    for k in &keys {
-        c.create(k, b"v1", 0).await.unwrap();
-    }
-    cluster.kill(2).await;
+    let (mut cluster, c, keys) = forty_keys_and_a_replica_down().await;
     for k in &keys {
         c.update(k, b"v2", 0).await.unwrap();
     }
