@@ -556,9 +556,6 @@ impl Coordinator {
                     actions.extend(self.finish_read(&got));
                 } else if self.damaged_seen {
                     actions.extend(self.prepare(ballots));
-                } else if long_dead && !bug(Bug::PurgeBeforeAllReplicas) {
-                    // Purged only once every replica is known to hold it.
-                    actions.extend(self.ask(|_| true));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
                     if let Some((ballot, r)) = &got[0] {
                         if r.tombstone || !r.is_live(self.ctx.now_secs()) {
@@ -568,6 +565,9 @@ impl Coordinator {
                             );
                         }
                     }
+                } else if long_dead {
+                    // Purged only once every replica is known to hold it.
+                    actions.extend(self.ask(|_| true));
                 } else if all_asked_answered {
                     self.phase = Phase::Finished;
                 }

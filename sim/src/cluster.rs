@@ -308,10 +308,11 @@ async fn simulate(plan: Plan) -> Run {
     junokv::fault::set_purge_hook(Arc::new(move |server, key, ballot| {
         let map = maps.borrow().clone();
         let shard = StoreKey::shard_in(key).filter(|_| map.previous.is_none())?;
-        map.replicas(shard).into_iter().find_map(|addr| {
+        let others = map.replicas(shard).into_iter().filter(|a| *a != server);
+        others.into_iter().find_map(|addr| {
             let bytes = holders.get(addr)?.durable_get(key)?;
             let (older, _) = (decoder.decode(key, &bytes).ok()?.slot.accepted)
-                .filter(|(b, _)| *b < ballot && addr != server)?;
+                .filter(|(b, _)| *b < ballot)?;
             Some(format!(
                 "{server} purged the record of {:?} at {ballot:?} while {addr} holds an older one at {older:?}",
                 String::from_utf8_lossy(key)

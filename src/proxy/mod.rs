@@ -772,10 +772,10 @@ async fn drive(
             while inflight.next().await.is_some() {}
             return;
         }
-        let next = [Some(deadline), hedge.map(|(at, _)| at)]
-            .into_iter()
-            .flatten()
-            .fold(backoff.unwrap_or(round_deadline), Instant::min);
+        let mut next = deadline.min(backoff.unwrap_or(round_deadline));
+        if let Some((at, _)) = hedge {
+            next = next.min(at);
+        }
         if timer.deadline() != next {
             timer.as_mut().reset(next);
         }

@@ -39,12 +39,11 @@ pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> u64 {
     let per_shard = (concurrency / SHARDS_AT_ONCE).max(1);
     let (mut running, mut disagreed) = (FuturesUnordered::new(), 0);
     for shard in 0..map.num_shards {
-        let replicas: Vec<String> = (map.replicas(shard).into_iter())
-            .map(String::from)
-            .collect();
+        let replicas = map.replicas(shard);
         if replicas[usize::from(shard) % replicas.len()] != me {
             continue;
         }
+        let replicas = replicas.into_iter().map(String::from).collect();
         running.push(sync_shard(proxy, shard, replicas, per_shard));
         if running.len() >= SHARDS_AT_ONCE {
             disagreed += running.next().await.unwrap_or(0);
