@@ -63,6 +63,9 @@ pub enum Bug {
     RecoveryWithoutWait,
     /// A restarted in-memory replica recovers from the keys of one peer only.
     RecoveryAsksOnePeer,
+    /// A recovering in-memory replica that purged a key since its restart treats it as
+    /// lost again, forgetting the promise the purge moved into its floor.
+    RecoveryForgetsPurgedPromise,
     /// A storage server serves senders on an older map than its own: a change of the
     /// map is not fenced, and quorums of maps two changes apart can miss each other.
     ServesOlderMaps,
@@ -81,7 +84,7 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 27] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -103,6 +106,7 @@ impl Bug {
         Bug::ForgottenAsAbsent,
         Bug::RecoveryWithoutWait,
         Bug::RecoveryAsksOnePeer,
+        Bug::RecoveryForgetsPurgedPromise,
         Bug::ServesOlderMaps,
         Bug::MoveWithoutCatchUp,
         Bug::MoveSkipsJoint,
@@ -134,6 +138,7 @@ impl Bug {
             Bug::ForgottenAsAbsent => "forgotten-as-absent",
             Bug::RecoveryWithoutWait => "recovery-without-wait",
             Bug::RecoveryAsksOnePeer => "recovery-asks-one-peer",
+            Bug::RecoveryForgetsPurgedPromise => "recovery-forgets-purged-promise",
             Bug::ServesOlderMaps => "serves-older-maps",
             Bug::MoveWithoutCatchUp => "move-without-catch-up",
             Bug::MoveSkipsJoint => "move-skips-joint",
@@ -147,7 +152,10 @@ impl Bug {
     pub fn in_memory_recovery(self) -> bool {
         matches!(
             self,
-            Bug::ForgottenAsAbsent | Bug::RecoveryWithoutWait | Bug::RecoveryAsksOnePeer
+            Bug::ForgottenAsAbsent
+                | Bug::RecoveryWithoutWait
+                | Bug::RecoveryAsksOnePeer
+                | Bug::RecoveryForgetsPurgedPromise
         )
     }
 
@@ -245,8 +253,10 @@ mod sim {
     }
 
     /// Told when the storage server named by its address has recovered what it lost
-    /// in a restart (an in-memory replica).
-    pub type RecoveredHook = Arc<dyn Fn(&str) + Send + Sync>;
+    /// in a restart (an in-memory replica), with what it now holds: the accepted
+    /// ballot of its record of an engine key.
+    pub type RecoveredHook =
+        Arc<dyn Fn(&str, &dyn Fn(&[u8]) -> Option<crate::record::Ballot>) + Send + Sync>;
 
     static RECOVERED_HOOK: RwLock<Option<RecoveredHook>> = RwLock::new(None);
 
@@ -255,10 +265,10 @@ mod sim {
     }
 
     /// See [`RecoveredHook`].
-    pub fn recovered(server: &str) {
+    pub fn recovered(server: &str, holds: &dyn Fn(&[u8]) -> Option<crate::record::Ballot>) {
         let hook = RECOVERED_HOOK.read().unwrap().clone();
         if let Some(h) = hook {
-            h(server)
+            h(server, holds)
         }
     }
 
@@ -302,11 +312,6 @@ pub use sim::{
     set_durable_hook, set_link_delay, set_purge_hook, set_recovered_hook, take_violations,
     CrashHook, DurableHook, LinkDelay, PurgeHook, RecoveredHook,
 };
-
-/// A storage server recovered what it lost in a restart: only the simulator listens.
-#[cfg(not(madsim))]
-#[inline(always)]
-pub fn recovered(_server: &str) {}
 
 /// A storage server removes a record: only the simulator checks it (see `PurgeHook`).
 #[cfg(not(madsim))]

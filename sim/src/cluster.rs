@@ -3,6 +3,7 @@
 
 use crate::engine::SimEngine;
 use crate::nemesis::{Nemesis, ProxyNode, StorageNode, Swarm, Targets};
+use crate::recovery_oracle::RecoveryOracle;
 use crate::topology::{Latency, Topology};
 use jepsen_like::history::{parse, to_json_line, Event};
 use jepsen_like::runner::{read_back, run, Workload};
@@ -294,18 +295,21 @@ async fn simulate(plan: Plan) -> Run {
         zones,
         memory: plan.memory,
     };
-    let nemesis = Nemesis::new(targets, swarm.clone());
     // The durability oracle: every storage server's replies are checked against what
     // its simulated disk durably holds (`junokv::storage`'s durability check).
-    let disks: BTreeMap<String, Arc<SimEngine>> = (nemesis.targets().storage.iter())
+    let disks: BTreeMap<String, Arc<SimEngine>> = (targets.storage.iter())
         .map(|s| (s.addr.to_string(), s.engine.clone()))
         .collect();
+    let recovery = RecoveryOracle::new(disks.clone(), codec.clone(), store.subscribe());
+    let nemesis = Nemesis::new(targets, swarm.clone(), recovery.clone());
     // The purge oracle: a replica removing a record while another replica of the key
     // holds an older one (which would then win a quorum it meets) fails the seed.
     // (Not while the map changes: a joining node holds what the catch-up has not
     // settled yet, and servers on the new map refuse purges from the old one.)
     let (holders, maps, decoder) = (disks.clone(), store.subscribe(), codec.clone());
+    let purges = recovery.clone();
     junokv::fault::set_purge_hook(Arc::new(move |server, key, ballot| {
+        purges.purged(server, key);
         let map = maps.borrow().clone();
         let shard = StoreKey::shard_in(key).filter(|_| map.previous.is_none())?;
         let others = map.replicas(shard).into_iter().filter(|a| *a != server);
@@ -326,7 +330,12 @@ async fn simulate(plan: Plan) -> Run {
         let n = nemesis.clone();
         junokv::fault::set_crash_hook(Arc::new(move |server, point| n.crash_point(server, point)));
         let n = nemesis.clone();
-        junokv::fault::set_recovered_hook(Arc::new(move |server| n.recovered(server)));
+        junokv::fault::set_recovered_hook(Arc::new(move |server, holds| {
+            for problem in recovery.recovered(server, holds) {
+                junokv::fault::invariant_violated(format_args!("{problem}"));
+            }
+            n.recovered(server)
+        }));
     }
     let nemesis_task = plan
         .faults

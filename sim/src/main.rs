@@ -15,6 +15,8 @@ mod mover;
 #[cfg(madsim)]
 mod nemesis;
 #[cfg(madsim)]
+mod recovery_oracle;
+#[cfg(madsim)]
 mod topology;
 #[cfg(madsim)]
 mod trace;

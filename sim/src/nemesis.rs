@@ -7,6 +7,7 @@
 //! [`Nemesis::heal`] undoes everything at the end of the fault period.
 
 use crate::engine::SimEngine;
+use crate::recovery_oracle::RecoveryOracle;
 use junokv::clock::Clock;
 use junokv::fault::CrashPoint;
 use madsim::net::NetSim;
@@ -246,15 +247,18 @@ pub struct Nemesis {
     held: Mutex<Held>,
     /// The largest clock offset set on any proxy, in ns: what the checker must allow.
     max_skew_ns: AtomicU64,
+    /// Told of every in-memory storage node's crash.
+    oracle: Arc<RecoveryOracle>,
 }
 
 impl Nemesis {
-    pub fn new(targets: Targets, swarm: Swarm) -> Arc<Self> {
+    pub fn new(targets: Targets, swarm: Swarm, oracle: Arc<RecoveryOracle>) -> Arc<Self> {
         Arc::new(Nemesis {
             targets,
             swarm,
             held: Mutex::default(),
             max_skew_ns: AtomicU64::new(0),
+            oracle,
         })
     }
 
@@ -588,8 +592,14 @@ impl Nemesis {
     }
 
     fn take_down(&self, node: NodeId, handle: &Handle) {
+        let forgetful = (self.targets.storage.iter())
+            .find(|s| s.id == node)
+            .filter(|_| self.targets.memory);
+        if let Some(s) = forgetful {
+            self.oracle.crashed(&s.addr.to_string());
+        }
         let mut held = self.held.lock().unwrap();
-        if self.targets.memory && self.targets.storage.iter().any(|s| s.id == node) {
+        if forgetful.is_some() {
             held.amnesic.insert(node);
         }
         let count = held.down.entry(node).or_default();

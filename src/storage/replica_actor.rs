@@ -721,7 +721,19 @@ impl Replica {
         self.seq += 1;
         (self.commit).submit(self.seq, vec![ballot_entry(FLOOR_KEY, self.bounds.floor)]);
         tracing::info!(server = %self.name, floor = ?self.bounds.floor, "in-memory replica recovered: keys it lacks are absent again");
-        crate::fault::recovered(&self.name);
+        #[cfg(madsim)]
+        crate::fault::recovered(&self.name, &|key| self.accepted_ballot(key));
+    }
+
+    /// The ballot this replica accepted for `key`, written or on its way to the
+    /// engine (what the simulator's recovery oracle checks).
+    #[cfg(madsim)]
+    fn accepted_ballot(&self, key: &[u8]) -> Option<crate::record::Ballot> {
+        let slot = match self.dirty.get(key) {
+            Some((slot, _)) => slot.clone()?,
+            None => (self.codec.decode(key, &self.engine.get(key).ok()??).ok()?).slot,
+        };
+        slot.accepted.map(|(b, _)| b)
     }
 
     fn recovering(&self) -> bool {
@@ -812,7 +824,12 @@ impl Replica {
         }
         match self.engine.get(key) {
             Ok(None) if self.recovering() && !bug(Bug::ForgottenAsAbsent) => {
-                let ceiling = self.start_ceiling;
+                // A key repaired since the restart may have been promised above the
+                // start ceiling, then purged: the purge left that promise in the floor.
+                let ceiling = match bug(Bug::RecoveryForgetsPurgedPromise) {
+                    true => self.start_ceiling,
+                    false => self.start_ceiling.max(self.bounds.floor.counter),
+                };
                 Ok(Found::Slot(Stored::Damaged { ceiling }, 0))
             }
             Ok(None) => {
