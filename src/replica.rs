@@ -194,14 +194,16 @@ pub fn step(
         Stored::Slot(slot) => slot.as_ref(),
         Stored::Damaged { ceiling } => return step_damaged(promise_at_most(*ceiling), req),
     };
-    let floor = bounds.floor;
-    let current = slot.cloned().unwrap_or_default();
-    let promised = current.promised.max(floor);
+    // (Borrowed, not cloned: a record is cloned only where a reply or a write needs it.)
+    let (slot_promised, accepted) = slot.map_or((Ballot::default(), None), |s| {
+        (s.promised, s.accepted.as_ref())
+    });
+    let promised = slot_promised.max(bounds.floor);
     match req {
         ReplicaRequest::Read { .. } => (
             None,
             ReplicaReply::Value {
-                accepted: current.accepted,
+                accepted: accepted.cloned(),
             },
         ),
         ReplicaRequest::Prepare { ballot, .. } => {
@@ -209,11 +211,11 @@ pub fn step(
                 return (None, ReplicaReply::Rejected { promised });
             }
             let reply = ReplicaReply::Promise {
-                accepted: current.accepted.clone(),
+                accepted: accepted.cloned(),
             };
             let slot = Slot {
                 promised: *ballot,
-                accepted: current.accepted,
+                accepted: accepted.cloned(),
             };
             (Some(Write::Put(slot)), reply)
         }
@@ -227,7 +229,7 @@ pub fn step(
                 return (None, ReplicaReply::Rejected { promised });
             }
             let slot = Slot {
-                promised: promise_with_accept(*ballot, *next).max(current.promised),
+                promised: promise_with_accept(*ballot, *next).max(slot_promised),
                 accepted: Some((*ballot, record.clone())),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
@@ -237,14 +239,13 @@ pub fn step(
             // accepted since. A promise made since (a request that found the record
             // dead and wrote nothing) lives on in the floor, so the replica refuses
             // exactly what it refused before.
-            let removable = matches!(&current.accepted, Some((b, _)) if b == ballot);
-            let write = removable.then_some(Write::Purge(current.promised.max(*ballot)));
+            let removable = matches!(accepted, Some((b, _)) if b == ballot);
+            let write = removable.then_some(Write::Purge(slot_promised.max(*ballot)));
             (write, ReplicaReply::Purged)
         }
         ReplicaRequest::Forget { promised, .. } => {
             // Nothing accepted since the sweeper looked: the floor keeps the promise.
-            let removable =
-                slot.is_some() && current.accepted.is_none() && current.promised == *promised;
+            let removable = slot.is_some() && accepted.is_none() && slot_promised == *promised;
             (
                 removable.then_some(Write::Purge(*promised)),
                 ReplicaReply::Purged,

@@ -92,7 +92,7 @@ impl SlotCodec {
         };
         let id = ring.newest();
         let mut out = header(id).to_vec();
-        out.extend(ring.seal(id, &aad(key, id), &slot.body()));
+        ring.seal(id, &aad(key, id), &slot.body(), &mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out

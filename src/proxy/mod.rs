@@ -550,8 +550,6 @@ impl Proxy {
             .flatten();
         let (peers, quorum) = routing.replicas(key.shard, &self.quorum);
         let coordinator = Coordinator::new(key.clone(), op, ctx, quorum).reading_from(from);
-        // The coordinator may linger after answering (to remove a tombstone): let it,
-        // without holding up the client or the next request on the key.
         let answer = Answer {
             tx,
             turn,
@@ -565,8 +563,20 @@ impl Proxy {
             (deadline, request_id),
             Some(answer),
         );
-        tokio::spawn(tracing::Instrument::in_current_span(driving));
-        rx.await.unwrap_or(Err(Status::Timeout))
+        // Driven here until it answers (a task of its own would cost every request a
+        // spawn and a wake-up). The coordinator may linger after answering (to repair
+        // a replica or remove a tombstone): it does so in a task of its own, without
+        // holding up the client or the next request on the key.
+        let mut driving = Box::pin(tracing::Instrument::in_current_span(driving));
+        let mut rx = rx;
+        tokio::select! {
+            biased;
+            answered = &mut rx => {
+                tokio::spawn(driving);
+                answered.unwrap_or(Err(Status::Timeout))
+            }
+            () = &mut driving => rx.await.unwrap_or(Err(Status::Timeout)),
+        }
     }
 }
 
