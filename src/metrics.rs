@@ -275,6 +275,7 @@ pub fn kind_name(req: &ReplicaRequest) -> &'static str {
         ReplicaRequest::Copy { .. } => "copy",
         ReplicaRequest::Node(NodeRequest::ListKeys { .. }) => "list_keys",
         ReplicaRequest::Node(NodeRequest::ReadShard { .. }) => "read_shard",
+        ReplicaRequest::Node(NodeRequest::ShardDigest { .. }) => "shard_digest",
     }
 }
 

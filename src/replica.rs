@@ -72,6 +72,10 @@ pub enum NodeRequest {
         after: Option<StoreKey>,
         limit_bytes: u32,
     },
+    /// The digest of the keys this server holds of `shard` at the ballots it accepted
+    /// them (see `storage::shard_digest`): replicas with equal digests agree, and the
+    /// anti-entropy pass skips listing the shard. Answered with [`ReplicaReply::Digest`].
+    ShardDigest { shard: u16 },
 }
 
 impl ReplicaRequest {
@@ -115,6 +119,8 @@ pub enum ReplicaReply {
     Keys {
         keys: Vec<(StoreKey, Option<Ballot>)>,
     },
+    /// Answer to [`NodeRequest::ShardDigest`].
+    Digest { digest: [u8; 16] },
     /// Answer to [`NodeRequest::ReadShard`]: none means the end.
     Records { records: Vec<(StoreKey, Accepted)> },
     /// Answer to [`ReplicaRequest::Copy`]: how many of the records the replica took

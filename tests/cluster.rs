@@ -257,30 +257,41 @@ async fn replicas_that_missed_writes_are_brought_up_to_date_by_the_sweepers_with
             .count()
     };
     assert_eq!(behind(), keys.len());
-    // Each storage server compares the replicas of the shards it is responsible for.
-    let mut out_of_sync = 0;
+    // Each storage server compares the replicas of the shards it is responsible for:
+    // the digests of the shards holding the keys differ, and only those are listed.
+    let (mut out_of_sync, mut listed) = (0, 0);
     for z in 0..3 {
-        out_of_sync += cluster.sweep(z, Clock::default()).await.out_of_sync;
+        let swept = cluster.sweep(z, Clock::default()).await;
+        (out_of_sync, listed) = (
+            out_of_sync + swept.out_of_sync,
+            listed + swept.shards_listed,
+        );
     }
     assert_eq!(out_of_sync, keys.len() as u64);
+    let shards: std::collections::BTreeSet<u16> = (keys.iter())
+        .map(|k| StoreKey::new(b"test", k, cluster.map().num_shards).shard)
+        .collect();
+    assert_eq!(listed, shards.len() as u64);
     eventually(
         "every key reaches the replica that missed its update",
         || behind() == 0,
     )
     .await;
     // The repairs' last acknowledgements may land a moment later: within a few passes
-    // the replicas agree on every key, and the passes find nothing more to do.
-    let mut again = 0;
+    // the replicas agree on every key, and the passes find nothing more to do — and
+    // list no shard (every digest agrees).
+    let (mut again, mut listed) = (0, 0);
     for _ in 0..5 {
-        again = 0;
+        (again, listed) = (0, 0);
         for z in 0..3 {
-            again += cluster.sweep(z, Clock::default()).await.out_of_sync;
+            let swept = cluster.sweep(z, Clock::default()).await;
+            (again, listed) = (again + swept.out_of_sync, listed + swept.shards_listed);
         }
-        if again == 0 {
+        if again == 0 && listed == 0 {
             break;
         }
     }
-    assert_eq!(again, 0, "the replicas still disagree");
+    assert_eq!((again, listed), (0, 0), "the replicas still disagree");
     cluster.stop().await;
 }
 

@@ -7,6 +7,7 @@ mod group_commit;
 mod recovery;
 mod replica_actor;
 mod replica_sync;
+mod shard_digest;
 mod sweeper;
 
 pub use replica_actor::{is_record_key, META_PREFIX};

@@ -4,6 +4,7 @@
 
 use super::durability_check::{self, Expect};
 use super::group_commit::GroupCommit;
+use super::shard_digest::{digest_of, ShardDigests};
 use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::bounded::BoundedMap;
 use crate::engine::{Change, Engine};
@@ -123,6 +124,8 @@ struct Replica {
     start_ceiling: u64,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
     dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
+    /// The digests of shards asked for so far, kept up to date by every write.
+    digests: ShardDigests,
     /// Durable slots recently read or written, decoded (none while an in-memory
     /// replica recovers, whose missing slots are not absent).
     cache: BoundedMap<Vec<u8>, Option<Slot>>,
@@ -181,6 +184,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         recovering: recovering.clone(),
         start_ceiling: bounds.ceiling,
         dirty: HashMap::new(),
+        digests: ShardDigests::default(),
         cache: BoundedMap::new(SLOT_CACHE_BYTES),
         seq: 0,
         held: BTreeMap::new(),
@@ -351,11 +355,14 @@ impl Replica {
         if self.dirty.contains_key(&key) || self.commit.has_failed() {
             return;
         }
-        if let Ok(Stored::Slot(Some(slot))) =
+        if let Ok(stored @ Stored::Slot(Some(_))) =
             self.load(&key, &RequestId(None)).map(|(stored, _)| stored)
         {
+            let Stored::Slot(Some(slot)) = &stored else {
+                unreachable!("matched above")
+            };
             crate::metrics::metrics().slots_resealed.inc();
-            self.persist(key, Write::Put(slot));
+            self.persist(key, Write::Put(slot.clone()), &stored);
         }
     }
 
@@ -412,6 +419,7 @@ impl Replica {
         }
         tracing::info!(server = %self.name, epoch, shards = owns.shards.iter().filter(|h| **h).count(), "serving the map");
         self.owns = Some(owns);
+        self.digests.clear();
     }
 
     /// Removes the next page of slots of a shard this server no longer holds (through
@@ -491,7 +499,10 @@ impl Replica {
             .get_or_create(&crate::metrics::KindLabel { kind })
             .inc();
         let key = match req {
-            ReplicaRequest::Node(node) => return reply_to.send(&self.about_node(&node)),
+            ReplicaRequest::Node(node) => {
+                let reply = self.about_node(&node);
+                return reply_to.send(&reply);
+            }
             ReplicaRequest::Copy { records } => return self.copy(records, epoch, reply_to),
             ReplicaRequest::Accept { ref record, .. } if !record.tombstone && self.full() => {
                 return reply_to.send(&ReplicaReply::Full)
@@ -522,7 +533,7 @@ impl Replica {
             (None, _) => None,
         };
         let wait_for = match write {
-            Some(w) => self.persist(key.clone(), w),
+            Some(w) => self.persist(key.clone(), w, &loaded.0),
             None => loaded.1, // the reply may describe a write not yet durable
         };
         let promise = matches!(reply, ReplicaReply::Promise { .. });
@@ -540,7 +551,7 @@ impl Replica {
     }
 
     /// The answer to a request about the server itself.
-    fn about_node(&self, req: &NodeRequest) -> ReplicaReply {
+    fn about_node(&mut self, req: &NodeRequest) -> ReplicaReply {
         match req {
             NodeRequest::Status => {
                 let stats = self.engine.stats();
@@ -575,6 +586,80 @@ impl Replica {
                 Ok(records) => ReplicaReply::Records { records },
                 Err(e) => ReplicaReply::Failed { reason: e },
             },
+            NodeRequest::ShardDigest { shard } => match self.shard_digest(*shard) {
+                Ok(digest) => ReplicaReply::Digest {
+                    digest: digest.to_be_bytes(),
+                },
+                Err(e) => ReplicaReply::Failed { reason: e },
+            },
+        }
+    }
+
+    /// The digest of `shard` (see [`ShardDigests`]): kept, or computed now.
+    fn shard_digest(&mut self, shard: u16) -> Result<u128, String> {
+        if let Some(kept) = self.digests.get(shard) {
+            #[cfg(madsim)]
+            self.check_digest(shard, kept);
+            return Ok(kept);
+        }
+        let (digest, readable) = self.compute_digest(shard)?;
+        // Not kept for a shard being dropped (its pages go without a write to update
+        // it), nor past a damaged slot: it counted for nothing, and the digest differs
+        // from the other replicas' until a repair (which the write path may not see as
+        // one: the slot's cached copy may still be sound) has rewritten it.
+        if readable && !self.dropping.contains_key(&shard) {
+            self.digests.insert(shard, digest);
+        }
+        Ok(digest)
+    }
+
+    /// The digest of `shard` from its slots, each as written (durable or on its way),
+    /// and whether every one of them could be read (a damaged slot counts for none).
+    fn compute_digest(&self, shard: u16) -> Result<(u128, bool), String> {
+        const PAGE: usize = 1024;
+        let ballot_of = |slot: &Option<Slot>| slot.as_ref()?.accepted.as_ref().map(|a| a.0);
+        let mut written: BTreeMap<Vec<u8>, Option<Ballot>> = (self.dirty.iter())
+            .filter(|(k, _)| StoreKey::shard_in(k) == Some(shard))
+            .map(|(k, (slot, _))| (k.clone(), ballot_of(slot)))
+            .collect();
+        let (mut held, mut after, mut readable) = (Vec::new(), None, true);
+        loop {
+            let page = self.slots_after(after.as_ref(), Some(shard), PAGE)?;
+            let end = page.len() < PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (key, slot) in page {
+                let key = key.to_bytes();
+                let ballot = match written.remove(&key) {
+                    Some(ballot) => ballot,
+                    None => {
+                        // (A stored slot that is not on its way decodes, or is damaged.)
+                        readable &= slot.is_some();
+                        ballot_of(&slot)
+                    }
+                };
+                held.extend(ballot.map(|b| (key, b)));
+            }
+            if end {
+                break;
+            }
+        }
+        held.extend(written.into_iter().filter_map(|(k, b)| Some((k, b?))));
+        let digest = digest_of(held.iter().map(|(k, b)| (k.as_slice(), *b)));
+        Ok((digest, readable))
+    }
+
+    /// In the simulator, every kept digest served is compared with one computed
+    /// afresh: the updates write by write must add up to what is held (unless a slot
+    /// went bad on the disk under it since, which no write told it of).
+    #[cfg(madsim)]
+    fn check_digest(&self, shard: u16, kept: u128) {
+        if let Ok((fresh, true)) = self.compute_digest(shard) {
+            if fresh != kept {
+                crate::fault::invariant_violated(format_args!(
+                    "{} kept digest {kept:032x} of shard {shard} but its slots give {fresh:032x}",
+                    self.name
+                ));
+            }
         }
     }
 
@@ -633,7 +718,7 @@ impl Replica {
             };
             if let Some(write) = write {
                 taken += 1;
-                wait_for = self.persist(bytes, write);
+                wait_for = self.persist(bytes, write, &stored);
             }
         }
         let reply = ReplicaReply::Copied { taken };
@@ -894,7 +979,8 @@ impl Replica {
         }
     }
 
-    fn persist(&mut self, key: Vec<u8>, write: Write) -> u64 {
+    /// Writes `key`'s slot through group commit; `before` is the slot it replaces.
+    fn persist(&mut self, key: Vec<u8>, write: Write, before: &Stored) -> u64 {
         self.seq += 1;
         let (slot, mut changes): (Option<Slot>, Vec<Change>) = match write {
             Write::Put(slot) => {
@@ -922,6 +1008,12 @@ impl Replica {
             changes.push(ballot_entry(CEILING_KEY, ceiling));
         }
         self.commit.submit(self.seq, changes);
+        let ballot_of = |slot: Option<&Slot>| slot.and_then(|s| s.accepted.as_ref()).map(|a| a.0);
+        let before = match before {
+            Stored::Slot(slot) => Ok(ballot_of(slot.as_ref())),
+            Stored::Damaged { .. } => Err(()),
+        };
+        (self.digests).update(&key, before, ballot_of(slot.as_ref()));
         self.dirty.insert(key, (slot, self.seq));
         self.seq
     }

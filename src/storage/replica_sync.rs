@@ -5,8 +5,11 @@
 //!
 //! For each shard it is responsible for (one replica of each shard is: the one at the
 //! shard's number modulo the replica count, so the work is shared and done once), a
-//! storage server lists the shard's keys on every replica, with the ballot each
-//! durably accepted, in key order, a page at a time, and merges the lists. A key
+//! storage server asks every replica for the shard's digest (see
+//! `storage::shard_digest`): equal digests, the usual case, mean the replicas agree and
+//! the shard is done in one round trip. Otherwise it lists the shard's keys on every
+//! replica, with the ballot each durably accepted, in key order, a page at a time, and
+//! merges the lists. A key
 //! missing from a replica, held at different ballots, or in flux (a write on its way)
 //! is handed to the proxy's read path with every replica asked
 //! ([`Proxy::read_everywhere`]), which decides and repairs by the protocol's own rules:
@@ -30,14 +33,15 @@ const SHARDS_AT_ONCE: usize = 8;
 
 /// Compares the replicas of every shard the server `me` (its address in the map) is
 /// responsible for, through `proxy`, resolving about `concurrency` keys at once.
-/// Returns how many keys the replicas disagreed on (each handed to the read path).
-pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> u64 {
+/// Returns how many keys the replicas disagreed on (each handed to the read path),
+/// and how many shards' keys were listed.
+pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> (u64, u64) {
     let map = proxy.map();
     if map.previous.is_some() {
-        return 0;
+        return (0, 0);
     }
     let per_shard = (concurrency / SHARDS_AT_ONCE).max(1);
-    let (mut running, mut disagreed) = (FuturesUnordered::new(), 0);
+    let (mut running, mut disagreed, mut listed) = (FuturesUnordered::new(), 0, 0);
     for shard in 0..map.num_shards {
         let replicas = map.replicas(shard);
         if replicas[usize::from(shard) % replicas.len()] != me {
@@ -46,13 +50,22 @@ pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> u64 {
         let replicas = replicas.into_iter().map(String::from).collect();
         running.push(sync_shard(proxy, shard, replicas, per_shard));
         if running.len() >= SHARDS_AT_ONCE {
-            disagreed += running.next().await.unwrap_or(0);
+            let synced = running.next().await;
+            (disagreed, listed) = add((disagreed, listed), synced);
         }
     }
-    while let Some(n) = running.next().await {
-        disagreed += n;
+    while let Some(synced) = running.next().await {
+        (disagreed, listed) = add((disagreed, listed), Some(synced));
     }
-    disagreed
+    (disagreed, listed)
+}
+
+/// Adds one shard's keys disagreed on (if its keys were listed) to the pass's counts.
+fn add((disagreed, listed): (u64, u64), shard: Option<Option<u64>>) -> (u64, u64) {
+    match shard.flatten() {
+        Some(keys) => (disagreed + keys, listed + 1),
+        None => (disagreed, listed),
+    }
 }
 
 /// One replica's listing of a shard, read a page at a time.
@@ -87,15 +100,31 @@ impl Listing<'_> {
     }
 }
 
-/// Merges the listings of `shard` on `replicas` and resolves every key they disagree
-/// on, as far as every replica answers (the rest waits for the next pass). Returns
-/// how many keys that was.
+/// Whether every replica of `shard` gave the same digest.
+async fn digests_agree(proxy: &Proxy, shard: u16, replicas: &[String]) -> bool {
+    let asked =
+        (replicas.iter()).map(|addr| proxy.ask_node(addr, NodeRequest::ShardDigest { shard }));
+    let digests: Vec<Option<[u8; 16]>> = (futures::future::join_all(asked).await.into_iter())
+        .map(|reply| match reply {
+            Ok(ReplicaReply::Digest { digest }) => Some(digest),
+            _ => None,
+        })
+        .collect();
+    digests[0].is_some() && digests.iter().all(|d| *d == digests[0])
+}
+
+/// Unless the replicas' digests of `shard` agree (then: `None`), merges the listings
+/// of `shard` on `replicas` and resolves every key they disagree on, as far as every
+/// replica answers (the rest waits for the next pass). Returns how many keys that was.
 async fn sync_shard(
     proxy: &Arc<Proxy>,
     shard: u16,
     replicas: Vec<String>,
     concurrency: usize,
-) -> u64 {
+) -> Option<u64> {
+    if digests_agree(proxy, shard, &replicas).await {
+        return None;
+    }
     let mut listings: Vec<Listing> = (replicas.iter())
         .map(|addr| Listing {
             addr,
@@ -152,5 +181,5 @@ async fn sync_shard(
         }
     }
     while resolving.next().await.is_some() {}
-    disagreed
+    Some(disagreed)
 }

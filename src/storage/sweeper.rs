@@ -62,6 +62,8 @@ pub struct Swept {
     /// Keys whose replicas disagreed, handed to the read path (see
     /// [`super::replica_sync`]).
     pub out_of_sync: u64,
+    /// Shards whose replicas' digests differed, so that their keys were listed.
+    pub shards_listed: u64,
 }
 
 /// Everything a sweeper needs: the engine to walk, the replica to send its own
@@ -91,7 +93,6 @@ impl Sweeper {
             tokio::time::sleep(Duration::from_millis(self.config.interval_ms)).await;
             match self.pass().await {
                 Ok(swept) => {
-                    tracing::debug!(?swept, "sweep pass");
                     if swept.unreadable > 0 {
                         tracing::error!(records = swept.unreadable, "records sealed with a data key this server lacks: add it back to the key file");
                     }
@@ -123,6 +124,7 @@ impl Sweeper {
     /// One pass over every slot, a page at a time; then the replicas of the shards
     /// this server is responsible for are compared.
     pub async fn pass(&self) -> std::io::Result<Swept> {
+        let started = tokio::time::Instant::now();
         let mut swept = Swept::default();
         let mut after: Option<Vec<u8>> = None;
         // Replies to the sweeper's own requests: nobody waits for them.
@@ -212,11 +214,15 @@ impl Sweeper {
             tokio::task::yield_now().await;
         }
         while resolving.next().await.is_some() {}
+        let swept_at = tokio::time::Instant::now();
         let synced = super::replica_sync::sync(&self.proxy, &self.me, self.config.concurrency);
-        swept.out_of_sync = synced.await;
+        (swept.out_of_sync, swept.shards_listed) = synced.await;
         crate::metrics::metrics()
             .replica_sync_repairs
             .inc_by(swept.out_of_sync);
+        let sweep_ms = (swept_at - started).as_millis() as u64;
+        let sync_ms = swept_at.elapsed().as_millis() as u64;
+        tracing::debug!(?swept, sweep_ms, sync_ms, "sweep pass");
         Ok(swept)
     }
 
