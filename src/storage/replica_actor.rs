@@ -355,12 +355,10 @@ impl Replica {
         if self.dirty.contains_key(&key) || self.commit.has_failed() {
             return;
         }
-        if let Ok(stored @ Stored::Slot(Some(_))) =
-            self.load(&key, &RequestId(None)).map(|(stored, _)| stored)
-        {
-            let Stored::Slot(Some(slot)) = &stored else {
-                unreachable!("matched above")
-            };
+        let Ok((stored, _)) = self.load(&key, &RequestId(None)) else {
+            return;
+        };
+        if let Stored::Slot(Some(slot)) = &stored {
             crate::metrics::metrics().slots_resealed.inc();
             self.persist(key, Write::Put(slot.clone()), &stored);
         }
