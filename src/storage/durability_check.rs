@@ -4,7 +4,14 @@
 //! bookkeeping, which is exactly what a durability bug gets wrong (a group commit that
 //! announces its fsync early, a promise answered from memory, a floor kept in memory).
 //! A reply ahead of the disk is an invariant violation and fails the seed, whether or
-//! not a crash happens to expose it. Outside the simulator this is nothing at all.
+//! not a crash happens to expose it.
+//!
+//! The promises those replies told are kept, by server and key, for the **promise
+//! oracle**: a replica that accepts a ballot below a promise it told a proxy breaks the
+//! acceptor's one rule, whatever it lost or forgot since (a crash, a purge, a damaged
+//! slot, an in-memory restart), unless it dropped its replica of the key's shard since
+//! (it joins again, if ever, as a new acceptor). Outside the simulator this is nothing
+//! at all.
 
 use crate::at_rest::SlotCodec;
 use crate::record::Slot;
@@ -83,6 +90,7 @@ pub fn verify(server: &str, codec: &SlotCodec, floor_key: &[u8], expect: &Expect
             Err(_) => return, // corrupted on disk since: the damaged-slot rules apply
         },
     };
+    told(server, &expect.key, expect.promised);
     let behind = promised < expect.promised || expect.accepted.is_some_and(|a| accepted < a);
     if behind {
         crate::fault::invariant_violated(format_args!(
@@ -98,3 +106,47 @@ pub fn verify(server: &str, codec: &SlotCodec, floor_key: &[u8], expect: &Expect
 #[cfg(not(madsim))]
 #[inline(always)]
 pub fn verify(_: &str, _: &SlotCodec, _: &[u8], _: &Expect) {}
+
+/// The highest promise each server told a proxy, by key (see the module doc).
+#[cfg(madsim)]
+static TOLD: std::sync::Mutex<
+    std::collections::BTreeMap<(String, Vec<u8>), crate::record::Ballot>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+#[cfg(madsim)]
+fn told(server: &str, key: &[u8], promised: crate::record::Ballot) {
+    let mut told = TOLD.lock().unwrap();
+    let at_least = told.entry((server.to_string(), key.to_vec())).or_default();
+    *at_least = (*at_least).max(promised);
+}
+
+/// `server` accepts `ballot` for engine key `key`: not below a promise it told.
+#[cfg(madsim)]
+pub fn check_accept(server: &str, key: &[u8], ballot: crate::record::Ballot) {
+    let promised = TOLD
+        .lock()
+        .unwrap()
+        .get(&(server.to_string(), key.to_vec()))
+        .copied();
+    if let Some(promised) = promised.filter(|p| ballot < *p) {
+        crate::fault::invariant_violated(format_args!(
+            "{server} accepted {:?} at {ballot:?} below its promise of {promised:?}",
+            String::from_utf8_lossy(key)
+        ));
+    }
+}
+
+/// `server` drops its replica of `shard`: the promises it told about it lapse.
+#[cfg(madsim)]
+pub fn forget_shard(server: &str, shard: u16) {
+    let in_shard = |k: &[u8]| crate::key::StoreKey::shard_in(k) == Some(shard);
+    (TOLD.lock().unwrap()).retain(|(s, k), _| s != server || !in_shard(k));
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn check_accept(_: &str, _: &[u8], _: crate::record::Ballot) {}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn forget_shard(_: &str, _: u16) {}

@@ -383,6 +383,7 @@ impl Replica {
             |s: u16| owns.holds(s) && ((first && owns.joins(s)) || self.dropping.contains_key(&s));
         let wiped: Vec<u16> = (0..shards).filter(|s| stale(*s)).collect();
         for &shard in &wiped {
+            durability_check::forget_shard(&self.name, shard);
             (self.dropping).insert(shard, (shard.to_be_bytes().to_vec(), 0));
             // (Until a page removes nothing: then the entry is gone, or the engine
             // failed a scan, which is logged.)
@@ -402,6 +403,7 @@ impl Replica {
             .filter(|s| !owns.holds(*s) && held_before(*s))
             .collect();
         for shard in left {
+            durability_check::forget_shard(&self.name, shard);
             self.dropping
                 .entry(shard)
                 .or_insert((shard.to_be_bytes().to_vec(), 0));
@@ -518,6 +520,9 @@ impl Replica {
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
         let (write, reply) = step(&loaded.0, self.bounds, &req);
+        if let (Some(Write::Put(_)), ReplicaRequest::Accept { ballot, .. }) = (&write, &req) {
+            durability_check::check_accept(&self.name, &key, *ballot);
+        }
         if let (Some(Write::Purge(_)), ReplicaRequest::Purge { ballot, .. }) = (&write, &req) {
             crate::fault::check_purge(&self.name, &key, *ballot);
         }
@@ -715,6 +720,7 @@ impl Replica {
                 step(&stored, self.bounds, &accept).0
             };
             if let Some(write) = write {
+                durability_check::check_accept(&self.name, &bytes, ballot);
                 taken += 1;
                 wait_for = self.persist(bytes, write, &stored);
             }
