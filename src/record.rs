@@ -151,6 +151,11 @@ pub enum CorruptRecord {
 pub const FORMAT: u8 = 1;
 
 impl Slot {
+    /// The ballot of the record accepted, if any: what replicas compare to agree.
+    pub fn accepted_ballot(&self) -> Option<Ballot> {
+        self.accepted.as_ref().map(|(b, _)| *b)
+    }
+
     /// `[format][bincode body][crc32 of format and body]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![FORMAT];

@@ -53,8 +53,7 @@ impl RecoveryOracle {
     }
 
     fn ballot_in(&self, key: &[u8], bytes: &[u8]) -> Option<Ballot> {
-        let slot = self.codec.decode(key, bytes).ok()?.slot;
-        slot.accepted.map(|(b, _)| b)
+        self.codec.decode(key, bytes).ok()?.slot.accepted_ballot()
     }
 
     /// `server` crashes now and loses its records: notes each one's ballot, and

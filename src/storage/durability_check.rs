@@ -49,7 +49,7 @@ pub fn of_slot(key: &[u8], slot: &Slot) -> Option<Expect> {
     Some(Expect {
         key: key.to_vec(),
         promised: slot.promised,
-        accepted: slot.accepted.as_ref().map(|(b, _)| *b),
+        accepted: slot.accepted_ballot(),
     })
 }
 

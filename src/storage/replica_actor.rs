@@ -575,7 +575,7 @@ impl Replica {
                 match self.slots_after(after.as_ref(), *shard, limit) {
                     Ok(page) => ReplicaReply::Keys {
                         keys: (page.into_iter())
-                            .map(|(k, slot)| (k, slot.and_then(|s| s.accepted).map(|a| a.0)))
+                            .map(|(k, slot)| (k, slot.and_then(|s| s.accepted_ballot())))
                             .collect(),
                     },
                     Err(e) => ReplicaReply::Failed { reason: e },
@@ -620,7 +620,7 @@ impl Replica {
     /// and whether every one of them could be read (a damaged slot counts for none).
     fn compute_digest(&self, shard: u16) -> Result<(u128, bool), String> {
         const PAGE: usize = 1024;
-        let ballot_of = |slot: &Option<Slot>| slot.as_ref()?.accepted.as_ref().map(|a| a.0);
+        let ballot_of = |slot: &Option<Slot>| slot.as_ref()?.accepted_ballot();
         let mut written: BTreeMap<Vec<u8>, Option<Ballot>> = (self.dirty.iter())
             .filter(|(k, _)| StoreKey::shard_in(k) == Some(shard))
             .map(|(k, (slot, _))| (k.clone(), ballot_of(slot)))
@@ -818,11 +818,12 @@ impl Replica {
     /// engine (what the simulator's recovery oracle checks).
     #[cfg(madsim)]
     fn accepted_ballot(&self, key: &[u8]) -> Option<crate::record::Ballot> {
-        let slot = match self.dirty.get(key) {
-            Some((slot, _)) => slot.clone()?,
-            None => (self.codec.decode(key, &self.engine.get(key).ok()??).ok()?).slot,
-        };
-        slot.accepted.map(|(b, _)| b)
+        match self.dirty.get(key) {
+            Some((slot, _)) => slot.as_ref()?.accepted_ballot(),
+            None => (self.codec.decode(key, &self.engine.get(key).ok()??).ok()?)
+                .slot
+                .accepted_ballot(),
+        }
     }
 
     fn recovering(&self) -> bool {
@@ -1012,12 +1013,12 @@ impl Replica {
             changes.push(ballot_entry(CEILING_KEY, ceiling));
         }
         self.commit.submit(self.seq, changes);
-        let ballot_of = |slot: Option<&Slot>| slot.and_then(|s| s.accepted.as_ref()).map(|a| a.0);
         let before = match before {
-            Stored::Slot(slot) => Ok(ballot_of(slot.as_ref())),
+            Stored::Slot(slot) => Ok(slot.as_ref().and_then(Slot::accepted_ballot)),
             Stored::Damaged { .. } => Err(()),
         };
-        (self.digests).update(&key, before, ballot_of(slot.as_ref()));
+        let after = slot.as_ref().and_then(Slot::accepted_ballot);
+        self.digests.update(&key, before, after);
         self.dirty.insert(key, (slot, self.seq));
         self.seq
     }

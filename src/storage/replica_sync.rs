@@ -42,6 +42,12 @@ pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> (u64, u64
     }
     let per_shard = (concurrency / SHARDS_AT_ONCE).max(1);
     let (mut running, mut disagreed, mut listed) = (FuturesUnordered::new(), 0, 0);
+    // A shard whose keys were listed, with the keys its replicas disagreed on.
+    let mut tally = |synced: Option<u64>| {
+        if let Some(keys) = synced {
+            (disagreed, listed) = (disagreed + keys, listed + 1);
+        }
+    };
     for shard in 0..map.num_shards {
         let replicas = map.replicas(shard);
         if replicas[usize::from(shard) % replicas.len()] != me {
@@ -50,22 +56,15 @@ pub async fn sync(proxy: &Arc<Proxy>, me: &str, concurrency: usize) -> (u64, u64
         let replicas = replicas.into_iter().map(String::from).collect();
         running.push(sync_shard(proxy, shard, replicas, per_shard));
         if running.len() >= SHARDS_AT_ONCE {
-            let synced = running.next().await;
-            (disagreed, listed) = add((disagreed, listed), synced);
+            if let Some(synced) = running.next().await {
+                tally(synced);
+            }
         }
     }
     while let Some(synced) = running.next().await {
-        (disagreed, listed) = add((disagreed, listed), Some(synced));
+        tally(synced);
     }
     (disagreed, listed)
-}
-
-/// Adds one shard's keys disagreed on (if its keys were listed) to the pass's counts.
-fn add((disagreed, listed): (u64, u64), shard: Option<Option<u64>>) -> (u64, u64) {
-    match shard.flatten() {
-        Some(keys) => (disagreed + keys, listed + 1),
-        None => (disagreed, listed),
-    }
 }
 
 /// One replica's listing of a shard, read a page at a time.
