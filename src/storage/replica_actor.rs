@@ -231,7 +231,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
             }
         }
         drop(replica);
-        let _ = committer.await;
+        committer.finished().await;
     });
     Ok(Started {
         inbox: tx,
