@@ -124,7 +124,11 @@ pub fn main() -> ExitCode {
     ) {
         end_quietly_on_closed_stdout();
     }
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = match &cli.command {
+        Command::Bench(a) => a.runtime(),
+        _ => tokio::runtime::Runtime::new(),
+    }
+    .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Storage { config, id } => dev::run_storage(&config, id.as_deref()).await,

@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Connections the workers share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Threads of the load generator. One, as redis-benchmark: on a machine shared
+    /// with the servers measured, a second one mostly wakes the first.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -49,6 +53,22 @@ pub struct BenchArgs {
     /// destroys only, one connection per worker.
     #[arg(long)]
     peer: Option<String>,
+}
+
+impl BenchArgs {
+    /// The runtime the load generator runs on, `--client-threads` wide.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.client_threads {
+            0 | 1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        }
+        .enable_all()
+        .build()
+    }
 }
 
 /// Where one worker sends its operations.
