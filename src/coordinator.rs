@@ -483,20 +483,30 @@ impl Coordinator {
                     return Vec::new();
                 }
                 check_one_record_per_ballot(seen, &accepted);
-                seen[from] = Some(accepted.clone());
-                let got: Vec<Option<Accepted>> = seen.iter().flatten().cloned().collect();
+                let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
+                let accepted_ballot = ballot_of(&accepted);
+                seen[from] = Some(accepted);
+                // The answers are compared where they lie; a record is cloned only to be
+                // kept as the chosen one (a read used to copy every answer per reply).
+                let got: Vec<&Option<Accepted>> = seen.iter().flatten().collect();
                 let everyone = got.len() == self.q.replicas;
+                let agreed = all_same_ballot(&got);
+                // What the answers need done once all are in, if they agree.
+                let long_dead_at = |a: &Option<Accepted>| match a {
+                    Some((b, r)) if r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs) => {
+                        Some(*b)
+                    }
+                    _ => None,
+                };
+                let settled = agreed.then(|| long_dead_at(got[0]));
                 // Every replica asked has answered, and those not asked never will.
                 let all_asked_answered =
                     (asked.iter().zip(seen.iter())).all(|(a, s)| !a || s.is_some());
-                if let Some(decided) = chosen.clone() {
-                    let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
-                    if ballot_of(&accepted) != ballot_of(&decided) {
-                        if let (true, Some((b, r)), Some(theirs)) = (
-                            bug(Bug::RepairOverwritesNewer),
-                            &decided,
-                            ballot_of(&accepted),
-                        ) {
+                if let Some(decided) = chosen {
+                    if accepted_ballot != ballot_of(decided) {
+                        if let (true, Some((b, r)), Some(theirs)) =
+                            (bug(Bug::RepairOverwritesNewer), &decided, accepted_ballot)
+                        {
                             // Above the straggler's accepted ballot and the lease it
                             // promised with it, skipping phase 1.
                             let above = (*b).max(theirs).counter + 1;
@@ -522,7 +532,7 @@ impl Coordinator {
                         return self.prepare(ballots);
                     }
                     if everyone {
-                        return self.finish_read(&got);
+                        return self.finish_read(settled);
                     }
                     if all_asked_answered {
                         self.phase = Phase::Finished;
@@ -536,34 +546,35 @@ impl Coordinator {
                 if !enough {
                     return Vec::new();
                 }
-                let current = got[0].as_ref().map(|(_, r)| r.clone());
-                let fence = expiry_fence(current.as_ref(), &self.ctx, &self.q);
-                if !all_same_ballot(&got) || fence.is_some() {
+                let current = got[0].as_ref().map(|(_, r)| r);
+                let fence = expiry_fence(current, &self.ctx, &self.q);
+                if !agreed || fence.is_some() {
                     // Replicas disagree, or the record has only just expired: make the
                     // newest record (or its expiry) chosen before answering.
                     return self.prepare(ballots);
                 }
-                *chosen = Some(got[0].clone());
-                let outcome = match apply(&self.op, current.as_ref(), &self.ctx) {
+                let outcome = match apply(&self.op, current, &self.ctx) {
                     Ok(Effect::Unchanged(r)) => Ok(r),
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
                     Err(s) => Err(s),
                 };
-                let long_dead = (current.as_ref())
+                let long_dead = (current)
                     .is_some_and(|r| r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs));
+                let dead_at = match got[0] {
+                    Some((ballot, r)) if r.tombstone || !r.is_live(self.ctx.now_secs()) => {
+                        Some(*ballot)
+                    }
+                    _ => None,
+                };
+                *chosen = Some(got[0].clone());
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
-                    actions.extend(self.finish_read(&got));
+                    actions.extend(self.finish_read(settled));
                 } else if self.damaged_seen {
                     actions.extend(self.prepare(ballots));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
-                    if let Some((ballot, r)) = &got[0] {
-                        if r.tombstone || !r.is_live(self.ctx.now_secs()) {
-                            let ballot = *ballot;
-                            actions.extend(
-                                self.broadcast(|key| ReplicaRequest::Purge { key, ballot }),
-                            );
-                        }
+                    if let Some(ballot) = dead_at {
+                        actions.extend(self.broadcast(|key| ReplicaRequest::Purge { key, ballot }));
                     }
                 } else if long_dead {
                     // Purged only once every replica is known to hold it.
@@ -834,16 +845,13 @@ impl Coordinator {
 
     /// Every replica answered the read. If all hold the same record, long dead, it is
     /// removed everywhere.
-    fn finish_read(&mut self, got: &[Option<Accepted>]) -> Vec<Action> {
+    /// Ends a read every replica answered. `settled` is `None` when the answers
+    /// disagree (a full round was started instead), else the ballot to purge the
+    /// record at if it is long dead.
+    fn finish_read(&mut self, settled: Option<Option<Ballot>>) -> Vec<Action> {
         self.phase = Phase::Finished;
-        if !all_same_ballot(got) {
-            return Vec::new();
-        }
-        match &got[0] {
-            Some((ballot, r)) if r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs) => {
-                let ballot = *ballot;
-                self.broadcast(|key| ReplicaRequest::Purge { key, ballot })
-            }
+        match settled {
+            Some(Some(ballot)) => self.broadcast(|key| ReplicaRequest::Purge { key, ballot }),
             _ => Vec::new(),
         }
     }
