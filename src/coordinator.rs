@@ -920,6 +920,7 @@ mod tests {
     use crate::record::Slot;
     use crate::replica::{step, Bounds, Stored, Write};
     use crate::semantics::{Condition, Value};
+    use std::sync::Arc;
     use proptest::prelude::*;
     use std::cell::Cell;
 
@@ -1073,7 +1074,7 @@ mod tests {
                         floor: *floor,
                         ceiling: u64::MAX,
                     };
-                    let (w, reply) = step(&Stored::Slot(slot.clone()), bounds, &req);
+                    let (w, reply) = step(&Stored::Slot(slot.clone().map(Arc::new)), bounds, &req);
                     match w {
                         Some(Write::Put(s)) => *slot = Some(s),
                         Some(Write::Purge(b)) => {

@@ -14,6 +14,7 @@ use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::record::{Accepted, Ballot, Record, Slot};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A proxy's message to one replica of a key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -181,7 +182,8 @@ pub fn promise_at_most(ceiling: u64) -> Ballot {
 /// What the storage server found for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
-    Slot(Option<Slot>),
+    /// (Shared with the server's cache of slots: a hit is not a copy.)
+    Slot(Option<Arc<Slot>>),
     /// The replica does not know what it promised or accepted for the key (the stored
     /// bytes failed their checksum, or an in-memory replica lost them in a restart),
     /// only that no promise it made had a counter above `ceiling`.
@@ -197,7 +199,7 @@ pub fn step(
     req: &ReplicaRequest,
 ) -> (Option<Write>, ReplicaReply) {
     let slot = match stored {
-        Stored::Slot(slot) => slot.as_ref(),
+        Stored::Slot(slot) => slot.as_deref(),
         Stored::Damaged { ceiling } => return step_damaged(promise_at_most(*ceiling), req),
     };
     // (Borrowed, not cloned: a record is cloned only where a reply or a write needs it.)
@@ -339,7 +341,7 @@ mod tests {
             floor: *floor,
             ceiling: u64::MAX,
         };
-        let (w, reply) = step(&Stored::Slot(slot.clone()), bounds, req);
+        let (w, reply) = step(&Stored::Slot(slot.clone().map(Arc::new)), bounds, req);
         match w {
             Some(Write::Put(s)) => *slot = Some(s),
             Some(Write::Purge(f)) => {

@@ -123,12 +123,12 @@ struct Replica {
     /// them for it).
     start_ceiling: u64,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
-    dirty: HashMap<Vec<u8>, (Option<Slot>, u64)>,
+    dirty: HashMap<Vec<u8>, (Option<Arc<Slot>>, u64)>,
     /// The digests of shards asked for so far, kept up to date by every write.
     digests: ShardDigests,
     /// Durable slots recently read or written, decoded (none while an in-memory
     /// replica recovers, whose missing slots are not absent).
-    cache: BoundedMap<Vec<u8>, Option<Slot>>,
+    cache: BoundedMap<Vec<u8>, Option<Arc<Slot>>>,
     seq: u64,
     /// Replies held until the write they depend on is durable, by its sequence number
     /// (with what the simulator checks is on disk as they leave).
@@ -360,7 +360,7 @@ impl Replica {
         };
         if let Stored::Slot(Some(slot)) = &stored {
             crate::metrics::metrics().slots_resealed.inc();
-            self.persist(key, Write::Put(slot.clone()), &stored);
+            self.persist(key, Write::Put(Slot::clone(slot)), &stored);
         }
     }
 
@@ -620,10 +620,10 @@ impl Replica {
     /// and whether every one of them could be read (a damaged slot counts for none).
     fn compute_digest(&self, shard: u16) -> Result<(u128, bool), String> {
         const PAGE: usize = 1024;
-        let ballot_of = |slot: &Option<Slot>| slot.as_ref()?.accepted_ballot();
+        let ballot_of = |slot: Option<&Slot>| slot?.accepted_ballot();
         let mut written: BTreeMap<Vec<u8>, Option<Ballot>> = (self.dirty.iter())
             .filter(|(k, _)| StoreKey::shard_in(k) == Some(shard))
-            .map(|(k, (slot, _))| (k.clone(), ballot_of(slot)))
+            .map(|(k, (slot, _))| (k.clone(), ballot_of(slot.as_deref())))
             .collect();
         let (mut held, mut after, mut readable) = (Vec::new(), None, true);
         loop {
@@ -637,7 +637,7 @@ impl Replica {
                     None => {
                         // (A stored slot that is not on its way decodes, or is damaged.)
                         readable &= slot.is_some();
-                        ballot_of(&slot)
+                        ballot_of(slot.as_ref())
                     }
                 };
                 held.extend(ballot.map(|b| (key, b)));
@@ -928,8 +928,9 @@ impl Replica {
             }
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
                 Ok(decoded) => {
-                    self.cache_slot(key.to_vec(), Some(decoded.slot.clone()));
-                    Ok(Found::Slot(Stored::Slot(Some(decoded.slot)), 0))
+                    let slot = Arc::new(decoded.slot);
+                    self.cache_slot(key.to_vec(), Some(slot.clone()));
+                    Ok(Found::Slot(Stored::Slot(Some(slot)), 0))
                 }
                 Err(Unreadable::Damaged(e)) => {
                     let ceiling = self.bounds.ceiling;
@@ -945,7 +946,7 @@ impl Replica {
     /// in-memory replica recovers: a slot it lacks then is not an absent one). A slot
     /// of a shard it no longer holds (being dropped) only leaves the cache: dropping a
     /// shard must not push the hot slots out.
-    fn cache_slot(&mut self, key: Vec<u8>, slot: Option<Slot>) {
+    fn cache_slot(&mut self, key: Vec<u8>, slot: Option<Arc<Slot>>) {
         let foreign = (self.owns.as_ref())
             .is_some_and(|o| StoreKey::shard_in(&key).is_none_or(|s| !o.holds(s)));
         if foreign {
@@ -964,7 +965,7 @@ impl Replica {
     /// In the simulator, every cache hit is compared with the disk: the cache may only
     /// serve what the disk holds (unless the disk went bad under it since).
     #[cfg(madsim)]
-    fn check_cached(&self, key: &[u8], cached: &Option<Slot>) {
+    fn check_cached(&self, key: &[u8], cached: &Option<Arc<Slot>>) {
         let on_disk = match self.engine.get(key) {
             Ok(None) => None,
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
@@ -973,7 +974,7 @@ impl Replica {
             },
             Err(_) => return, // an injected read error
         };
-        if on_disk != *cached {
+        if on_disk.as_ref() != cached.as_deref() {
             crate::fault::invariant_violated(format_args!(
                 "{} cached {:?} for {:?} but its disk holds {:?}",
                 self.name,
@@ -987,10 +988,10 @@ impl Replica {
     /// Writes `key`'s slot through group commit; `before` is the slot it replaces.
     fn persist(&mut self, key: Vec<u8>, write: Write, before: &Stored) -> u64 {
         self.seq += 1;
-        let (slot, mut changes): (Option<Slot>, Vec<Change>) = match write {
+        let (slot, mut changes): (Option<Arc<Slot>>, Vec<Change>) = match write {
             Write::Put(slot) => {
                 let bytes = self.codec.encode(&key, &slot);
-                (Some(slot), vec![(key.clone(), Some(bytes))])
+                (Some(Arc::new(slot)), vec![(key.clone(), Some(bytes))])
             }
             Write::Purge(ballot) => {
                 crate::metrics::metrics().slots_removed.inc();
@@ -1014,10 +1015,10 @@ impl Replica {
         }
         self.commit.submit(self.seq, changes);
         let before = match before {
-            Stored::Slot(slot) => Ok(slot.as_ref().and_then(Slot::accepted_ballot)),
+            Stored::Slot(slot) => Ok(slot.as_deref().and_then(Slot::accepted_ballot)),
             Stored::Damaged { .. } => Err(()),
         };
-        let after = slot.as_ref().and_then(Slot::accepted_ballot);
+        let after = slot.as_deref().and_then(Slot::accepted_ballot);
         self.digests.update(&key, before, after);
         self.dirty.insert(key, (slot, self.seq));
         self.seq
