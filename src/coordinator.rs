@@ -920,9 +920,9 @@ mod tests {
     use crate::record::Slot;
     use crate::replica::{step, Bounds, Stored, Write};
     use crate::semantics::{Condition, Value};
-    use std::sync::Arc;
     use proptest::prelude::*;
     use std::cell::Cell;
+    use std::sync::Arc;
 
     struct Counter(Cell<u64>, u64);
     impl BallotSource for Counter {

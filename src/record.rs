@@ -158,8 +158,9 @@ impl Slot {
 
     /// `[format][bincode body][crc32 of format and body]`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
-        bincode::serialize_into(&mut out, self).expect("serialising to a Vec cannot fail");
+        let mut out = Vec::with_capacity(1 + self.body_size() + 4);
+        out.push(FORMAT);
+        self.write_body(&mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
@@ -180,9 +181,15 @@ impl Slot {
         Slot::from_body(&body[1..])
     }
 
-    /// The slot alone, without format byte or checksum (what a sealed slot seals).
-    pub fn body(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("serialising to a Vec cannot fail")
+    /// The length of the slot's body: the slot alone, without format byte or
+    /// checksum (what a sealed slot seals), to allocate once what holds it.
+    pub fn body_size(&self) -> usize {
+        bincode::serialized_size(self).expect("a slot serialises") as usize
+    }
+
+    /// Appends the slot's body to `out`.
+    pub fn write_body(&self, out: &mut Vec<u8>) {
+        bincode::serialize_into(out, self).expect("serialising to a Vec cannot fail");
     }
 
     pub fn from_body(body: &[u8]) -> Result<Slot, CorruptRecord> {

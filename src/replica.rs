@@ -187,9 +187,7 @@ pub enum Stored {
     /// The replica does not know what it promised or accepted for the key (the stored
     /// bytes failed their checksum, or an in-memory replica lost them in a restart),
     /// only that no promise it made had a counter above `ceiling`.
-    Damaged {
-        ceiling: u64,
-    },
+    Damaged { ceiling: u64 },
 }
 
 /// Applies one message to a key's stored slot.

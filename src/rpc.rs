@@ -20,7 +20,11 @@ const MAX_RPC_FRAME: usize = 16 << 20;
 
 /// Encodes one frame.
 pub fn encode_frame<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
-    let mut out = vec![0u8; 4];
+    // Sized first: growing the buffer as bincode writes copied a record's frame about
+    // ten times over.
+    let size = bincode::serialized_size(body).expect("a frame body serialises") as usize;
+    let mut out = Vec::with_capacity(12 + size);
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&id.to_be_bytes());
     bincode::serialize_into(&mut out, body).expect("serialising to a Vec cannot fail");
     let len = (out.len() - 4) as u32;

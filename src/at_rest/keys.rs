@@ -77,17 +77,23 @@ impl Keyring {
             .collect()
     }
 
-    /// Seals `plain` with key `id` (one of the ring's), appending `nonce ‖ ciphertext ‖
-    /// tag` to `out` (encrypted in place there: a record is copied once, not thrice).
-    /// `aad` is authenticated but not stored.
-    pub fn seal(&self, id: KeyId, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+    /// Seals what `write_plain` appends to `out` with key `id` (one of the ring's),
+    /// leaving `nonce ‖ ciphertext ‖ tag` there: the plaintext is written once, in
+    /// place, and encrypted there. `aad` is authenticated but not stored.
+    pub fn seal(
+        &self,
+        id: KeyId,
+        aad: &[u8],
+        out: &mut Vec<u8>,
+        write_plain: impl FnOnce(&mut Vec<u8>),
+    ) {
         use rand::RngCore;
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        out.reserve(NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         let start = out.len();
-        out.extend_from_slice(plain);
+        write_plain(out);
+        out.reserve(TAG_LEN);
         let (key, nonce) = xchacha(&self.keys[&id], &nonce);
         let tag = key
             .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start..])
@@ -257,7 +263,7 @@ mod tests {
 
     fn sealed(r: &Keyring, id: KeyId, aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        r.seal(id, aad, plain, &mut out);
+        r.seal(id, aad, &mut out, |o| o.extend_from_slice(plain));
         out
     }
 

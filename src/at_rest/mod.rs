@@ -91,8 +91,10 @@ impl SlotCodec {
             return slot.encode();
         };
         let id = ring.newest();
-        let mut out = header(id).to_vec();
-        ring.seal(id, &aad(key, id), &slot.body(), &mut out);
+        let body = slot.body_size();
+        let mut out = Vec::with_capacity(HEADER_LEN + keys::NONCE_LEN + body + 16 + 4);
+        out.extend_from_slice(&header(id));
+        ring.seal(id, &aad(key, id), &mut out, |out| slot.write_body(out));
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
