@@ -8,6 +8,7 @@ use crate::protocol::Status;
 use crate::record::{Accepted, Ballot, Record};
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::semantics::{apply, Context, Effect, Op};
+use std::sync::Arc;
 
 /// Hands out ballots that no other request, on this proxy or any other, will use.
 pub trait BallotSource {
@@ -22,11 +23,12 @@ pub type Outcome = Result<Option<Record>, Status>;
 /// What the caller must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send `msg` to replica `to`; deliver its reply with this `round`.
+    /// Send `msg` to replica `to`; deliver its reply with this `round`. (Shared: a
+    /// message to every replica is one message, its record not copied per replica.)
     Send {
         round: u32,
         to: usize,
-        msg: ReplicaRequest,
+        msg: Arc<ReplicaRequest>,
     },
     /// Wait a randomised delay growing with `attempt`, then call [`Coordinator::retry`].
     Backoff { attempt: u32 },
@@ -350,7 +352,7 @@ impl Coordinator {
             .map(|to| Action::Send {
                 round,
                 to,
-                msg: ReplicaRequest::Read { key: key.clone() },
+                msg: Arc::new(ReplicaRequest::Read { key: key.clone() }),
             })
             .collect()
     }
@@ -523,7 +525,7 @@ impl Coordinator {
                             return vec![Action::Send {
                                 round,
                                 to: from,
-                                msg,
+                                msg: Arc::new(msg),
                             }];
                         }
                         // A replica that answered after the quorum differs: it lags, or
@@ -574,7 +576,8 @@ impl Coordinator {
                     actions.extend(self.prepare(ballots));
                 } else if bug(Bug::PurgeBeforeAllReplicas) {
                     if let Some(ballot) = dead_at {
-                        actions.extend(self.broadcast(|key| ReplicaRequest::Purge { key, ballot }));
+                        let key = self.key.clone();
+                        actions.extend(self.broadcast(ReplicaRequest::Purge { key, ballot }));
                     }
                 } else if long_dead {
                     // Purged only once every replica is known to hold it.
@@ -741,10 +744,10 @@ impl Coordinator {
                         record: record.clone(),
                     }),
                 };
-                self.broadcast(|key| ReplicaRequest::Accept {
-                    key,
+                self.broadcast(ReplicaRequest::Accept {
+                    key: self.key.clone(),
                     ballot,
-                    record: record.clone(),
+                    record,
                     next: Some(next),
                 })
             }
@@ -810,7 +813,10 @@ impl Coordinator {
             refused: vec![false; self.q.replicas],
         };
         let ballot = self.ballot;
-        self.broadcast(|key| ReplicaRequest::Prepare { key, ballot })
+        self.broadcast(ReplicaRequest::Prepare {
+            key: self.key.clone(),
+            ballot,
+        })
     }
 
     fn back_off(&mut self) -> Vec<Action> {
@@ -851,17 +857,21 @@ impl Coordinator {
     fn finish_read(&mut self, settled: Option<Option<Ballot>>) -> Vec<Action> {
         self.phase = Phase::Finished;
         match settled {
-            Some(Some(ballot)) => self.broadcast(|key| ReplicaRequest::Purge { key, ballot }),
+            Some(Some(ballot)) => self.broadcast(ReplicaRequest::Purge {
+                key: self.key.clone(),
+                ballot,
+            }),
             _ => Vec::new(),
         }
     }
 
-    fn broadcast(&self, msg: impl Fn(StoreKey) -> ReplicaRequest) -> Vec<Action> {
+    fn broadcast(&self, msg: ReplicaRequest) -> Vec<Action> {
+        let msg = Arc::new(msg);
         (0..self.q.replicas)
             .map(|to| Action::Send {
                 round: self.round,
                 to,
-                msg: msg(self.key.clone()),
+                msg: msg.clone(),
             })
             .collect()
     }
@@ -922,7 +932,6 @@ mod tests {
     use crate::semantics::{Condition, Value};
     use proptest::prelude::*;
     use std::cell::Cell;
-    use std::sync::Arc;
 
     struct Counter(Cell<u64>, u64);
     impl BallotSource for Counter {
@@ -940,7 +949,7 @@ mod tests {
             c: usize,
             round: u32,
             to: usize,
-            req: ReplicaRequest,
+            req: Arc<ReplicaRequest>,
         },
         Reply {
             c: usize,
@@ -1406,10 +1415,8 @@ mod tests {
             assert!(
                 matches!(
                     m,
-                    Msg::Request {
-                        req: ReplicaRequest::Accept { next: Some(_), .. },
-                        ..
-                    }
+                    Msg::Request { req, .. }
+                        if matches!(**req, ReplicaRequest::Accept { next: Some(_), .. })
                 ),
                 "a write on a lease goes straight to phase 2"
             );
@@ -1573,11 +1580,11 @@ mod tests {
         let reads_to = |actions: &[Action]| -> Vec<usize> {
             (actions.iter())
                 .filter_map(|a| match a {
-                    Action::Send {
-                        to,
-                        msg: ReplicaRequest::Read { .. },
-                        ..
-                    } => Some(*to),
+                    Action::Send { to, msg, .. }
+                        if matches!(**msg, ReplicaRequest::Read { .. }) =>
+                    {
+                        Some(*to)
+                    }
                     _ => None,
                 })
                 .collect()
@@ -1678,14 +1685,8 @@ mod tests {
                 actions.extend(co.on_reply(prepared, from, promise, &ballots, ctx.now_ns));
             }
             assert!(matches!(
-                actions[..],
-                [
-                    Action::Send {
-                        msg: ReplicaRequest::Accept { .. },
-                        ..
-                    },
-                    ..
-                ]
+                &actions[..],
+                [Action::Send { msg, .. }, ..] if matches!(**msg, ReplicaRequest::Accept { .. })
             ));
             let round = co.round();
             let mut last = Vec::new();
