@@ -5,7 +5,7 @@ use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
 use std::io;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Where the writes of a storage server go to become durable.
 #[derive(Clone)]
@@ -23,86 +23,54 @@ pub enum Durable {
     Failed,
 }
 
-/// Waits for the committer to end: once every handle is dropped it finishes the
-/// batch in hand and releases the engine.
-pub struct Committer(oneshot::Receiver<()>);
-
-impl Committer {
-    pub async fn finished(self) {
-        let _ = self.0.await;
-    }
-}
-
-/// The committer's loop, shared by its thread (production) and its task (simulator).
-struct Committing {
-    engine: Arc<dyn Engine>,
-    max_batch: usize,
-    server: String,
-    durable_tx: watch::Sender<Durable>,
-}
-
-impl Committing {
-    /// Adds to the first batch what else is queued, up to `max_batch` changes.
-    fn gather(
-        &self,
-        rx: &mut mpsc::UnboundedReceiver<(u64, Vec<Change>)>,
-        (mut last, mut batch): (u64, Vec<Change>),
-    ) -> (u64, Vec<Change>) {
-        while batch.len() < self.max_batch {
-            match rx.try_recv() {
-                Ok((seq, more)) => {
-                    last = seq;
-                    batch.extend(more);
-                }
-                Err(_) => break,
-            }
-        }
-        if bug(Bug::BatchLosesLastChange) && batch.len() > 1 {
-            batch.pop();
-        }
-        if bug(Bug::AckBeforeFsync) {
-            let _ = self.durable_tx.send(Durable::UpTo(last));
-        }
-        crate::metrics::metrics()
-            .commit_batch_changes
-            .observe(batch.len() as f64);
-        (last, batch)
-    }
-
-    /// Tells the waiting replies how the write of the batch up to `last` went; false
-    /// when nothing more may be committed.
-    fn written(&self, last: u64, written: io::Result<()>, started: tokio::time::Instant) -> bool {
-        crate::metrics::metrics()
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let state = match written {
-            Ok(()) => Durable::UpTo(last),
-            Err(e) => {
-                let server = &self.server;
-                tracing::error!(%server, error = %e, "durable write failed; replica stops serving");
-                Durable::Failed
-            }
-        };
-        self.durable_tx.send(state).is_ok() && state != Durable::Failed
-    }
-}
-
 impl GroupCommit {
-    /// Starts the committer, which ends (releasing the engine) once every handle is
-    /// dropped. `max_batch` bounds the changes synced at once; `server` names the
-    /// storage server (for logs and the simulator's crash points).
-    pub fn start(engine: Arc<dyn Engine>, max_batch: usize, server: String) -> (Self, Committer) {
-        let (tx, rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
+    /// Starts the committing task, which ends (releasing the engine) once every
+    /// handle is dropped. `max_batch` bounds the changes synced at once; `server` names
+    /// the storage server (for logs and the simulator's crash points).
+    pub fn start(
+        engine: Arc<dyn Engine>,
+        max_batch: usize,
+        server: String,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
-        let (done_tx, done) = oneshot::channel();
-        let committing = Committing {
-            engine,
-            max_batch,
-            server,
-            durable_tx,
-        };
-        run(committing, rx, done_tx);
-        (GroupCommit { tx, durable }, Committer(done))
+        let task = tokio::spawn(async move {
+            while let Some((mut last, mut batch)) = rx.recv().await {
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok((seq, more)) => {
+                            last = seq;
+                            batch.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if bug(Bug::BatchLosesLastChange) && batch.len() > 1 {
+                    batch.pop();
+                }
+                if bug(Bug::AckBeforeFsync) {
+                    let _ = durable_tx.send(Durable::UpTo(last));
+                }
+                let metrics = crate::metrics::metrics();
+                metrics.commit_batch_changes.observe(batch.len() as f64);
+                let started = tokio::time::Instant::now();
+                let written = write_durably(engine.clone(), batch, &server).await;
+                metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let state = match written {
+                    Ok(()) => Durable::UpTo(last),
+                    Err(e) => {
+                        tracing::error!(%server, error = %e, "durable write failed; replica stops serving");
+                        Durable::Failed
+                    }
+                };
+                if durable_tx.send(state).is_err() || state == Durable::Failed {
+                    return;
+                }
+            }
+        });
+        (GroupCommit { tx, durable }, task)
     }
 
     /// Queues `changes` under sequence number `seq` (strictly increasing per caller).
@@ -130,31 +98,12 @@ impl GroupCommit {
     }
 }
 
-/// In production the committer is a thread of its own: the fsync blocks, and a
-/// thread that waits on the queue itself saves two hand-offs a batch over a task that
-/// hands each batch to the blocking pool.
+/// The fsync blocks: off the async workers in production.
 #[cfg(not(madsim))]
-fn run(
-    c: Committing,
-    mut rx: mpsc::UnboundedReceiver<(u64, Vec<Change>)>,
-    done: oneshot::Sender<()>,
-) {
-    let name = format!("commit {}", c.server);
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let (last, batch) = c.gather(&mut rx, first);
-                let started = tokio::time::Instant::now();
-                let written = c.engine.write(&batch, true);
-                if !c.written(last, written, started) {
-                    break;
-                }
-            }
-            drop(c);
-            let _ = done.send(());
-        })
-        .expect("starting a commit thread");
+async fn write_durably(engine: Arc<dyn Engine>, batch: Vec<Change>, _: &str) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || engine.write(&batch, true))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
 }
 
 /// In the simulator a sync takes simulated time; a crash meanwhile loses the batch,
@@ -163,30 +112,20 @@ fn run(
 /// RocksDB drops a torn WAL record), and just after it is durable (kept, but nobody
 /// was told).
 #[cfg(madsim)]
-fn run(
-    c: Committing,
-    mut rx: mpsc::UnboundedReceiver<(u64, Vec<Change>)>,
-    done: oneshot::Sender<()>,
-) {
+async fn write_durably(
+    engine: Arc<dyn Engine>,
+    batch: Vec<Change>,
+    server: &str,
+) -> io::Result<()> {
     use crate::fault::{crash_point, CrashPoint};
     use madsim::rand::Rng;
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let (last, batch) = c.gather(&mut rx, first);
-            let started = tokio::time::Instant::now();
-            let sync = madsim::rand::thread_rng().gen_range(1000..10_000);
-            crash_point(&c.server, CrashPoint::DuringSync);
-            tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
-            let written = c.engine.write(&batch, true);
-            if written.is_ok() && crash_point(&c.server, CrashPoint::AfterSync) {
-                // The node is dead: let the runtime drop this task before anyone hears of it.
-                tokio::task::yield_now().await;
-            }
-            if !c.written(last, written, started) {
-                break;
-            }
-        }
-        drop(c);
-        let _ = done.send(());
-    });
+    let sync = madsim::rand::thread_rng().gen_range(1000..10_000);
+    crash_point(server, CrashPoint::DuringSync);
+    tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
+    engine.write(&batch, true)?;
+    if crash_point(server, CrashPoint::AfterSync) {
+        // The node is dead: let the runtime drop this task before anyone hears of it.
+        tokio::task::yield_now().await;
+    }
+    Ok(())
 }

@@ -231,7 +231,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
             }
         }
         drop(replica);
-        committer.finished().await;
+        let _ = committer.await;
     });
     Ok(Started {
         inbox: tx,
