@@ -560,8 +560,7 @@ impl Coordinator {
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
                     Err(s) => Err(s),
                 };
-                let long_dead = (current)
-                    .is_some_and(|r| r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs));
+                let long_dead = long_dead_at(got[0]).is_some();
                 let dead_at = match got[0] {
                     Some((ballot, r)) if r.tombstone || !r.is_live(self.ctx.now_secs()) => {
                         Some(*ballot)
