@@ -30,6 +30,11 @@ impl StoreKey {
         out
     }
 
+    /// Where the engine keys of the shards after `shard` begin (none after the last).
+    pub fn end_of_shard(shard: u16) -> Option<Vec<u8>> {
+        shard.checked_add(1).map(|next| next.to_be_bytes().to_vec())
+    }
+
     /// The shard of an engine key written by [`StoreKey::to_bytes`] (its first two
     /// bytes), without decoding the rest.
     pub fn shard_in(bytes: &[u8]) -> Option<u16> {

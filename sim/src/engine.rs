@@ -117,13 +117,18 @@ impl Engine for SimEngine {
         Ok(())
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
+    fn scan(
+        &self,
+        after: Option<&[u8]>,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<Entry>> {
         let st = self.state.lock().unwrap();
         if !st.unsynced.is_empty() {
             // Every write the servers make is synced: nothing to merge.
             return Err(io::Error::other("scan with unsynced writes pending"));
         }
-        Ok(scan_map(&st.durable, after, limit))
+        Ok(scan_map(&st.durable, after, before, limit))
     }
 
     fn volatile(&self) -> bool {

@@ -28,8 +28,13 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
-        Ok(scan_map(&self.map.lock().unwrap(), after, limit))
+    fn scan(
+        &self,
+        after: Option<&[u8]>,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<Entry>> {
+        Ok(scan_map(&self.map.lock().unwrap(), after, before, limit))
     }
 
     fn stats(&self) -> EngineStats {
@@ -45,11 +50,16 @@ impl Engine for MemoryEngine {
 pub fn scan_map(
     map: &BTreeMap<Vec<u8>, Vec<u8>>,
     after: Option<&[u8]>,
+    before: Option<&[u8]>,
     limit: usize,
 ) -> Vec<Entry> {
     use std::ops::Bound;
     let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
-    map.range((from, Bound::Unbounded))
+    let to = before.map_or(Bound::Unbounded, |b| Bound::Excluded(b.to_vec()));
+    if matches!((&from, &to), (Bound::Excluded(a), Bound::Excluded(b)) if a >= b) {
+        return Vec::new(); // (`range` panics on an empty interval.)
+    }
+    map.range((from, to))
         .take(limit)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()

@@ -24,9 +24,16 @@ pub trait Engine: Send + Sync + 'static {
     /// machine once this returns; this is the call group commit amortises.
     fn write(&self, batch: &[Change], sync: bool) -> io::Result<()>;
 
-    /// Up to `limit` entries in key order, starting after `after` (from the first key
-    /// when `None`): how the sweeper walks the store without holding it still.
-    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>>;
+    /// Up to `limit` entries in key order, after `after` (from the first key when
+    /// `None`) and before `before` (to the last when `None`): how the sweeper walks the
+    /// store without holding it still. `before` lets a walk of one shard stop at its end
+    /// rather than read a page of the shards beyond.
+    fn scan(
+        &self,
+        after: Option<&[u8]>,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<Entry>>;
 
     /// Gives the space of deleted entries back to the file system (RocksDB: a manual
     /// compaction). Called after a sweep that removed records.
@@ -69,7 +76,7 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub fn for_each(engine: &dyn Engine, mut f: impl FnMut(&[u8], &[u8])) -> io::Result<()> {
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let page = engine.scan(after.as_deref(), 1024)?;
+        let page = engine.scan(after.as_deref(), None, 1024)?;
         for (k, v) in &page {
             f(k, v);
         }

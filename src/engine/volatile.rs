@@ -106,8 +106,13 @@ impl Engine for VolatileEngine {
         durable_state.map_or(Ok(()), |state| self.persist(&state))
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<Entry>> {
-        Ok(scan_map(&self.map.lock().unwrap(), after, limit))
+    fn scan(
+        &self,
+        after: Option<&[u8]>,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<Entry>> {
+        Ok(scan_map(&self.map.lock().unwrap(), after, before, limit))
     }
 
     fn stats(&self) -> EngineStats {

@@ -432,7 +432,8 @@ impl Replica {
             return false;
         };
         let prefix = shard.to_be_bytes();
-        let page = match self.engine.scan(Some(&after), PAGE) {
+        let end = StoreKey::end_of_shard(shard);
+        let page = match self.engine.scan(Some(&after), end.as_deref(), PAGE) {
             Ok(page) => page,
             Err(e) => {
                 tracing::error!(server = %self.name, shard, error = %e, "dropping a shard this server no longer holds");
@@ -750,8 +751,9 @@ impl Replica {
     ) -> Result<Vec<(StoreKey, Option<Slot>)>, String> {
         // (Two bytes sort before every key of their shard, and after the one before.)
         let after = (after.map(StoreKey::to_bytes)).or(shard.map(|s| s.to_be_bytes().to_vec()));
-        let page =
-            (self.engine.scan(after.as_deref(), limit)).map_err(|e| format!("engine scan: {e}"))?;
+        let end = shard.and_then(StoreKey::end_of_shard);
+        let page = (self.engine.scan(after.as_deref(), end.as_deref(), limit))
+            .map_err(|e| format!("engine scan: {e}"))?;
         let in_range =
             |k: &[u8]| is_record_key(k) && shard.is_none_or(|s| StoreKey::shard_in(k) == Some(s));
         Ok((page.into_iter())

@@ -131,7 +131,7 @@ impl Sweeper {
         let (ignored, _) = mpsc::unbounded_channel();
         let mut resolving = FuturesUnordered::new();
         loop {
-            let page = self.engine.scan(after.as_deref(), 256)?;
+            let page = self.engine.scan(after.as_deref(), None, 256)?;
             let Some((last, _)) = page.last() else {
                 break;
             };
