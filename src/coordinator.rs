@@ -4,7 +4,7 @@
 
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
-use crate::protocol::Status;
+use crate::protocol::{RequestId, Status};
 use crate::record::{Accepted, Ballot, Record};
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::semantics::{apply, Context, Effect, Op};
@@ -161,10 +161,39 @@ enum Attempt {
     Unknown,
 }
 
+/// A replica's answer to a read: the record it accepted, or, asked only to compare,
+/// that record's ballot and originator.
+#[derive(Debug)]
+enum ReadAnswer {
+    Record(Option<Accepted>),
+    Ballot(Option<(Ballot, [u8; 16])>),
+}
+
+impl ReadAnswer {
+    fn ballot(&self) -> Option<Ballot> {
+        self.identity().map(|(b, _)| b)
+    }
+
+    /// The ballot and originator of the record answered with: one record per ballot.
+    fn identity(&self) -> Option<(Ballot, [u8; 16])> {
+        match self {
+            ReadAnswer::Record(accepted) => identity(accepted),
+            ReadAnswer::Ballot(accepted) => *accepted,
+        }
+    }
+
+    fn record(&self) -> Option<&Option<Accepted>> {
+        match self {
+            ReadAnswer::Record(accepted) => Some(accepted),
+            ReadAnswer::Ballot(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     Reading {
-        seen: Vec<Option<Option<Accepted>>>,
+        seen: Vec<Option<ReadAnswer>>,
         /// What a quorum agreed on, once it did.
         chosen: Option<Option<Accepted>>,
         /// The replicas asked so far.
@@ -304,14 +333,15 @@ impl Coordinator {
             }
         } else {
             self.round += 1;
-            let asked = self.first_readers();
+            let (asked, record_from) = self.first_readers();
             let partial = asked.contains(&false);
             self.phase = Phase::Reading {
-                seen: vec![None; self.q.replicas],
+                seen: (0..self.q.replicas).map(|_| None).collect(),
                 chosen: None,
                 asked: vec![false; self.q.replicas],
             };
-            let mut actions = self.ask(|i| asked[i]);
+            let compare_only = |i| record_from.is_some_and(|r| r != i);
+            let mut actions = self.ask_for(|i| asked[i], compare_only);
             if partial {
                 actions.push(Action::Hedge { round: self.round });
             }
@@ -322,15 +352,18 @@ impl Coordinator {
     /// The replicas a plain read asks first: a quorum of the layout, from the place
     /// [`ReadFrom::Quorum`] names; every replica while the map changes (a quorum of
     /// two layouts at once is not worth working out for a moment's reads) or when told.
-    fn first_readers(&self) -> Vec<bool> {
+    /// Of a quorum, only the first is asked for its record (named second); the others
+    /// only compare ballots with it. (Every replica asked sends its record.)
+    fn first_readers(&self) -> (Vec<bool>, Option<usize>) {
         let mut asked = vec![true; self.q.replicas];
         if let (ReadFrom::Quorum { first }, [layout]) = (self.read_from, &self.q.layouts[..]) {
             asked.fill(false);
             for k in 0..Quorum::needed(layout.len()) {
                 asked[layout[(first + k) % layout.len()]] = true;
             }
+            return (asked, Some(layout[first % layout.len()]));
         }
-        asked
+        (asked, None)
     }
 
     /// The read of `round` is slow to reach a quorum: ask the replicas it has not.
@@ -341,18 +374,32 @@ impl Coordinator {
         }
     }
 
-    /// Sends the read to the replicas `wanted` picks that it has not asked yet.
+    /// Asks the replicas `wanted` picks that it has not asked yet for their records.
     fn ask(&mut self, wanted: impl Fn(usize) -> bool) -> Vec<Action> {
+        self.ask_for(wanted, |_| false)
+    }
+
+    /// Sends the read to the replicas `wanted` picks that it has not asked yet: those
+    /// `compare_only` picks are asked for their record's ballot only.
+    fn ask_for(
+        &mut self,
+        wanted: impl Fn(usize) -> bool,
+        compare_only: impl Fn(usize) -> bool,
+    ) -> Vec<Action> {
         let Phase::Reading { asked, .. } = &mut self.phase else {
             unreachable!("only a read asks")
         };
         let (round, key) = (self.round, &self.key);
         (0..self.q.replicas)
             .filter(|&i| wanted(i) && !std::mem::replace(&mut asked[i], true))
-            .map(|to| Action::Send {
-                round,
-                to,
-                msg: Arc::new(ReplicaRequest::Read { key: key.clone() }),
+            .map(|to| {
+                let key = key.clone();
+                let msg = match compare_only(to) {
+                    true => ReplicaRequest::ReadBallot { key },
+                    false => ReplicaRequest::Read { key },
+                };
+                let msg = Arc::new(msg);
+                Action::Send { round, to, msg }
             })
             .collect()
     }
@@ -473,26 +520,33 @@ impl Coordinator {
                 chosen,
                 asked,
             } => {
-                let ReplicaReply::Value { accepted } = reply else {
-                    if self.damaged_seen && chosen.is_some() {
+                let answer = match reply {
+                    ReplicaReply::Value { accepted } => ReadAnswer::Record(accepted),
+                    ReplicaReply::Ballot { accepted } => ReadAnswer::Ballot(accepted),
+                    _ if self.damaged_seen && chosen.is_some() => {
                         return self.prepare(ballots); // the client has its answer: repair
                     }
-                    // A failed replica: ask any not asked yet, and wait for the others
-                    // or time out.
-                    return self.ask(|_| true);
+                    // A failed replica: ask any not asked yet for their records, and
+                    // wait for the others or time out.
+                    _ => return self.ask(|_| true),
                 };
                 if seen[from].is_some() {
                     return Vec::new();
                 }
-                check_one_record_per_ballot(seen, &accepted);
+                let held = seen.iter().flatten().filter_map(ReadAnswer::identity);
+                check_one_record_per_ballot(held, answer.identity());
                 let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
-                let accepted_ballot = ballot_of(&accepted);
-                seen[from] = Some(accepted);
+                let accepted_ballot = answer.ballot();
+                seen[from] = Some(answer);
                 // The answers are compared where they lie; a record is cloned only to be
                 // kept as the chosen one (a read used to copy every answer per reply).
-                let got: Vec<&Option<Accepted>> = seen.iter().flatten().collect();
+                let got: Vec<&ReadAnswer> = seen.iter().flatten().collect();
                 let everyone = got.len() == self.q.replicas;
-                let agreed = all_same_ballot(&got);
+                let compared =
+                    |a: &&&ReadAnswer| !bug(Bug::ReadIgnoresBallots) || a.record().is_some();
+                let agreed = all_same_ballot(got.iter().filter(compared).map(|a| a.ballot()));
+                // The record of the replica asked for it (of any, if several were).
+                let record = got.iter().find_map(|a| a.record());
                 // What the answers need done once all are in, if they agree.
                 let long_dead_at = |a: &Option<Accepted>| match a {
                     Some((b, r)) if r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs) => {
@@ -500,7 +554,7 @@ impl Coordinator {
                     }
                     _ => None,
                 };
-                let settled = agreed.then(|| long_dead_at(got[0]));
+                let settled = agreed.then(|| record.and_then(long_dead_at));
                 // Every replica asked has answered, and those not asked never will.
                 let all_asked_answered =
                     (asked.iter().zip(seen.iter())).all(|(a, s)| !a || s.is_some());
@@ -545,10 +599,12 @@ impl Coordinator {
                     true => !got.is_empty(),
                     false => self.q.met(|i| seen[i].is_some()),
                 };
-                if !enough {
+                // (A quorum that only compared waits for the record: the replica asked
+                // for it answers, fails, and then others are asked, or is hedged.)
+                let Some(record) = record.filter(|_| enough) else {
                     return Vec::new();
-                }
-                let current = got[0].as_ref().map(|(_, r)| r);
+                };
+                let current = record.as_ref().map(|(_, r)| r);
                 let fence = expiry_fence(current, &self.ctx, &self.q);
                 if !agreed || fence.is_some() {
                     // Replicas disagree, or the record has only just expired: make the
@@ -560,14 +616,14 @@ impl Coordinator {
                     Ok(Effect::Write(_)) => unreachable!("a plain get never writes"),
                     Err(s) => Err(s),
                 };
-                let long_dead = long_dead_at(got[0]).is_some();
-                let dead_at = match got[0] {
+                let long_dead = long_dead_at(record).is_some();
+                let dead_at = match record {
                     Some((ballot, r)) if r.tombstone || !r.is_live(self.ctx.now_secs()) => {
                         Some(*ballot)
                     }
                     _ => None,
                 };
-                *chosen = Some(got[0].clone());
+                *chosen = Some(record.clone());
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
                     actions.extend(self.finish_read(settled));
@@ -592,7 +648,8 @@ impl Coordinator {
                 }
                 match reply {
                     ReplicaReply::Promise { accepted } => {
-                        check_one_record_per_ballot(promises, &accepted);
+                        let held = promises.iter().flatten().filter_map(identity);
+                        check_one_record_per_ballot(held, identity(&accepted));
                         promises[from] = Some(accepted);
                     }
                     _ => refused[from] = true,
@@ -604,7 +661,7 @@ impl Coordinator {
                     return Vec::new();
                 }
                 let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
-                let agreed = all_same_ballot(&got);
+                let agreed = all_same_ballot(got.iter().map(|a| a.as_ref().map(|(b, _)| *b)));
                 let highest = got
                     .iter()
                     .filter_map(|a| a.as_ref())
@@ -904,23 +961,34 @@ fn expiry_fence(current: Option<&Record>, ctx: &Context, q: &Quorum) -> Option<R
     })
 }
 
+/// What tells an accepted record from another: its ballot and its originator.
+fn identity(accepted: &Option<Accepted>) -> Option<(Ballot, [u8; 16])> {
+    accepted.as_ref().map(|(b, r)| (*b, r.originator))
+}
+
 /// Paxos accepts at most one record per ballot (each ballot's proposer sends one): two
 /// replicas holding different records under one ballot mean a ballot was reused.
-fn check_one_record_per_ballot(got: &[Option<Option<Accepted>>], new: &Option<Accepted>) {
-    let Some((ballot, record)) = new else { return };
-    for (b, r) in got.iter().flatten().flatten() {
-        if b == ballot && r.originator != record.originator {
+fn check_one_record_per_ballot(
+    held: impl IntoIterator<Item = (Ballot, [u8; 16])>,
+    new: Option<(Ballot, [u8; 16])>,
+) {
+    let Some((ballot, originator)) = new else {
+        return;
+    };
+    for (b, o) in held {
+        if b == ballot && o != originator {
             crate::fault::invariant_violated(format_args!(
-                "two records accepted under ballot {ballot:?} (versions {} and {})",
-                r.version, record.version
+                "two records accepted under ballot {ballot:?} (originators {} and {})",
+                RequestId(Some(o)),
+                RequestId(Some(originator))
             ));
         }
     }
 }
 
-fn all_same_ballot<A: std::borrow::Borrow<Option<Accepted>>>(got: &[A]) -> bool {
-    let ballot = |a: &A| a.borrow().as_ref().map(|(b, _)| *b);
-    got.windows(2).all(|w| ballot(&w[0]) == ballot(&w[1]))
+fn all_same_ballot(mut ballots: impl Iterator<Item = Option<Ballot>>) -> bool {
+    let first = ballots.next();
+    ballots.all(|b| Some(b) == first)
 }
 
 #[cfg(test)]
@@ -1576,17 +1644,21 @@ mod tests {
             ))
         };
         let key = StoreKey::new(b"ns", b"k", 16);
-        let reads_to = |actions: &[Action]| -> Vec<usize> {
-            (actions.iter())
-                .filter_map(|a| match a {
-                    Action::Send { to, msg, .. }
-                        if matches!(**msg, ReplicaRequest::Read { .. }) =>
-                    {
-                        Some(*to)
-                    }
-                    _ => None,
-                })
-                .collect()
+        // The replicas asked for their records, then those asked to compare.
+        let reads_to = |actions: &[Action]| -> (Vec<usize>, Vec<usize>) {
+            let sent = |record: bool| {
+                (actions.iter())
+                    .filter_map(|a| match a {
+                        Action::Send { to, msg, .. } => match **msg {
+                            ReplicaRequest::Read { .. } if record => Some(*to),
+                            ReplicaRequest::ReadBallot { .. } if !record => Some(*to),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            };
+            (sent(true), sent(false))
         };
         let read = Op::Get { extend_ttl: 0 };
         let new = || {
@@ -1594,40 +1666,64 @@ mod tests {
             co.reading_from(ReadFrom::Quorum { first: 2 })
         };
 
-        // Hedged: the third replica is asked, and its answer completes the quorum.
+        // The quorum's first replica (2) sends its record, the next (0) compares.
+        // Hedged: the third replica is asked for its record, and completes the quorum.
         let mut co = new();
         let first = co.start(&ballots, None);
-        assert_eq!(reads_to(&first), vec![0, 2]);
+        assert_eq!(reads_to(&first), (vec![2], vec![0]));
         let round = co.round();
         assert!(first.contains(&Action::Hedge { round }));
         let value = |a| ReplicaReply::Value { accepted: a };
+        let ballot = |a: Option<(Ballot, Record)>| ReplicaReply::Ballot {
+            accepted: a.map(|(b, r)| (b, r.originator)),
+        };
         assert!(co
             .on_reply(round, 2, value(record(4)), &ballots, 0)
             .is_empty());
-        assert_eq!(reads_to(&co.hedge(round)), vec![1]);
+        assert_eq!(reads_to(&co.hedge(round)), (vec![1], vec![]));
         assert!(co.hedge(round).is_empty(), "asked once");
         let done = co.on_reply(round, 1, value(record(4)), &ballots, 0);
         assert!(matches!(done[..], [Action::Reply(_)]), "{done:?}");
         assert!(co.hedge(round).is_empty(), "answered: nothing to hedge");
 
-        // A failed replica: the third is asked at once.
+        // The replica asked for its record fails: the third is asked for its own at
+        // once, and a quorum that only compared waits for it.
         let mut co = new();
         co.start(&ballots, None);
         let failed = ReplicaReply::Failed {
             reason: "down".into(),
         };
         assert_eq!(
-            reads_to(&co.on_reply(round, 0, failed, &ballots, 0)),
-            vec![1]
+            reads_to(&co.on_reply(round, 2, failed, &ballots, 0)),
+            (vec![1], vec![])
         );
+        assert!(co
+            .on_reply(round, 0, ballot(record(4)), &ballots, 0)
+            .is_empty());
+        let done = co.on_reply(round, 1, value(record(4)), &ballots, 0);
+        assert!(matches!(done[..], [Action::Reply(_)]), "{done:?}");
 
-        // Two answers that agree: done, nobody else asked.
+        // A ballot and a record that agree: done, nobody else asked.
         let mut co = new();
         co.start(&ballots, None);
-        co.on_reply(round, 0, value(record(4)), &ballots, 0);
+        assert!(co
+            .on_reply(round, 0, ballot(record(4)), &ballots, 0)
+            .is_empty());
         let done = co.on_reply(round, 2, value(record(4)), &ballots, 0);
         assert!(matches!(done[..], [Action::Reply(_)]), "{done:?}");
         assert!(co.is_finished());
+
+        // They differ: a full round (phase 1 to every replica) before any answer.
+        let mut co = new();
+        co.start(&ballots, None);
+        co.on_reply(round, 2, value(record(4)), &ballots, 0);
+        let round_two = co.on_reply(round, 0, ballot(record(5)), &ballots, 0);
+        assert!(
+            (round_two.iter()).all(|a| matches!(a, Action::Send { msg, .. }
+                if matches!(**msg, ReplicaRequest::Prepare { .. }))),
+            "{round_two:?}"
+        );
+        assert_eq!(round_two.len(), 3);
     }
 
     #[test]

@@ -81,10 +81,13 @@ pub enum Bug {
     /// A move takes its copy from one old node as the catch-up: records that node
     /// missed (chosen on the others) are never read through the joint quorums.
     CatchUpTrustsCopy,
+    /// A quorum read answers with the record one replica sent without comparing the
+    /// ballots the others reported (they were asked to compare only).
+    ReadIgnoresBallots,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 27] = [
+    pub const ALL: [Bug; 28] = [
         Bug::ReadOneReplica,
         Bug::AcceptLowerBallot,
         Bug::PurgeBeforeAllReplicas,
@@ -112,6 +115,7 @@ impl Bug {
         Bug::MoveSkipsJoint,
         Bug::CopyOverPromise,
         Bug::CatchUpTrustsCopy,
+        Bug::ReadIgnoresBallots,
     ];
 
     /// The name the simulator's `--bug` flag takes.
@@ -144,6 +148,7 @@ impl Bug {
             Bug::MoveSkipsJoint => "move-skips-joint",
             Bug::CopyOverPromise => "copy-over-promise",
             Bug::CatchUpTrustsCopy => "catch-up-trusts-copy",
+            Bug::ReadIgnoresBallots => "read-ignores-ballots",
         }
     }
 

@@ -267,6 +267,7 @@ pub fn op_name(op: OpCode) -> &'static str {
 pub fn kind_name(req: &ReplicaRequest) -> &'static str {
     match req {
         ReplicaRequest::Read { .. } => "read",
+        ReplicaRequest::ReadBallot { .. } => "read_ballot",
         ReplicaRequest::Prepare { .. } => "prepare",
         ReplicaRequest::Accept { .. } => "accept",
         ReplicaRequest::Purge { .. } => "purge",

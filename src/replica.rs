@@ -47,6 +47,10 @@ pub enum ReplicaRequest {
     /// About the storage server itself, not a key: answered by the server, before
     /// any key's replica sees it.
     Node(NodeRequest),
+    /// A read that only compares: report the accepted record's ballot and originator,
+    /// not the record. A plain read asks one replica of its quorum for the record and
+    /// the others for this, so that a get carries the value between servers once.
+    ReadBallot { key: StoreKey },
 }
 
 /// What a storage server is asked about itself rather than about a key.
@@ -84,6 +88,7 @@ impl ReplicaRequest {
     pub fn key(&self) -> Option<&StoreKey> {
         match self {
             ReplicaRequest::Read { key }
+            | ReplicaRequest::ReadBallot { key }
             | ReplicaRequest::Prepare { key, .. }
             | ReplicaRequest::Accept { key, .. }
             | ReplicaRequest::Purge { key, .. }
@@ -131,6 +136,10 @@ pub enum ReplicaReply {
     /// ahead of a change of the map), or the key's shard is not this server's in it.
     /// Nothing was done.
     NotOwner { epoch: u64 },
+    /// Answer to ReadBallot: the accepted record's ballot and originator.
+    Ballot {
+        accepted: Option<(Ballot, [u8; 16])>,
+    },
 }
 
 /// What a storage server says of itself.
@@ -212,6 +221,12 @@ pub fn step(
                 accepted: accepted.cloned(),
             },
         ),
+        ReplicaRequest::ReadBallot { .. } => (
+            None,
+            ReplicaReply::Ballot {
+                accepted: accepted.map(|(b, r)| (*b, r.originator)),
+            },
+        ),
         ReplicaRequest::Prepare { ballot, .. } => {
             if *ballot <= promised {
                 return (None, ReplicaReply::Rejected { promised });
@@ -289,9 +304,9 @@ fn step_damaged(promised: Ballot, req: &ReplicaRequest) -> (Option<Write>, Repli
         ReplicaRequest::Purge { .. } | ReplicaRequest::Forget { .. } => {
             (None, ReplicaReply::Purged)
         }
-        ReplicaRequest::Read { .. } | ReplicaRequest::Prepare { .. } => {
-            (None, ReplicaReply::Damaged { promised })
-        }
+        ReplicaRequest::Read { .. }
+        | ReplicaRequest::ReadBallot { .. }
+        | ReplicaRequest::Prepare { .. } => (None, ReplicaReply::Damaged { promised }),
         ReplicaRequest::Copy { .. } | ReplicaRequest::Node(_) => (None, not_about_a_key()),
     }
 }
@@ -581,6 +596,7 @@ mod tests {
     fn arb_req() -> impl Strategy<Value = ReplicaRequest> {
         prop_oneof![
             Just(ReplicaRequest::Read { key: key() }),
+            Just(ReplicaRequest::ReadBallot { key: key() }),
             (0u64..8).prop_map(|c| ReplicaRequest::Prepare {
                 key: key(),
                 ballot: b(c)
@@ -614,7 +630,15 @@ mod tests {
             let mut last_accepted: Option<Ballot> = None;
             for req in &reqs {
                 let before = s.as_ref().map(|x| x.promised).unwrap_or_default().max(f);
+                let held = s.clone();
                 let reply = apply(&mut s, &mut f, req);
+                if let ReplicaRequest::ReadBallot { .. } = req {
+                    // What a read would report, less the record; nothing changes.
+                    let accepted = held.as_ref().and_then(|x| x.accepted.as_ref());
+                    let want = accepted.map(|(b, r)| (*b, r.originator));
+                    prop_assert_eq!(&reply, &ReplicaReply::Ballot { accepted: want });
+                    prop_assert_eq!(&s, &held);
+                }
                 let after = s.as_ref().map(|x| x.promised).unwrap_or_default().max(f);
                 prop_assert!(after >= before);
                 max_promise = max_promise.max(after);

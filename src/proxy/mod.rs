@@ -794,7 +794,7 @@ async fn drive(
                 if !matches!(reply, ReplicaReply::Failed { .. }) {
                     slowest = slowest.max(took);
                 }
-                if matches!(reply, ReplicaReply::Value { .. }) {
+                if matches!(reply, ReplicaReply::Value { .. } | ReplicaReply::Ballot { .. }) {
                     proxy.read_round_trips.observe(took);
                 }
                 actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
