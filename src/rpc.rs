@@ -77,6 +77,9 @@ pub async fn write_frames<W: AsyncWrite + Unpin, F: AsRef<[u8]>>(
     while let Some(frame) = rx.recv().await {
         buf.extend_from_slice(frame.as_ref());
         drop(frame);
+        // The tasks ready to run go first: under load they queue more frames, which
+        // then share this write's system call and the peer's wake-up.
+        tokio::task::yield_now().await;
         while buf.len() < 256 << 10 {
             match rx.try_recv() {
                 Ok(more) => buf.extend_from_slice(more.as_ref()),
