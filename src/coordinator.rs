@@ -352,8 +352,8 @@ impl Coordinator {
     /// The replicas a plain read asks first: a quorum of the layout, from the place
     /// [`ReadFrom::Quorum`] names; every replica while the map changes (a quorum of
     /// two layouts at once is not worth working out for a moment's reads) or when told.
-    /// Of a quorum, only the first is asked for its record (named second); the others
-    /// only compare ballots with it. (Every replica asked sends its record.)
+    /// Also names, for a quorum, the one replica asked for its record: the others only
+    /// compare ballots with it. When every replica is asked, each sends its record.
     fn first_readers(&self) -> (Vec<bool>, Option<usize>) {
         let mut asked = vec![true; self.q.replicas];
         if let (ReadFrom::Quorum { first }, [layout]) = (self.read_from, &self.q.layouts[..]) {
