@@ -36,6 +36,9 @@ impl GroupCommit {
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
         let task = tokio::spawn(async move {
             while let Some((mut last, mut batch)) = rx.recv().await {
+                // The tasks ready to run go first: under load the replica has more
+                // writes to queue, which then share this batch's fsync.
+                tokio::task::yield_now().await;
                 while batch.len() < max_batch {
                     match rx.try_recv() {
                         Ok((seq, more)) => {
