@@ -535,7 +535,6 @@ impl Coordinator {
                 }
                 let held = seen.iter().flatten().filter_map(ReadAnswer::identity);
                 check_one_record_per_ballot(held, answer.identity());
-                let ballot_of = |a: &Option<Accepted>| a.as_ref().map(|(b, _)| *b);
                 let accepted_ballot = answer.ballot();
                 seen[from] = Some(answer);
                 // The answers are compared where they lie; a record is cloned only to be
@@ -661,7 +660,7 @@ impl Coordinator {
                     return Vec::new();
                 }
                 let got: Vec<&Option<Accepted>> = promises.iter().flatten().collect();
-                let agreed = all_same_ballot(got.iter().map(|a| a.as_ref().map(|(b, _)| *b)));
+                let agreed = all_same_ballot(got.iter().map(|a| ballot_of(a)));
                 let highest = got
                     .iter()
                     .filter_map(|a| a.as_ref())
@@ -959,6 +958,10 @@ fn expiry_fence(current: Option<&Record>, ctx: &Context, q: &Quorum) -> Option<R
             ctx.request_id,
         )
     })
+}
+
+fn ballot_of(accepted: &Option<Accepted>) -> Option<Ballot> {
+    accepted.as_ref().map(|(b, _)| *b)
 }
 
 /// What tells an accepted record from another: its ballot and its originator.
