@@ -16,7 +16,10 @@ use std::io;
 /// One change in a write batch: a value to put, or `None` to delete.
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
-/// An ordered key-value store with atomic, optionally durable, batches.
+/// An ordered key-value store with atomic, optionally durable, batches. Keys are at
+/// least two bytes long, and the first two are the key's group: its shard (see
+/// `StoreKey`), or 0xFFFF for the replica's own keys. RocksDB hashes its memtable by
+/// group, and refuses shorter keys.
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
 
