@@ -1,32 +1,55 @@
 //! A map bounded in bytes, dropping its oldest insertions first: for what a process
-//! keeps only to go faster (a proxy's leases), where losing an entry costs a round
-//! trip, never correctness.
+//! keeps only to go faster (a proxy's leases, a replica's slot cache), where losing an
+//! entry costs a round trip or a read, never correctness.
+//!
+//! It sits on every request's path, so each call is one probe of a hash table keyed
+//! by a fast hash, and the insertion order is a list linked through the entries: no
+//! key is cloned, and no superseded insertion is left behind to be swept.
 
+use hashbrown::HashTable;
 use std::borrow::Borrow;
-use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+
+/// The end of the insertion order.
+const END: usize = usize::MAX;
 
 pub struct BoundedMap<K, V> {
     budget: usize,
     /// The sizes of the entries held.
     bytes: usize,
-    /// Each entry with its size and the number of its insertion (so that `order` can
-    /// tell whether it still refers to it).
-    entries: HashMap<K, (V, usize, u64)>,
-    /// Insertions, oldest first (some superseded).
-    order: VecDeque<(K, u64)>,
-    inserted: u64,
+    hasher: ahash::RandomState,
+    /// Where each key's entry is in `nodes`, found by the key's hash.
+    index: HashTable<usize>,
+    /// The entries; a removed one leaves a `None` that `free` lists for reuse.
+    nodes: Vec<Option<Node<K, V>>>,
+    free: Vec<usize>,
+    /// The ends of the insertion order (`END` when empty).
+    oldest: usize,
+    newest: usize,
 }
 
-impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
+struct Node<K, V> {
+    key: K,
+    value: V,
+    size: usize,
+    hash: u64,
+    /// The neighbours in insertion order.
+    older: usize,
+    newer: usize,
+}
+
+impl<K: Hash + Eq, V> BoundedMap<K, V> {
     /// A map holding at most `budget` bytes of entries (0: it keeps nothing).
     pub fn new(budget: usize) -> Self {
         BoundedMap {
             budget,
             bytes: 0,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            inserted: 0,
+            hasher: ahash::RandomState::new(),
+            index: HashTable::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            oldest: END,
+            newest: END,
         }
     }
 
@@ -34,56 +57,119 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.entries.get(key).map(|(v, _, _)| v)
+        let hash = self.hasher.hash_one(key);
+        let at = self
+            .index
+            .find(hash, |&i| self.node(i).key.borrow() == key)?;
+        Some(&self.node(*at).value)
     }
 
     pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
     {
-        let (v, size, _) = self.entries.remove(key)?;
-        self.bytes -= size;
-        Some(v)
+        self.remove_hashed(self.hasher.hash_one(key), key)
     }
 
-    /// Inserts `value` (costing `size` bytes) as the newest entry, then drops the
-    /// oldest while over budget.
+    /// Inserts `key` as the newest entry (replacing any entry it had), then drops the
+    /// oldest entries until the map is within its budget.
     pub fn insert(&mut self, key: K, value: V, size: usize) {
-        self.remove(&key);
+        let hash = self.hasher.hash_one(&key);
+        self.remove_hashed(hash, &key);
         if self.budget == 0 {
             return;
         }
-        self.inserted += 1;
-        self.bytes += size;
-        self.order.push_back((key.clone(), self.inserted));
-        self.entries.insert(key, (value, size, self.inserted));
-        while self.bytes > self.budget {
-            let (oldest, seq) = self.order.pop_front().expect("every entry is in order");
-            if self.entries.get(&oldest).is_some_and(|e| e.2 == seq) {
-                self.remove(&oldest);
+        let node = Node {
+            key,
+            value,
+            size,
+            hash,
+            older: self.newest,
+            newer: END,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at] = Some(node);
+                at
             }
+            None => {
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
+            }
+        };
+        match self.newest {
+            END => self.oldest = at,
+            newest => self.node_mut(newest).newer = at,
         }
-        // Superseded insertions pile up in `order` as keys come back: drop them once
-        // they outnumber the live ones.
-        if self.order.len() > 2 * self.entries.len().max(16) {
-            let entries = &self.entries;
-            self.order
-                .retain(|(k, seq)| entries.get(k).is_some_and(|e| e.2 == *seq));
+        self.newest = at;
+        self.bytes += size;
+        let nodes = &self.nodes;
+        self.index.insert_unique(hash, at, |&i| {
+            nodes[i].as_ref().expect("indexed entries are held").hash
+        });
+        while self.bytes > self.budget {
+            let oldest = self.oldest;
+            let hash = self.node(oldest).hash;
+            if let Ok(found) = self.index.find_entry(hash, |&i| i == oldest) {
+                found.remove();
+            }
+            self.unlink(oldest);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
+    }
+
+    fn remove_hashed<Q: Eq + ?Sized>(&mut self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let nodes = &self.nodes;
+        let found = (self.index)
+            .find_entry(hash, |&i| {
+                let node = nodes[i].as_ref().expect("indexed entries are held");
+                node.key.borrow() == key
+            })
+            .ok()?;
+        let (at, _) = found.remove();
+        Some(self.unlink(at))
+    }
+
+    /// Takes the entry at `at` out of the insertion order and frees its place.
+    fn unlink(&mut self, at: usize) -> V {
+        let node = self.nodes[at].take().expect("linked entries are held");
+        match node.older {
+            END => self.oldest = node.newer,
+            older => self.node_mut(older).newer = node.newer,
+        }
+        match node.newer {
+            END => self.newest = node.older,
+            newer => self.node_mut(newer).older = node.older,
+        }
+        self.free.push(at);
+        self.bytes -= node.size;
+        node.value
+    }
+
+    fn node(&self, at: usize) -> &Node<K, V> {
+        self.nodes[at].as_ref().expect("linked entries are held")
+    }
+
+    fn node_mut(&mut self, at: usize) -> &mut Node<K, V> {
+        self.nodes[at].as_mut().expect("linked entries are held")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
 
     #[test]
     fn keeps_the_newest_entries_within_its_budget() {
@@ -94,7 +180,7 @@ mod tests {
             }
         }
         assert_eq!(m.len(), 3);
-        assert!(m.order.len() <= 2 * 16 + 1);
+        assert!(m.nodes.len() <= 4, "places are reused");
         assert_eq!(m.get(&0), None);
         assert_eq!(m.get(&4), Some(&494));
         assert_eq!(m.bytes, 30);
@@ -107,5 +193,57 @@ mod tests {
         let mut m = BoundedMap::new(0);
         m.insert(1, 1, 1);
         assert!(m.is_empty());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Call {
+        Insert(u8, u32, usize),
+        Remove(u8),
+        Get(u8),
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        prop_oneof![
+            (0u8..12, any::<u32>(), 0usize..40).prop_map(|(k, v, s)| Call::Insert(k, v, s)),
+            (0u8..12).prop_map(Call::Remove),
+            (0u8..12).prop_map(Call::Get),
+        ]
+    }
+
+    proptest! {
+        /// The map answers as a list of insertions, oldest first, that drops its front
+        /// while over budget.
+        #[test]
+        fn answers_as_a_list_of_insertions_oldest_first(
+            budget in 0usize..120,
+            calls in proptest::collection::vec(call(), 0..200),
+        ) {
+            let mut map = BoundedMap::new(budget);
+            let mut model: VecDeque<(u8, u32, usize)> = VecDeque::new();
+            for c in calls {
+                match c {
+                    Call::Insert(k, v, s) => {
+                        map.insert(k, v, s);
+                        model.retain(|e| e.0 != k);
+                        if budget > 0 {
+                            model.push_back((k, v, s));
+                        }
+                        while model.iter().map(|e| e.2).sum::<usize>() > budget {
+                            model.pop_front();
+                        }
+                    }
+                    Call::Remove(k) => {
+                        let want = model.iter().position(|e| e.0 == k).map(|i| model.remove(i).unwrap().1);
+                        prop_assert_eq!(map.remove(&k), want);
+                    }
+                    Call::Get(k) => {
+                        let want = model.iter().find(|e| e.0 == k).map(|e| e.1);
+                        prop_assert_eq!(map.get(&k).copied(), want);
+                    }
+                }
+                prop_assert_eq!(map.len(), model.len());
+                prop_assert_eq!(map.bytes, model.iter().map(|e| e.2).sum::<usize>());
+            }
+        }
     }
 }
