@@ -3,12 +3,13 @@
 //! entry costs a round trip or a read, never correctness.
 //!
 //! It sits on every request's path, so each call is one probe of a hash table keyed
-//! by a fast hash, and the insertion order is a list linked through the entries: no
+//! by std's keyed hash, and the insertion order is a list linked through the entries: no
 //! key is cloned, and no superseded insertion is left behind to be swept.
 
 use hashbrown::HashTable;
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
 
 /// The end of the insertion order.
 const END: usize = usize::MAX;
@@ -17,7 +18,8 @@ pub struct BoundedMap<K, V> {
     budget: usize,
     /// The sizes of the entries held.
     bytes: usize,
-    hasher: ahash::RandomState,
+    /// std's keyed hash (clients choose the keys), drawn as `HashMap::new` draws it.
+    hasher: RandomState,
     /// Where each key's entry is in `nodes`, found by the key's hash.
     index: HashTable<usize>,
     /// The entries; a removed one leaves a `None` that `free` lists for reuse.
@@ -44,7 +46,7 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         BoundedMap {
             budget,
             bytes: 0,
-            hasher: ahash::RandomState::new(),
+            hasher: RandomState::new(),
             index: HashTable::new(),
             nodes: Vec::new(),
             free: Vec::new(),
