@@ -216,6 +216,31 @@ mod tests {
         assert_eq!(keys, 3 * 16 - 1 + 1);
     }
 
+    /// The tables RocksDB writes carry a filter of their keys and groups, so that a read
+    /// of a missing key and a walk past an empty group skip them.
+    #[test]
+    fn tables_carry_group_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path()).unwrap();
+        let batch: Vec<Change> = (0..100u16)
+            .map(|i| ([i.to_be_bytes().as_slice(), b"k"].concat(), Some(vec![1])))
+            .collect();
+        engine.write(&batch, false).unwrap();
+        engine.reclaim().unwrap();
+        let props = (engine.db)
+            .property_value("rocksdb.aggregated-table-properties")
+            .unwrap()
+            .expect("table properties");
+        let field = |name: &str| {
+            (props.split("; "))
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        };
+        assert!(field("filter block size").is_some_and(|n| n > 0), "{props}");
+        // Each key's filter holds the key and its group: 100 keys in 100 groups.
+        assert_eq!(field("# entries for filter"), Some(200), "{props}");
+    }
+
     /// A key too short to have a group is refused, not hashed by bytes it lacks.
     #[test]
     fn keys_shorter_than_a_group_are_refused() {
