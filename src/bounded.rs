@@ -62,8 +62,8 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         let hash = self.hasher.hash_one(key);
         let at = self
             .index
-            .find(hash, |&i| self.node(i).key.borrow() == key)?;
-        Some(&self.node(*at).value)
+            .find(hash, |&i| held(&self.nodes, i).key.borrow() == key)?;
+        Some(&held(&self.nodes, *at).value)
     }
 
     pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<V>
@@ -106,15 +106,13 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         self.newest = at;
         self.bytes += size;
         let nodes = &self.nodes;
-        self.index.insert_unique(hash, at, |&i| {
-            nodes[i].as_ref().expect("indexed entries are held").hash
-        });
+        self.index.insert_unique(hash, at, |&i| held(nodes, i).hash);
         while self.bytes > self.budget {
             let oldest = self.oldest;
-            let hash = self.node(oldest).hash;
-            if let Ok(found) = self.index.find_entry(hash, |&i| i == oldest) {
-                found.remove();
-            }
+            let hash = held(&self.nodes, oldest).hash;
+            (self.index.find_entry(hash, |&i| i == oldest))
+                .expect("every linked entry is indexed")
+                .remove();
             self.unlink(oldest);
         }
     }
@@ -133,10 +131,7 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     {
         let nodes = &self.nodes;
         let found = (self.index)
-            .find_entry(hash, |&i| {
-                let node = nodes[i].as_ref().expect("indexed entries are held");
-                node.key.borrow() == key
-            })
+            .find_entry(hash, |&i| held(nodes, i).key.borrow() == key)
             .ok()?;
         let (at, _) = found.remove();
         Some(self.unlink(at))
@@ -158,13 +153,17 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         node.value
     }
 
-    fn node(&self, at: usize) -> &Node<K, V> {
-        self.nodes[at].as_ref().expect("linked entries are held")
-    }
-
     fn node_mut(&mut self, at: usize) -> &mut Node<K, V> {
         self.nodes[at].as_mut().expect("linked entries are held")
     }
+}
+
+/// The entry at `at`, which the index or the insertion order names: always held.
+/// (A function of `nodes` alone, so that the index's closures can borrow just them.)
+fn held<K, V>(nodes: &[Option<Node<K, V>>], at: usize) -> &Node<K, V> {
+    nodes[at]
+        .as_ref()
+        .expect("indexed and linked entries are held")
 }
 
 #[cfg(test)]
