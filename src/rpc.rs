@@ -101,7 +101,11 @@ pub async fn write_frames<W: AsyncWrite + Unpin, F: AsRef<[u8]>>(
     Ok(())
 }
 
-type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<ReplicaReply>>>>;
+/// Where a call's reply goes, or why there is none: [`Peer::call`]'s waiting caller,
+/// or the queue of a request that has several calls out.
+pub type Deliver = Box<dyn FnOnce(Result<ReplicaReply, CallError>) + Send>;
+
+type Pending = Arc<Mutex<BTreeMap<u64, Deliver>>>;
 
 struct Connection {
     tx: mpsc::UnboundedSender<Vec<u8>>,
@@ -132,6 +136,21 @@ pub enum CallError {
     Timeout,
 }
 
+/// A call on its way: dropping it withdraws the call, so that a reply that never
+/// comes leaves nothing behind (a reply after that is dropped).
+pub struct Sent {
+    conn: std::sync::Weak<Connection>,
+    id: u64,
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.pending.lock().unwrap().remove(&self.id);
+        }
+    }
+}
+
 impl Peer {
     /// The address it reaches.
     pub fn addr(&self) -> &str {
@@ -153,30 +172,62 @@ impl Peer {
     /// server's log lines about it name), as a sender on the map of `epoch`, and waits
     /// for its reply, at most `timeout`.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         req: &ReplicaRequest,
-        (request_id, epoch): (Option<[u8; 16]>, u64),
+        meta: (Option<[u8; 16]>, u64),
         timeout: Duration,
     ) -> Result<ReplicaReply, CallError> {
-        let conn = self.connection().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap().insert(id, tx);
-        if conn
-            .tx
-            .send(encode_frame(id, &(request_id, epoch, req)))
-            .is_err()
-        {
-            conn.pending.lock().unwrap().remove(&id);
-            self.forget(&conn);
-            return Err(CallError::Lost);
-        }
+        let _sent = self.send(req, meta, Box::new(move |reply| drop(tx.send(reply))));
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(CallError::Lost),
-            Err(_) => {
-                conn.pending.lock().unwrap().remove(&id);
-                Err(CallError::Timeout)
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// Sends `req` as [`Peer::call`] does, without waiting: its reply, or why there is
+    /// none, goes to `deliver`, whenever it comes (no timeout: that is the caller's,
+    /// who withdraws the call by dropping what this returns). Without an open
+    /// connection, a task connects and then sends, so that the caller never waits on
+    /// a connect.
+    pub fn send(
+        self: &Arc<Self>,
+        req: &ReplicaRequest,
+        (request_id, epoch): (Option<[u8; 16]>, u64),
+        deliver: Deliver,
+    ) -> Sent {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(id, &(request_id, epoch, req));
+        let Some(conn) = self.open() else {
+            let peer = self.clone();
+            tokio::spawn(async move {
+                match peer.connection().await {
+                    Ok(conn) => peer.start(&conn, id, frame, deliver),
+                    Err(e) => deliver(Err(e)),
+                }
+            });
+            // Not withdrawable: until the connect ends, a reply may still come.
+            return Sent {
+                conn: std::sync::Weak::new(),
+                id,
+            };
+        };
+        self.start(&conn, id, frame, deliver);
+        Sent {
+            conn: Arc::downgrade(&conn),
+            id,
+        }
+    }
+
+    /// Registers call `id` on `conn` and queues its frame.
+    fn start(&self, conn: &Arc<Connection>, id: u64, frame: Vec<u8>, deliver: Deliver) {
+        conn.pending.lock().unwrap().insert(id, deliver);
+        if conn.tx.send(frame).is_err() {
+            let deliver = conn.pending.lock().unwrap().remove(&id);
+            self.forget(conn);
+            if let Some(deliver) = deliver {
+                deliver(Err(CallError::Lost));
             }
         }
     }
@@ -212,12 +263,16 @@ impl Peer {
         let writer = tokio::spawn(write_frames(wr, rx, None));
         tokio::spawn(async move {
             while let Ok(Some((id, reply))) = read_frame::<ReplicaReply, _>(&mut rd).await {
-                if let Some(tx) = pending.lock().unwrap().remove(&id) {
-                    let _ = tx.send(reply);
+                let deliver = pending.lock().unwrap().remove(&id);
+                if let Some(deliver) = deliver {
+                    deliver(Ok(reply));
                 }
             }
-            // Dropping the senders fails every call still waiting on this connection.
-            pending.lock().unwrap().clear();
+            // Every call still waiting on this connection fails.
+            let waiting = std::mem::take(&mut *pending.lock().unwrap());
+            for deliver in waiting.into_values() {
+                deliver(Err(CallError::Lost));
+            }
             writer.abort();
         });
         *self.conn.lock().unwrap() = Some(conn.clone());
@@ -229,5 +284,129 @@ impl Peer {
         if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
             *slot = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::StoreKey;
+    use tokio::net::TcpListener;
+
+    /// A storage server stand-in: answers each request with `Accepted` once told to
+    /// (one message on `go` per reply), or closes the connection if `go` closes.
+    async fn server(go: mpsc::UnboundedReceiver<()>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (rd, mut wr) = tokio::io::split(stream);
+            let mut rd = frame_reader(rd);
+            let mut go = go;
+            type Body = (Option<[u8; 16]>, u64, ReplicaRequest);
+            while let Ok(Some((id, _))) = read_frame::<Body, _>(&mut rd).await {
+                if go.recv().await.is_none() {
+                    return; // dropping the stream closes the connection
+                }
+                let frame = encode_frame(id, &ReplicaReply::Accepted);
+                wr.write_all(&frame).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    fn peer(addr: String) -> Arc<Peer> {
+        Arc::new(Peer::new(addr, Connector::Plain, Duration::from_secs(5)))
+    }
+
+    fn read() -> ReplicaRequest {
+        ReplicaRequest::Read {
+            key: StoreKey::new(b"ns", b"k", 16),
+        }
+    }
+
+    /// A `Deliver` that forwards to a channel the test reads.
+    fn to(tx: &mpsc::UnboundedSender<Result<ReplicaReply, CallError>>) -> Deliver {
+        let tx = tx.clone();
+        Box::new(move |reply| drop(tx.send(reply)))
+    }
+
+    fn waiting(peer: &Peer) -> usize {
+        peer.open().map_or(0, |c| c.pending.lock().unwrap().len())
+    }
+
+    #[tokio::test]
+    async fn a_call_gets_its_reply_and_leaves_nothing_behind() {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        go.send(()).unwrap();
+        let reply = peer.call(&read(), (None, 1), Duration::from_secs(5)).await;
+        assert!(matches!(reply, Ok(ReplicaReply::Accepted)), "{reply:?}");
+        assert_eq!(waiting(&peer), 0);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_call_leaves_nothing_behind_and_its_late_reply_is_dropped() {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        // Connected by a first call, so that the next is sent at once.
+        go.send(()).unwrap();
+        peer.call(&read(), (None, 1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        let sent = peer.send(&read(), (None, 1), to(&tx));
+        assert_eq!(waiting(&peer), 1);
+        drop(sent);
+        assert_eq!(waiting(&peer), 0, "withdrawn");
+        // Its reply comes after all, then a later call's: only the later one arrives.
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        let _kept = peer.send(&read(), (None, 1), to(&tx));
+        drop(tx);
+        assert!(matches!(
+            replies.recv().await,
+            Some(Ok(ReplicaReply::Accepted))
+        ));
+        assert!(
+            replies.recv().await.is_none(),
+            "the withdrawn call's reply was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_lost_connection_fail() {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        go.send(()).unwrap();
+        peer.call(&read(), (None, 1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        let _sent = peer.send(&read(), (None, 1), to(&tx));
+        drop(go); // the server closes the connection instead of answering
+        let reply = replies.recv().await.unwrap();
+        assert!(matches!(reply, Err(CallError::Lost)), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn a_send_without_a_connection_connects_and_a_failed_connect_is_delivered() {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        go.send(()).unwrap();
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        let _sent = peer.send(&read(), (None, 1), to(&tx));
+        assert!(matches!(
+            replies.recv().await,
+            Some(Ok(ReplicaReply::Accepted))
+        ));
+
+        // Nothing listens at this address any more.
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let _sent = self::peer(addr).send(&read(), (None, 1), to(&tx));
+        let reply = replies.recv().await.unwrap();
+        assert!(matches!(reply, Err(CallError::Connect(..))), "{reply:?}");
     }
 }

@@ -193,11 +193,11 @@ async fn a_missing_or_different_key_is_refused_not_repaired() {
     let swept = cluster.sweep(0, junokv::clock::Clock::default()).await;
     assert_eq!((swept.unreadable, swept.resolved), (1, 0), "{swept:?}");
     // Each replica says why: not "damaged" (which invites a repair over the record).
-    let peer = Peer::new(
+    let peer = std::sync::Arc::new(Peer::new(
         cluster.addrs[0].to_string(),
         Connector::Plain,
         Duration::from_secs(5),
-    );
+    ));
     let read = ReplicaRequest::Read {
         key: StoreKey::new(b"test", b"k", 64),
     };

@@ -119,11 +119,11 @@ impl Secure {
 
 /// Whether a storage server answers an internal request sent through `connector`.
 async fn storage_answers(storage: &StorageServer, connector: Connector) -> bool {
-    let peer = Peer::new(
+    let peer = std::sync::Arc::new(Peer::new(
         storage.addr().to_string(),
         connector,
         Duration::from_secs(2),
-    );
+    ));
     let read = ReplicaRequest::Read {
         key: StoreKey::new(b"tls", b"k", 16),
     };

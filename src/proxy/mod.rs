@@ -18,10 +18,9 @@ use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
 use crate::record::Ballot;
 use crate::replica::{NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest};
-use crate::rpc::{write_frames, Peer};
+use crate::rpc::{write_frames, CallError, Peer};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
-use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -687,6 +686,48 @@ impl Answer {
     }
 }
 
+/// A request's call to one replica, waiting for its reply.
+struct Call {
+    /// Matches the reply to the call.
+    tag: u64,
+    round: u32,
+    /// The replica, by its place in the request's list.
+    to: usize,
+    /// The map the call was sent on.
+    epoch: u64,
+    peer: Arc<Peer>,
+    at: Instant,
+    /// Dropped with the call (answered, timed out, or the request done): withdraws it.
+    _sent: crate::rpc::Sent,
+}
+
+impl Call {
+    /// What the coordinator makes of the call's outcome.
+    fn reply(&self, reply: Result<ReplicaReply, CallError>) -> ReplicaReply {
+        match reply {
+            // A replica on another map counts as none. While a change of the map
+            // spreads, that is a moment: whoever is behind gets the new map from the
+            // map source. On the same map, the replica does not hold the shard: the
+            // operator must bring the maps together.
+            Ok(ReplicaReply::NotOwner { epoch }) => {
+                let peer = self.peer.addr();
+                if epoch == self.epoch {
+                    tracing::warn!(%peer, epoch, "the storage server does not hold this shard in its map: the maps differ");
+                } else {
+                    tracing::debug!(%peer, epoch, ours = self.epoch, "the storage server is on another map");
+                }
+                ReplicaReply::Failed {
+                    reason: format!("on map epoch {epoch}, not {}", self.epoch),
+                }
+            }
+            Ok(reply) => reply,
+            Err(e) => ReplicaReply::Failed {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Carries out a coordinator's actions (from its start on `lease`, if any, sending to
 /// `peers`, the key's replicas under the map `maps` saw last) until it is finished,
 /// sending its answer (or Timeout at `deadline`) on `answer`. Its messages name the
@@ -706,7 +747,11 @@ async fn drive(
     let ballots = &proxy.ballots;
     let round_timeout = proxy.config.timeouts.round();
     let mut epoch = answer.as_ref().map_or(0, |a| a.epoch);
-    let mut inflight = FuturesUnordered::new();
+    // Every reply to this request's calls comes through one queue, each call's timeout
+    // from the one timer below: no task, future or timer of its own per call.
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let mut calls: Vec<Call> = Vec::new();
+    let mut next_call = 0u64;
     let mut round_deadline = Instant::now() + round_timeout;
     let mut backoff: Option<Instant> = None;
     // When to call `hedge` for the read round it names.
@@ -729,34 +774,19 @@ async fn drive(
                         .replica_messages
                         .get_or_create(&labels)
                         .inc();
-                    let peer = peers[to].clone();
-                    let ours = epoch;
-                    round_deadline = Instant::now() + round_timeout;
-                    inflight.push(async move {
-                        let sent = Instant::now();
-                        let call = peer.call(&msg, (request_id, ours), round_timeout);
-                        let reply = match call.await {
-                            // A replica on another map counts as none. While a change of
-                            // the map spreads, that is a moment: whoever is behind gets
-                            // the new map from the map source. On the same map, the
-                            // replica does not hold the shard: the operator must bring
-                            // the maps together.
-                            Ok(ReplicaReply::NotOwner { epoch }) => {
-                                if epoch == ours {
-                                    tracing::warn!(peer = %peer.addr(), epoch, "the storage server does not hold this shard in its map: the maps differ");
-                                } else {
-                                    tracing::debug!(peer = %peer.addr(), epoch, ours, "the storage server is on another map");
-                                }
-                                ReplicaReply::Failed {
-                                    reason: format!("on map epoch {epoch}, not {ours}"),
-                                }
-                            }
-                            Ok(reply) => reply,
-                            Err(e) => ReplicaReply::Failed {
-                                reason: e.to_string(),
-                            },
-                        };
-                        (round, to, reply, sent.elapsed())
+                    let (tag, replies) = (next_call, replies_tx.clone());
+                    next_call += 1;
+                    let deliver = Box::new(move |reply| drop(replies.send((tag, reply))));
+                    let at = Instant::now();
+                    round_deadline = at + round_timeout;
+                    calls.push(Call {
+                        tag,
+                        round,
+                        to,
+                        epoch,
+                        peer: peers[to].clone(),
+                        at,
+                        _sent: peers[to].send(&msg, (request_id, epoch), deliver),
                     });
                 }
                 Action::Backoff { attempt } => {
@@ -776,28 +806,37 @@ async fn drive(
             }
         }
         if co.is_finished() {
-            // What the coordinator sent as it finished (purges, a last repair) still
-            // goes out: the calls are driven to their replies, each bounded by its
-            // round timeout.
-            while inflight.next().await.is_some() {}
+            // What the coordinator sent as it finished (purges, a last repair) has gone
+            // out; nothing more comes of its replies.
             return;
         }
         let mut next = deadline.min(backoff.unwrap_or(round_deadline));
         if let Some((at, _)) = hedge {
             next = next.min(at);
         }
+        if let Some(first) = calls.iter().map(|c| c.at).min() {
+            next = next.min(first + round_timeout);
+        }
         if timer.deadline() != next {
             timer.as_mut().reset(next);
         }
         tokio::select! {
-            Some((round, from, reply, took)) = inflight.next(), if !inflight.is_empty() => {
+            Some((tag, reply)) = replies.recv() => {
+                // A call that timed out was withdrawn: a reply may still have been
+                // on its way.
+                let Some(i) = calls.iter().position(|c| c.tag == tag) else {
+                    continue;
+                };
+                let call = calls.swap_remove(i);
+                let took = call.at.elapsed();
+                let reply = call.reply(reply);
                 if !matches!(reply, ReplicaReply::Failed { .. }) {
                     slowest = slowest.max(took);
                 }
                 if matches!(reply, ReplicaReply::Value { .. } | ReplicaReply::Ballot { .. }) {
                     proxy.read_round_trips.observe(took);
                 }
-                actions = co.on_reply(round, from, reply, ballots, proxy.clock.now_ns());
+                actions = co.on_reply(call.round, call.to, reply, ballots, proxy.clock.now_ns());
             }
             () = &mut timer => {
                 // It was set for the earliest of these: at least one is due.
@@ -810,7 +849,13 @@ async fn drive(
                     }
                     return;
                 }
-                if let Some((_, round)) = hedge.filter(|(at, _)| now >= *at) {
+                let expired = calls.iter().position(|c| now >= c.at + round_timeout);
+                if let Some(i) = expired {
+                    // One at a time, as replies come: the timer fires again at once.
+                    let call = calls.swap_remove(i);
+                    let reply = call.reply(Err(CallError::Timeout));
+                    actions = co.on_reply(call.round, call.to, reply, ballots, proxy.clock.now_ns());
+                } else if let Some((_, round)) = hedge.filter(|(at, _)| now >= *at) {
                     hedge = None;
                     actions = co.hedge(round);
                     if !actions.is_empty() {
