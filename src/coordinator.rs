@@ -716,7 +716,9 @@ impl Coordinator {
                         .expect("an accept always has an outcome");
                     actions.push(self.reply(outcome));
                 }
-                if acked + lost == self.q.replicas && self.replied {
+                // Once answered, nothing more comes of this round after a quorum took
+                // it: the replicas still to answer have the accept all the same.
+                if self.replied && (met || acked + lost == self.q.replicas) {
                     self.phase = Phase::Finished;
                 }
                 actions
@@ -1518,6 +1520,49 @@ mod tests {
         assert!(matches!(cl.outcomes[fourth], Some(Ok(_))));
         let r = cl.read().unwrap().unwrap();
         assert_eq!((r.version, r.value), (4, vec![4]));
+    }
+
+    #[test]
+    fn a_write_is_finished_once_answered_and_taken_by_a_quorum() {
+        let mut cl = Cluster::new(3);
+        let first = cl.add(
+            Op::Create {
+                value: val(1),
+                ttl: 0,
+            },
+            1,
+        );
+        cl.run(&[(0, false)]);
+        let set = Op::Set {
+            value: val(2),
+            ttl: 0,
+        };
+        let second = cl.add_on_lease(set, 2, first);
+        let to = |m: &Msg| match m {
+            Msg::Request { to, .. } => Some(*to),
+            _ => None,
+        };
+        // Replicas 0 and 1 take the accept and answer; replica 2's accept is on its way.
+        for replica in [0, 1] {
+            let i = cl.net.iter().position(|m| to(m) == Some(replica)).unwrap();
+            cl.deliver(i, false);
+        }
+        while let Some(i) = cl.net.iter().position(|m| to(m).is_none()) {
+            cl.deliver(i, false);
+        }
+        assert!(matches!(cl.outcomes[second], Some(Ok(_))));
+        // Nothing more comes of this request: the driver may stop (the third replica
+        // still gets its accept).
+        assert!(cl.coords[second].0.is_finished());
+        assert_eq!(cl.net.len(), 1);
+        cl.deliver(0, false);
+        let replies = cl.net.drain(..).collect::<Vec<_>>();
+        assert_eq!(replies.len(), 1);
+        let stored = cl.replicas[2].0.as_ref().and_then(Slot::accepted_ballot);
+        assert_eq!(
+            stored,
+            cl.replicas[0].0.as_ref().and_then(Slot::accepted_ballot)
+        );
     }
 
     #[test]
