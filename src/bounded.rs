@@ -73,40 +73,50 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         self.remove_hashed(self.hasher.hash_one(key), key)
     }
 
-    /// Inserts `key` as the newest entry (replacing any entry it had), then drops the
-    /// oldest entries until the map is within its budget.
+    /// Inserts `key` as the newest entry (replacing any entry it had, in its place:
+    /// a replica re-caches each slot it writes), then drops the oldest entries until
+    /// the map is within its budget.
     pub fn insert(&mut self, key: K, value: V, size: usize) {
-        let hash = self.hasher.hash_one(&key);
-        self.remove_hashed(hash, &key);
         if self.budget == 0 {
             return;
         }
-        let node = Node {
-            key,
-            value,
-            size,
-            hash,
-            older: self.newest,
-            newer: END,
-        };
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.nodes[at] = Some(node);
+        let hash = self.hasher.hash_one(&key);
+        let nodes = &self.nodes;
+        let at = match self.index.find(hash, |&i| held(nodes, i).key == key) {
+            Some(&at) => {
+                self.detach(at);
+                let node = self.node_mut(at);
+                let old = std::mem::replace(&mut node.size, size);
+                node.value = value;
+                self.bytes -= old;
                 at
             }
             None => {
-                self.nodes.push(Some(node));
-                self.nodes.len() - 1
+                let node = Node {
+                    key,
+                    value,
+                    size,
+                    hash,
+                    older: END,
+                    newer: END,
+                };
+                let at = match self.free.pop() {
+                    Some(at) => {
+                        self.nodes[at] = Some(node);
+                        at
+                    }
+                    None => {
+                        self.nodes.push(Some(node));
+                        self.nodes.len() - 1
+                    }
+                };
+                let nodes = &self.nodes;
+                self.index.insert_unique(hash, at, |&i| held(nodes, i).hash);
+                at
             }
         };
-        match self.newest {
-            END => self.oldest = at,
-            newest => self.node_mut(newest).newer = at,
-        }
-        self.newest = at;
+        self.attach_newest(at);
         self.bytes += size;
-        let nodes = &self.nodes;
-        self.index.insert_unique(hash, at, |&i| held(nodes, i).hash);
         while self.bytes > self.budget {
             let oldest = self.oldest;
             let hash = held(&self.nodes, oldest).hash;
@@ -139,18 +149,39 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
 
     /// Takes the entry at `at` out of the insertion order and frees its place.
     fn unlink(&mut self, at: usize) -> V {
+        self.detach(at);
         let node = self.nodes[at].take().expect("linked entries are held");
-        match node.older {
-            END => self.oldest = node.newer,
-            older => self.node_mut(older).newer = node.newer,
-        }
-        match node.newer {
-            END => self.newest = node.older,
-            newer => self.node_mut(newer).older = node.older,
-        }
         self.free.push(at);
         self.bytes -= node.size;
         node.value
+    }
+
+    /// Takes the entry at `at` out of the insertion order (it stays in its place).
+    fn detach(&mut self, at: usize) {
+        let (older, newer) = {
+            let node = held(&self.nodes, at);
+            (node.older, node.newer)
+        };
+        match older {
+            END => self.oldest = newer,
+            older => self.node_mut(older).newer = newer,
+        }
+        match newer {
+            END => self.newest = older,
+            newer => self.node_mut(newer).older = older,
+        }
+    }
+
+    /// Links the entry at `at` in as the newest.
+    fn attach_newest(&mut self, at: usize) {
+        let newest = self.newest;
+        let node = self.node_mut(at);
+        (node.older, node.newer) = (newest, END);
+        match newest {
+            END => self.oldest = at,
+            newest => self.node_mut(newest).newer = at,
+        }
+        self.newest = at;
     }
 
     fn node_mut(&mut self, at: usize) -> &mut Node<K, V> {
