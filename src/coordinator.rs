@@ -1083,6 +1083,27 @@ mod tests {
             self.start(op, id, 1000, proposer, lease)
         }
 
+        /// Three replicas of a key that request 0 created, and a set of the same
+        /// proposer on the lease the create won, started (its accepts on their way):
+        /// the set's request is the number returned.
+        fn set_on_a_lease() -> (Self, usize) {
+            let mut cl = Cluster::new(3);
+            let first = cl.add(
+                Op::Create {
+                    value: val(1),
+                    ttl: 0,
+                },
+                1,
+            );
+            cl.run(&[(0, false)]);
+            let set = Op::Set {
+                value: val(2),
+                ttl: 0,
+            };
+            let second = cl.add_on_lease(set, 2, first);
+            (cl, second)
+        }
+
         /// A request of a proposer of its own whose counter starts at `counter`.
         fn add_counting_from(&mut self, op: Op, id: u8, counter: u64) -> usize {
             let proposer = Counter(Cell::new(counter), 1000 + self.coords.len() as u64);
@@ -1468,20 +1489,7 @@ mod tests {
 
     #[test]
     fn a_write_on_a_lease_skips_phase_one() {
-        let mut cl = Cluster::new(3);
-        let first = cl.add(
-            Op::Create {
-                value: val(1),
-                ttl: 0,
-            },
-            1,
-        );
-        cl.run(&[(0, false)]);
-        let set = Op::Set {
-            value: val(2),
-            ttl: 0,
-        };
-        let second = cl.add_on_lease(set, 2, first);
+        let (mut cl, second) = Cluster::set_on_a_lease();
         assert_eq!(cl.net.len(), 3);
         for m in &cl.net {
             assert!(
@@ -1524,20 +1532,7 @@ mod tests {
 
     #[test]
     fn a_write_is_finished_once_answered_and_taken_by_a_quorum() {
-        let mut cl = Cluster::new(3);
-        let first = cl.add(
-            Op::Create {
-                value: val(1),
-                ttl: 0,
-            },
-            1,
-        );
-        cl.run(&[(0, false)]);
-        let set = Op::Set {
-            value: val(2),
-            ttl: 0,
-        };
-        let second = cl.add_on_lease(set, 2, first);
+        let (mut cl, second) = Cluster::set_on_a_lease();
         let to = |m: &Msg| match m {
             Msg::Request { to, .. } => Some(*to),
             _ => None,

@@ -315,6 +315,17 @@ mod tests {
         addr
     }
 
+    /// A peer of a stand-in server (see [`server`]) whose first call was answered: it
+    /// has its connection, so the next call is sent at once.
+    async fn connected() -> (Arc<Peer>, mpsc::UnboundedSender<()>) {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        go.send(()).unwrap();
+        let reply = peer.call(&read(), (None, 1), Duration::from_secs(5)).await;
+        assert!(matches!(reply, Ok(ReplicaReply::Accepted)), "{reply:?}");
+        (peer, go)
+    }
+
     fn peer(addr: String) -> Arc<Peer> {
         Arc::new(Peer::new(addr, Connector::Plain, Duration::from_secs(5)))
     }
@@ -337,23 +348,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_gets_its_reply_and_leaves_nothing_behind() {
-        let (go, told) = mpsc::unbounded_channel();
-        let peer = peer(server(told).await);
-        go.send(()).unwrap();
-        let reply = peer.call(&read(), (None, 1), Duration::from_secs(5)).await;
-        assert!(matches!(reply, Ok(ReplicaReply::Accepted)), "{reply:?}");
+        let (peer, _go) = connected().await;
         assert_eq!(waiting(&peer), 0);
     }
 
     #[tokio::test]
     async fn a_withdrawn_call_leaves_nothing_behind_and_its_late_reply_is_dropped() {
-        let (go, told) = mpsc::unbounded_channel();
-        let peer = peer(server(told).await);
-        // Connected by a first call, so that the next is sent at once.
-        go.send(()).unwrap();
-        peer.call(&read(), (None, 1), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (peer, go) = connected().await;
         let (tx, mut replies) = mpsc::unbounded_channel();
         let sent = peer.send(&read(), (None, 1), to(&tx));
         assert_eq!(waiting(&peer), 1);
@@ -376,12 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_waiting_on_a_lost_connection_fail() {
-        let (go, told) = mpsc::unbounded_channel();
-        let peer = peer(server(told).await);
-        go.send(()).unwrap();
-        peer.call(&read(), (None, 1), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (peer, go) = connected().await;
         let (tx, mut replies) = mpsc::unbounded_channel();
         let _sent = peer.send(&read(), (None, 1), to(&tx));
         drop(go); // the server closes the connection instead of answering

@@ -319,7 +319,11 @@ async fn divergent_replicas(
         let key = StoreKey::new(ns.as_bytes(), format!("k{k}").as_bytes(), map.num_shards);
         let mut states = Vec::new();
         for addr in map.replicas(key.shard) {
-            let peer = Peer::new(addr.to_string(), connector.clone(), Duration::from_secs(1));
+            let peer = std::sync::Arc::new(Peer::new(
+                addr.to_string(),
+                connector.clone(),
+                Duration::from_secs(1),
+            ));
             let req = ReplicaRequest::Read { key: key.clone() };
             states.push(
                 match peer
