@@ -10,10 +10,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Internal frames above this size are refused: no legitimate record comes near it.
 const MAX_RPC_FRAME: usize = 16 << 20;
@@ -139,14 +140,65 @@ pub enum CallError {
 /// A call on its way: dropping it withdraws the call, so that a reply that never
 /// comes leaves nothing behind (a reply after that is dropped).
 pub struct Sent {
-    conn: std::sync::Weak<Connection>,
     id: u64,
+    at: Instant,
+    via: Via,
+}
+
+/// Where a call's frame went.
+enum Via {
+    /// Queued on this connection as it was sent.
+    Open(Weak<Connection>),
+    /// To the task that connects first, which fills this in.
+    Connecting(Arc<Mutex<Connecting>>),
+}
+
+/// A call sent before its connection was open.
+enum Connecting {
+    Waiting,
+    /// Withdrawn before the connect ended: it is not sent at all.
+    Withdrawn,
+    /// Queued on this connection at this time, once it was open.
+    Queued(Weak<Connection>, Instant),
+}
+
+impl Sent {
+    /// When it was sent.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// When its frame was queued on a connection; none while a connect for it is
+    /// still under way (the connect has a timeout of its own). A reply is owed from
+    /// then, not from the send: a call to a peer coming back is not given up on for
+    /// the time its connect took.
+    pub fn queued_at(&self) -> Option<Instant> {
+        match &self.via {
+            Via::Open(_) => Some(self.at),
+            Via::Connecting(state) => match &*state.lock().unwrap() {
+                Connecting::Queued(_, at) => Some(*at),
+                Connecting::Waiting | Connecting::Withdrawn => None,
+            },
+        }
+    }
 }
 
 impl Drop for Sent {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.upgrade() {
-            conn.pending.lock().unwrap().remove(&self.id);
+        let withdraw = |conn: &Weak<Connection>| {
+            if let Some(conn) = conn.upgrade() {
+                conn.pending.lock().unwrap().remove(&self.id);
+            }
+        };
+        match &self.via {
+            Via::Open(conn) => withdraw(conn),
+            Via::Connecting(state) => {
+                let mut state = state.lock().unwrap();
+                match &*state {
+                    Connecting::Queued(conn, _) => withdraw(conn),
+                    _ => *state = Connecting::Withdrawn,
+                }
+            }
         }
     }
 }
@@ -199,24 +251,34 @@ impl Peer {
     ) -> Sent {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(id, &(request_id, epoch, req));
+        let at = Instant::now();
         let Some(conn) = self.open() else {
-            let peer = self.clone();
+            let state = Arc::new(Mutex::new(Connecting::Waiting));
+            let (peer, task_state) = (self.clone(), state.clone());
             tokio::spawn(async move {
                 match peer.connection().await {
-                    Ok(conn) => peer.start(&conn, id, frame, deliver),
+                    Ok(conn) => {
+                        // Registered under the lock, so that a withdrawal finds it.
+                        let mut state = task_state.lock().unwrap();
+                        if !matches!(*state, Connecting::Withdrawn) {
+                            *state = Connecting::Queued(Arc::downgrade(&conn), Instant::now());
+                            peer.start(&conn, id, frame, deliver);
+                        }
+                    }
                     Err(e) => deliver(Err(e)),
                 }
             });
-            // Not withdrawable: until the connect ends, a reply may still come.
             return Sent {
-                conn: std::sync::Weak::new(),
                 id,
+                at,
+                via: Via::Connecting(state),
             };
         };
         self.start(&conn, id, frame, deliver);
         Sent {
-            conn: Arc::downgrade(&conn),
             id,
+            at,
+            via: Via::Open(Arc::downgrade(&conn)),
         }
     }
 
@@ -383,6 +445,29 @@ mod tests {
         drop(go); // the server closes the connection instead of answering
         let reply = replies.recv().await.unwrap();
         assert!(matches!(reply, Err(CallError::Lost)), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn a_call_withdrawn_while_its_connect_is_under_way_is_not_sent() {
+        let (go, told) = mpsc::unbounded_channel();
+        let peer = peer(server(told).await);
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        let withdrawn = peer.send(&read(), (None, 1), to(&tx));
+        assert!(withdrawn.queued_at().is_none(), "its connect is under way");
+        drop(withdrawn);
+        let kept = peer.send(&read(), (None, 1), to(&tx));
+        drop(tx);
+        // Enough for both, were both sent.
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        assert!(matches!(
+            replies.recv().await,
+            Some(Ok(ReplicaReply::Accepted))
+        ));
+        assert!(kept.queued_at().is_some_and(|at| at >= kept.at()));
+        drop(kept);
+        assert!(replies.recv().await.is_none(), "one call was sent");
+        assert_eq!(waiting(&peer), 0);
     }
 
     #[tokio::test]

@@ -696,12 +696,17 @@ struct Call {
     /// The map the call was sent on.
     epoch: u64,
     peer: Arc<Peer>,
-    at: Instant,
     /// Dropped with the call (answered, timed out, or the request done): withdraws it.
-    _sent: crate::rpc::Sent,
+    sent: crate::rpc::Sent,
 }
 
 impl Call {
+    /// When it is given up on: a round's time after it was queued on a connection
+    /// (none while its connect is under way).
+    fn expiry(&self, round_timeout: Duration) -> Option<Instant> {
+        self.sent.queued_at().map(|at| at + round_timeout)
+    }
+
     /// What the coordinator makes of the call's outcome.
     fn reply(&self, reply: Result<ReplicaReply, CallError>) -> ReplicaReply {
         match reply {
@@ -777,16 +782,15 @@ async fn drive(
                     let (tag, replies) = (next_call, replies_tx.clone());
                     next_call += 1;
                     let deliver = Box::new(move |reply| drop(replies.send((tag, reply))));
-                    let at = Instant::now();
-                    round_deadline = at + round_timeout;
+                    let sent = peers[to].send(&msg, (request_id, epoch), deliver);
+                    round_deadline = sent.at() + round_timeout;
                     calls.push(Call {
                         tag,
                         round,
                         to,
                         epoch,
                         peer: peers[to].clone(),
-                        at,
-                        _sent: peers[to].send(&msg, (request_id, epoch), deliver),
+                        sent,
                     });
                 }
                 Action::Backoff { attempt } => {
@@ -814,8 +818,8 @@ async fn drive(
         if let Some((at, _)) = hedge {
             next = next.min(at);
         }
-        if let Some(first) = calls.iter().map(|c| c.at).min() {
-            next = next.min(first + round_timeout);
+        if let Some(first) = calls.iter().filter_map(|c| c.expiry(round_timeout)).min() {
+            next = next.min(first);
         }
         if timer.deadline() != next {
             timer.as_mut().reset(next);
@@ -828,7 +832,7 @@ async fn drive(
                     continue;
                 };
                 let call = calls.swap_remove(i);
-                let took = call.at.elapsed();
+                let took = call.sent.at().elapsed();
                 let reply = call.reply(reply);
                 if !matches!(reply, ReplicaReply::Failed { .. }) {
                     slowest = slowest.max(took);
@@ -849,7 +853,9 @@ async fn drive(
                     }
                     return;
                 }
-                let expired = calls.iter().position(|c| now >= c.at + round_timeout);
+                let expired = calls
+                    .iter()
+                    .position(|c| c.expiry(round_timeout).is_some_and(|at| now >= at));
                 if let Some(i) = expired {
                     // One at a time, as replies come: the timer fires again at once.
                     let call = calls.swap_remove(i);
