@@ -1176,7 +1176,11 @@ mod tests {
                         floor: *floor,
                         ceiling: u64::MAX,
                     };
-                    let (w, reply) = step(&Stored::Slot(slot.clone().map(Arc::new)), bounds, &req);
+                    let (w, reply) = step(
+                        &Stored::Slot(slot.clone().map(Arc::new)),
+                        bounds,
+                        (*req).clone(),
+                    );
                     match w {
                         Some(Write::Put(s)) => *slot = Some(s),
                         Some(Write::Purge(b)) => {

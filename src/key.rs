@@ -2,11 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A client key within its namespace, with the shard it hashes to.
+/// A client key within its namespace, with the shard it hashes to. Its bytes are
+/// encoded whole, not byte by byte as serde does a `Vec<u8>` (bincode lays both out the
+/// same: a length, then the bytes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoreKey {
     pub shard: u16,
+    #[serde(with = "serde_bytes")]
     pub namespace: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
 }
 
@@ -77,6 +81,21 @@ mod tests {
         let k = StoreKey::new(b"ns", b"key", 1024);
         assert_eq!(StoreKey::from_bytes(&k.to_bytes()), Some(k));
         assert_eq!(StoreKey::from_bytes(&[0, 1, 5, b'x']), None);
+    }
+
+    #[test]
+    fn the_encoding_between_nodes_is_unchanged() {
+        // Pinned bytes: nodes of different releases must read each other's keys.
+        let k = StoreKey {
+            shard: 0x0102,
+            namespace: b"ns".to_vec(),
+            key: b"key".to_vec(),
+        };
+        let bytes = bincode::serialize(&k).unwrap();
+        let mut want = vec![2, 1, 2, 0, 0, 0, 0, 0, 0, 0, b'n', b's'];
+        want.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, b'k', b'e', b'y']);
+        assert_eq!(bytes, want);
+        assert_eq!(bincode::deserialize::<StoreKey>(&bytes).unwrap(), k);
     }
 
     #[test]

@@ -199,12 +199,9 @@ pub enum Stored {
     Damaged { ceiling: u64 },
 }
 
-/// Applies one message to a key's stored slot.
-pub fn step(
-    stored: &Stored,
-    bounds: Bounds,
-    req: &ReplicaRequest,
-) -> (Option<Write>, ReplicaReply) {
+/// Applies one message to a key's stored slot. (The message is taken: an accepted
+/// record moves into the slot rather than being copied.)
+pub fn step(stored: &Stored, bounds: Bounds, req: ReplicaRequest) -> (Option<Write>, ReplicaReply) {
     let slot = match stored {
         Stored::Slot(slot) => slot.as_deref(),
         Stored::Damaged { ceiling } => return step_damaged(promise_at_most(*ceiling), req),
@@ -228,14 +225,14 @@ pub fn step(
             },
         ),
         ReplicaRequest::Prepare { ballot, .. } => {
-            if *ballot <= promised {
+            if ballot <= promised {
                 return (None, ReplicaReply::Rejected { promised });
             }
             let reply = ReplicaReply::Promise {
                 accepted: accepted.cloned(),
             };
             let slot = Slot {
-                promised: *ballot,
+                promised: ballot,
                 accepted: accepted.cloned(),
             };
             (Some(Write::Put(slot)), reply)
@@ -246,12 +243,12 @@ pub fn step(
             next,
             ..
         } => {
-            if *ballot < promised && !bug(Bug::AcceptLowerBallot) {
+            if ballot < promised && !bug(Bug::AcceptLowerBallot) {
                 return (None, ReplicaReply::Rejected { promised });
             }
             let slot = Slot {
-                promised: promise_with_accept(*ballot, *next).max(slot_promised),
-                accepted: Some((*ballot, record.clone())),
+                promised: promise_with_accept(ballot, next).max(slot_promised),
+                accepted: Some((ballot, record)),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
@@ -260,15 +257,15 @@ pub fn step(
             // accepted since. A promise made since (a request that found the record
             // dead and wrote nothing) lives on in the floor, so the replica refuses
             // exactly what it refused before.
-            let removable = matches!(accepted, Some((b, _)) if b == ballot);
-            let write = removable.then_some(Write::Purge(slot_promised.max(*ballot)));
+            let removable = matches!(accepted, Some((b, _)) if *b == ballot);
+            let write = removable.then_some(Write::Purge(slot_promised.max(ballot)));
             (write, ReplicaReply::Purged)
         }
         ReplicaRequest::Forget { promised, .. } => {
             // Nothing accepted since the sweeper looked: the floor keeps the promise.
-            let removable = slot.is_some() && accepted.is_none() && slot_promised == *promised;
+            let removable = slot.is_some() && accepted.is_none() && slot_promised == promised;
             (
-                removable.then_some(Write::Purge(*promised)),
+                removable.then_some(Write::Purge(promised)),
                 ReplicaReply::Purged,
             )
         }
@@ -286,17 +283,17 @@ fn not_about_a_key() -> ReplicaReply {
 
 /// [`step`] for a damaged slot: only an accept above every promise it may have made
 /// is taken, and it repairs the slot.
-fn step_damaged(promised: Ballot, req: &ReplicaRequest) -> (Option<Write>, ReplicaReply) {
+fn step_damaged(promised: Ballot, req: ReplicaRequest) -> (Option<Write>, ReplicaReply) {
     match req {
         ReplicaRequest::Accept {
             ballot,
             record,
             next,
             ..
-        } if *ballot > promised || bug(Bug::RepairBelowCeiling) => {
+        } if ballot > promised || bug(Bug::RepairBelowCeiling) => {
             let slot = Slot {
-                promised: promise_with_accept(*ballot, *next),
-                accepted: Some((*ballot, record.clone())),
+                promised: promise_with_accept(ballot, next),
+                accepted: Some((ballot, record)),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
@@ -354,7 +351,11 @@ mod tests {
             floor: *floor,
             ceiling: u64::MAX,
         };
-        let (w, reply) = step(&Stored::Slot(slot.clone().map(Arc::new)), bounds, req);
+        let (w, reply) = step(
+            &Stored::Slot(slot.clone().map(Arc::new)),
+            bounds,
+            req.clone(),
+        );
         match w {
             Some(Write::Put(s)) => *slot = Some(s),
             Some(Write::Purge(f)) => {
@@ -499,7 +500,7 @@ mod tests {
             key: key(),
             ballot: above,
         };
-        let (w, reply) = step(&damaged, bounds, &prepare);
+        let (w, reply) = step(&damaged, bounds, prepare);
         assert_eq!(w, None);
         assert_eq!(
             reply,
@@ -514,10 +515,10 @@ mod tests {
             next: None,
         };
         // At the ceiling it may have promised (to another proposer): refused.
-        let (w, reply) = step(&damaged, bounds, &accept(b(7)));
+        let (w, reply) = step(&damaged, bounds, accept(b(7)));
         assert_eq!(w, None);
         assert!(matches!(reply, ReplicaReply::Rejected { .. }));
-        let (w, reply) = step(&damaged, bounds, &accept(above));
+        let (w, reply) = step(&damaged, bounds, accept(above));
         assert_eq!(reply, ReplicaReply::Accepted);
         assert_eq!(
             w,

@@ -520,14 +520,24 @@ impl Replica {
             Ok(slot) => slot,
             Err(reason) => return reply_to.send(&ReplicaReply::Failed { reason }),
         };
-        let (write, reply) = step(&loaded.0, self.bounds, &req);
-        if let (Some(Write::Put(_)), ReplicaRequest::Accept { ballot, .. }) = (&write, &req) {
-            durability_check::check_accept(&self.name, &key, *ballot);
+        tracing::trace!(%request, ?req, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged { .. } => None }, "replica step");
+        // (`step` takes the request: an accepted record moves into the slot.)
+        let (accept, purge) = match req {
+            ReplicaRequest::Accept { ballot, .. } => (Some(ballot), None),
+            ReplicaRequest::Purge { ballot, .. } => (None, Some(ballot)),
+            _ => (None, None),
+        };
+        let (write, reply) = step(&loaded.0, self.bounds, req);
+        tracing::trace!(%request, ?reply, "replica stepped");
+        match (&write, accept, purge) {
+            (Some(Write::Put(_)), Some(ballot), _) => {
+                durability_check::check_accept(&self.name, &key, ballot)
+            }
+            (Some(Write::Purge(_)), _, Some(ballot)) => {
+                crate::fault::check_purge(&self.name, &key, ballot)
+            }
+            _ => {}
         }
-        if let (Some(Write::Purge(_)), ReplicaRequest::Purge { ballot, .. }) = (&write, &req) {
-            crate::fault::check_purge(&self.name, &key, *ballot);
-        }
-        tracing::trace!(%request, ?req, ?reply, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged { .. } => None }, "replica step");
         let expect = match (&write, &loaded.0) {
             (Some(w), _) => durability_check::of_write(&key, w),
             // The reply may describe a write still in flight.
@@ -718,7 +728,7 @@ impl Replica {
                     record,
                     next: None,
                 };
-                step(&stored, self.bounds, &accept).0
+                step(&stored, self.bounds, accept).0
             };
             if let Some(write) = write {
                 durability_check::check_accept(&self.name, &bytes, ballot);
