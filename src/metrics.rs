@@ -47,11 +47,11 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     pub client_connections: Gauge,
     pub connections_refused: Counter,
-    pub replica_messages: Family<KindLabel, Counter>,
+    pub replica_messages: ByKind,
     pub backoffs: Counter,
     pub read_hedges: Counter,
     pub lease_writes: Family<OutcomeLabel, Counter>,
-    pub replica_requests: Family<KindLabel, Counter>,
+    pub replica_requests: ByKind,
     pub damaged_slots: Counter,
     pub slots_removed: Counter,
     pub slots_resealed: Counter,
@@ -78,11 +78,11 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             client_connections: Gauge::default(),
             connections_refused: Counter::default(),
-            replica_messages: Family::default(),
+            replica_messages: ByKind::default(),
             backoffs: Counter::default(),
             read_hedges: Counter::default(),
             lease_writes: Family::default(),
-            replica_requests: Family::default(),
+            replica_requests: ByKind::default(),
             damaged_slots: Counter::default(),
             slots_removed: Counter::default(),
             slots_resealed: Counter::default(),
@@ -124,7 +124,7 @@ impl Metrics {
         r.register(
             "proxy_replica_messages",
             "Protocol messages sent to storage servers, by kind (read, prepare, accept, purge)",
-            m.replica_messages.clone(),
+            m.replica_messages.family.clone(),
         );
         r.register(
             "proxy_backoffs",
@@ -146,7 +146,7 @@ impl Metrics {
         r.register(
             "storage_requests",
             "Protocol messages a storage server handled, by kind",
-            m.replica_requests.clone(),
+            m.replica_requests.family.clone(),
         );
         r.register(
             "storage_damaged_slots",
@@ -263,20 +263,70 @@ pub fn op_name(op: OpCode) -> &'static str {
     }
 }
 
+/// The labels of the internal messages, in [`kind_index`]'s order.
+const KINDS: [&str; 11] = [
+    "read",
+    "read_ballot",
+    "prepare",
+    "accept",
+    "purge",
+    "forget",
+    "node_status",
+    "copy",
+    "list_keys",
+    "read_shard",
+    "shard_digest",
+];
+
+fn kind_index(req: &ReplicaRequest) -> usize {
+    match req {
+        ReplicaRequest::Read { .. } => 0,
+        ReplicaRequest::ReadBallot { .. } => 1,
+        ReplicaRequest::Prepare { .. } => 2,
+        ReplicaRequest::Accept { .. } => 3,
+        ReplicaRequest::Purge { .. } => 4,
+        ReplicaRequest::Forget { .. } => 5,
+        ReplicaRequest::Node(NodeRequest::Status) => 6,
+        ReplicaRequest::Copy { .. } => 7,
+        ReplicaRequest::Node(NodeRequest::ListKeys { .. }) => 8,
+        ReplicaRequest::Node(NodeRequest::ReadShard { .. }) => 9,
+        ReplicaRequest::Node(NodeRequest::ShardDigest { .. }) => 10,
+    }
+}
+
 /// An internal message's label.
 pub fn kind_name(req: &ReplicaRequest) -> &'static str {
-    match req {
-        ReplicaRequest::Read { .. } => "read",
-        ReplicaRequest::ReadBallot { .. } => "read_ballot",
-        ReplicaRequest::Prepare { .. } => "prepare",
-        ReplicaRequest::Accept { .. } => "accept",
-        ReplicaRequest::Purge { .. } => "purge",
-        ReplicaRequest::Forget { .. } => "forget",
-        ReplicaRequest::Node(NodeRequest::Status) => "node_status",
-        ReplicaRequest::Copy { .. } => "copy",
-        ReplicaRequest::Node(NodeRequest::ListKeys { .. }) => "list_keys",
-        ReplicaRequest::Node(NodeRequest::ReadShard { .. }) => "read_shard",
-        ReplicaRequest::Node(NodeRequest::ShardDigest { .. }) => "shard_digest",
+    KINDS[kind_index(req)]
+}
+
+/// A counter per kind of internal message, each looked up in its family once: a
+/// family's lookup (a lock and a hash of the label) cost more than the count, and a
+/// set counts six messages.
+pub struct ByKind {
+    family: Family<KindLabel, Counter>,
+    counters: [Counter; KINDS.len()],
+}
+
+impl Default for ByKind {
+    fn default() -> Self {
+        let family = Family::<KindLabel, Counter>::default();
+        let counters = KINDS.map(|kind| family.get_or_create(&KindLabel { kind }).clone());
+        ByKind { family, counters }
+    }
+}
+
+impl ByKind {
+    /// The counter of `req`'s kind.
+    pub fn of(&self, req: &ReplicaRequest) -> &Counter {
+        &self.counters[kind_index(req)]
+    }
+
+    /// The count of the kind labelled `kind` (0 for a label no message has).
+    pub fn count(&self, kind: &str) -> u64 {
+        KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.counters[i].get())
     }
 }
 

@@ -25,10 +25,12 @@ pub struct Record {
     pub last_modified_ns: u64,
     /// Request id of the write that made this version; lets a retried request recognise
     /// its own earlier attempt instead of applying twice.
+    #[serde(with = "id")]
     pub originator: [u8; 16],
     /// Originators of the versions this one was built on, newest first, at most
     /// [`LINEAGE`] long (shorter means it reaches back to a version built on nothing).
     /// Lets a retried request tell whether its earlier attempt is in the key's history.
+    #[serde(with = "ids")]
     pub lineage: Vec<[u8; 16]>,
     pub tombstone: bool,
     /// JunoDB payload type (0 clear, 1..3 encrypted or compressed by someone else).
@@ -120,6 +122,52 @@ impl Record {
     /// Whether the write with originator `id` is this version or one it was built on.
     pub fn descends_from(&self, id: &[u8; 16]) -> bool {
         self.originator == *id || self.lineage.contains(id)
+    }
+}
+
+/// A 16-byte id encoded as one little-endian `u128`: bincode lays that out exactly as
+/// it does the 16 bytes, but writes and reads it at once rather than byte by byte (a
+/// record carries up to nine ids, encoded and decoded several times a write).
+mod id {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        u128::from_le_bytes(*id).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        u128::deserialize(d).map(u128::to_le_bytes)
+    }
+}
+
+/// A list of ids encoded as [`id`] encodes one.
+mod ids {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(ids: &[[u8; 16]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ids.iter().map(|id| u128::from_le_bytes(*id)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 16]>, D::Error> {
+        struct Ids;
+        impl<'de> Visitor<'de> for Ids {
+            type Value = Vec<[u8; 16]>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of 16-byte ids")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // (The length is the sender's word: room for a lineage, no more.)
+                let room = seq.size_hint().unwrap_or(0).min(super::LINEAGE);
+                let mut out = Vec::with_capacity(room);
+                while let Some(id) = seq.next_element::<u128>()? {
+                    out.push(id.to_le_bytes());
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Ids)
     }
 }
 
@@ -224,6 +272,47 @@ mod tests {
                     value: b"hello".to_vec(),
                 },
             )),
+        }
+    }
+
+    /// The record as serde encodes it without [`id`] and [`ids`]: what nodes and disks
+    /// written before them hold.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct PlainRecord {
+        version: u32,
+        creation_time: u32,
+        expires_at: u32,
+        last_modified_ns: u64,
+        originator: [u8; 16],
+        lineage: Vec<[u8; 16]>,
+        tombstone: bool,
+        payload_kind: u8,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_encoded_as_serde_encodes_their_bytes(
+            originator: [u8; 16],
+            lineage in proptest::collection::vec(proptest::prelude::any::<[u8; 16]>(), 0..=LINEAGE),
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let r = Record { originator, lineage, value, ..slot().accepted.unwrap().1 };
+            let plain = PlainRecord {
+                version: r.version,
+                creation_time: r.creation_time,
+                expires_at: r.expires_at,
+                last_modified_ns: r.last_modified_ns,
+                originator: r.originator,
+                lineage: r.lineage.clone(),
+                tombstone: r.tombstone,
+                payload_kind: r.payload_kind,
+                value: r.value.clone(),
+            };
+            let bytes = bincode::serialize(&r).unwrap();
+            proptest::prop_assert_eq!(&bytes, &bincode::serialize(&plain).unwrap());
+            proptest::prop_assert_eq!(bincode::deserialize::<Record>(&bytes).unwrap(), r);
         }
     }
 

@@ -773,12 +773,7 @@ async fn drive(
         for action in actions.drain(..) {
             match action {
                 Action::Send { round, to, msg } => {
-                    let kind = crate::metrics::kind_name(&msg);
-                    let labels = crate::metrics::KindLabel { kind };
-                    crate::metrics::metrics()
-                        .replica_messages
-                        .get_or_create(&labels)
-                        .inc();
+                    crate::metrics::metrics().replica_messages.of(&msg).inc();
                     let (tag, replies) = (next_call, replies_tx.clone());
                     next_call += 1;
                     let deliver = Box::new(move |reply| drop(replies.send((tag, reply))));

@@ -493,12 +493,8 @@ impl Replica {
         (request, epoch): (RequestId, Option<u64>),
         reply_to: ReplyTo,
     ) {
-        let kind = crate::metrics::kind_name(&req);
         let metrics = crate::metrics::metrics();
-        metrics
-            .replica_requests
-            .get_or_create(&crate::metrics::KindLabel { kind })
-            .inc();
+        metrics.replica_requests.of(&req).inc();
         let key = match req {
             ReplicaRequest::Node(node) => {
                 let reply = self.about_node(&node);
