@@ -490,7 +490,7 @@ impl Proxy {
         // The TTL left is told as of the answer: the record's expiry was fixed when a
         // quorum answered, which may be a second after the request began.
         let answered_secs = (self.clock.now_ns() / 1_000_000_000) as u32;
-        translate::response(msg, &outcome, answered_secs, us)
+        translate::response(msg, outcome, answered_secs, us)
     }
 
     /// Runs one operation, as of wall-clock time `now_ns`, to its outcome (or Timeout

@@ -42,11 +42,12 @@ pub fn to_op(msg: &OpMessage, limits: &Limits) -> Result<Op, Status> {
     })
 }
 
-/// The response to `req` for `outcome`, with the record's meta fields on success.
-pub fn response(req: &OpMessage, outcome: &Outcome, now_secs: u32, handling_us: u32) -> OpMessage {
+/// The response to `req` for `outcome`, with the record's meta fields on success (and
+/// a get's value, moved rather than copied).
+pub fn response(req: &OpMessage, outcome: Outcome, now_secs: u32, handling_us: u32) -> OpMessage {
     let status = match outcome {
         Ok(_) => Status::Ok,
-        Err(s) => *s,
+        Err(s) => s,
     };
     let mut resp = OpMessage::response_to(req, status.to_byte());
     resp.meta.request_handling_time = Some(handling_us.max(1));
@@ -59,7 +60,7 @@ pub fn response(req: &OpMessage, outcome: &Outcome, now_secs: u32, handling_us: 
         if OpCode::from_byte(req.opcode) == OpCode::Get {
             resp.payload = Payload {
                 kind: rec.payload_kind,
-                data: rec.value.clone(),
+                data: rec.value,
             };
         }
     }
