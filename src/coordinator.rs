@@ -130,12 +130,12 @@ impl Quorum {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub ballot: Ballot,
-    pub record: Record,
+    pub record: Arc<Record>,
 }
 
 /// A record of its own a request sent.
 struct Sent {
-    record: Record,
+    record: Arc<Record>,
     /// The originator of the version it was built on.
     base: Option<[u8; 16]>,
     ballot: Ballot,
@@ -252,7 +252,7 @@ pub struct Coordinator {
     /// Whether the accept round in progress went ahead on a lease (no phase 1).
     on_lease: bool,
     /// The record of the lease this request started on.
-    lease_record: Option<Record>,
+    lease_record: Option<Arc<Record>>,
     /// What became of a write on a lease: taken by a quorum, or refused (another
     /// proposer prepared since); `None` while unknown or when there was no lease.
     lease_outcome: Option<bool>,
@@ -325,7 +325,7 @@ impl Coordinator {
                     if bug(Bug::LeaseOutlivesRejection) {
                         self.lease_record = Some(lease.record.clone());
                     }
-                    self.decide(ballots, Some(lease.record), true)
+                    self.decide(ballots, Some(Arc::unwrap_or_clone(lease.record)), true)
                 }
                 // An answer found without asking a quorum could be stale: only a write,
                 // whose accept a quorum must take, may use the lease.
@@ -415,7 +415,7 @@ impl Coordinator {
         if let (Some(false), Some(record)) = (self.lease_outcome, self.lease_record.take()) {
             // Bug::LeaseOutlivesRejection: phase 2 again as if nobody had written since.
             self.ballot = ballots.next_above(self.highest_seen);
-            return self.decide(ballots, Some(record), true);
+            return self.decide(ballots, Some(Arc::unwrap_or_clone(record)), true);
         }
         self.prepare(ballots)
     }
@@ -565,7 +565,8 @@ impl Coordinator {
                             // Above the straggler's accepted ballot and the lease it
                             // promised with it, skipping phase 1.
                             let above = (*b).max(theirs).counter + 1;
-                            let (ballot, record) = (ballots.next_above(above), r.clone());
+                            let ballot = ballots.next_above(above);
+                            let record = Arc::new(r.clone());
                             self.phase = Phase::Finished;
                             let key = self.key.clone();
                             let msg = ReplicaRequest::Accept {
@@ -761,6 +762,8 @@ impl Coordinator {
         let sent_before = self.sent_own_write;
         let (outcome, write) = match effect {
             Ok(Effect::Write(new)) => {
+                // One copy, shared by the accepts, the attempt kept and the lease.
+                let new = Arc::new(new);
                 self.sent_own_write = true;
                 if self.op.writes_originator() {
                     let base = current.as_ref().map(|r| r.originator);
@@ -772,11 +775,11 @@ impl Coordinator {
                     self.write_refusals = 0;
                     self.write_round = self.round + 1;
                 }
-                let shown = (!new.tombstone).then(|| new.clone());
+                let shown = (!new.tombstone).then(|| Record::clone(&new));
                 (Ok(shown), Some(new))
             }
-            Ok(Effect::Unchanged(r)) => (Ok(r), self.write_back(current, agreed)),
-            Err(s) => (Err(s), self.write_back(current, agreed)),
+            Ok(Effect::Unchanged(r)) => (Ok(r), self.write_back(current, agreed).map(Arc::new)),
+            Err(s) => (Err(s), self.write_back(current, agreed).map(Arc::new)),
         };
         match write {
             None if self.replied => {
@@ -831,7 +834,7 @@ impl Coordinator {
             .iter()
             .find(|sent| current.descends_from(&sent.record.originator))
         {
-            return Attempt::Applied(mine.record.clone());
+            return Attempt::Applied(Record::clone(&mine.record));
         }
         if self.wrote.iter().all(|sent| sent.provably_not_in(current)) {
             Attempt::NotApplied

@@ -29,7 +29,9 @@ pub enum ReplicaRequest {
     Accept {
         key: StoreKey,
         ballot: Ballot,
-        record: Record,
+        /// (Shared by the proxy with its other replicas' messages and its lease; a
+        /// replica's own, decoded, moves into its slot.)
+        record: Arc<Record>,
         next: Option<Ballot>,
     },
     /// Every replica holds the dead record accepted at `ballot`: it may be removed.
@@ -248,7 +250,7 @@ pub fn step(stored: &Stored, bounds: Bounds, req: ReplicaRequest) -> (Option<Wri
             }
             let slot = Slot {
                 promised: promise_with_accept(ballot, next).max(slot_promised),
-                accepted: Some((ballot, record)),
+                accepted: Some((ballot, Arc::unwrap_or_clone(record))),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
@@ -293,7 +295,7 @@ fn step_damaged(promised: Ballot, req: ReplicaRequest) -> (Option<Write>, Replic
         } if ballot > promised || bug(Bug::RepairBelowCeiling) => {
             let slot = Slot {
                 promised: promise_with_accept(ballot, next),
-                accepted: Some((ballot, record)),
+                accepted: Some((ballot, Arc::unwrap_or_clone(record))),
             };
             (Some(Write::Put(slot)), ReplicaReply::Accepted)
         }
@@ -388,7 +390,7 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(1),
-                    record: rec(1),
+                    record: rec(1).into(),
                     next: None
                 }
             ),
@@ -401,7 +403,7 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(2),
-                    record: rec(1),
+                    record: rec(1).into(),
                     next: None
                 }
             ),
@@ -444,7 +446,7 @@ mod tests {
             &ReplicaRequest::Accept {
                 key: key(),
                 ballot: b(5),
-                record: dead,
+                record: dead.into(),
                 next: None,
             },
         );
@@ -475,7 +477,7 @@ mod tests {
                 &ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(3),
-                    record: rec(9),
+                    record: rec(9).into(),
                     next: None
                 }
             ),
@@ -511,7 +513,7 @@ mod tests {
         let accept = |ballot| ReplicaRequest::Accept {
             key: key(),
             ballot,
-            record: rec(3),
+            record: rec(3).into(),
             next: None,
         };
         // At the ceiling it may have promised (to another proposer): refused.
@@ -551,7 +553,7 @@ mod tests {
         let accept = ReplicaRequest::Accept {
             key: key(),
             ballot: b(4),
-            record: rec(1),
+            record: rec(1).into(),
             next: None,
         };
         assert_eq!(apply(&mut s, &mut f, &accept), ReplicaReply::Accepted);
@@ -565,7 +567,7 @@ mod tests {
         let accept = |c, next: Option<u64>| ReplicaRequest::Accept {
             key: key(),
             ballot: b(c),
-            record: rec(c as u32),
+            record: rec(c as u32).into(),
             next: next.map(b),
         };
         let prepare = |c| ReplicaRequest::Prepare {
@@ -606,7 +608,7 @@ mod tests {
                 ReplicaRequest::Accept {
                     key: key(),
                     ballot: b(c),
-                    record: rec(v),
+                    record: rec(v).into(),
                     next: n.map(b),
                 }
             }),

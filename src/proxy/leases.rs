@@ -151,7 +151,7 @@ mod tests {
                 counter: c,
                 proposer: 1,
             },
-            record: Record::absence(0, [0; 16]),
+            record: Record::absence(0, [0; 16]).into(),
         }
     }
 

@@ -721,7 +721,7 @@ impl Replica {
                 let accept = ReplicaRequest::Accept {
                     key,
                     ballot,
-                    record,
+                    record: Arc::new(record),
                     next: None,
                 };
                 step(&stored, self.bounds, accept).0
