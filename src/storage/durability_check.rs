@@ -12,6 +12,12 @@
 //! slot, an in-memory restart), unless it dropped its replica of the key's shard since
 //! (it joins again, if ever, as a new acceptor). Outside the simulator this is nothing
 //! at all.
+//!
+//! And the **ballot oracle**: every record any replica accepts is kept by key and
+//! ballot, and a ballot accepted with two different records for one key fails the
+//! seed. A proposer sends one record a ballot; two under one ballot (a lease used
+//! twice, a ballot drawn twice) let two replicas agree on a ballot and disagree on the
+//! value, which a read may then resolve either way.
 
 use crate::at_rest::SlotCodec;
 use crate::record::Slot;
@@ -107,6 +113,12 @@ pub fn verify(server: &str, codec: &SlotCodec, floor_key: &[u8], expect: &Expect
 #[inline(always)]
 pub fn verify(_: &str, _: &SlotCodec, _: &[u8], _: &Expect) {}
 
+/// Every record accepted, by engine key and ballot (see the module doc).
+#[cfg(madsim)]
+static ACCEPTED_AT: std::sync::Mutex<
+    std::collections::BTreeMap<(Vec<u8>, crate::record::Ballot), crate::record::Record>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// The highest promise each server told a proxy, by key (see the module doc).
 #[cfg(madsim)]
 static TOLD: std::sync::Mutex<
@@ -120,9 +132,25 @@ fn told(server: &str, key: &[u8], promised: crate::record::Ballot) {
     *at_least = (*at_least).max(promised);
 }
 
-/// `server` accepts `ballot` for engine key `key`: not below a promise it told.
+/// `server` accepts `record` at `ballot` for engine key `key`: not below a promise it
+/// told, and the record any replica accepted at that ballot for the key, if any.
 #[cfg(madsim)]
-pub fn check_accept(server: &str, key: &[u8], ballot: crate::record::Ballot) {
+pub fn check_accept(server: &str, key: &[u8], (ballot, record): &crate::record::Accepted) {
+    let ballot = *ballot;
+    let mut accepted = ACCEPTED_AT.lock().unwrap();
+    let first = accepted
+        .entry((key.to_vec(), ballot))
+        .or_insert_with(|| record.clone());
+    if first != record {
+        crate::fault::invariant_violated(format_args!(
+            "{server} accepted {:?} at {ballot:?} with the record of originator {:?}, but that \
+             ballot was accepted with another, of originator {:?}: a ballot carries one record",
+            String::from_utf8_lossy(key),
+            record.originator,
+            first.originator,
+        ));
+    }
+    drop(accepted);
     let promised = TOLD
         .lock()
         .unwrap()
@@ -145,7 +173,7 @@ pub fn forget_shard(server: &str, shard: u16) {
 
 #[cfg(not(madsim))]
 #[inline(always)]
-pub fn check_accept(_: &str, _: &[u8], _: crate::record::Ballot) {}
+pub fn check_accept(_: &str, _: &[u8], _: &crate::record::Accepted) {}
 
 #[cfg(not(madsim))]
 #[inline(always)]

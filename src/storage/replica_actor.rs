@@ -518,18 +518,22 @@ impl Replica {
         };
         tracing::trace!(%request, ?req, before = ?match &loaded.0 { Stored::Slot(s) => Some(s.as_ref().map(|s| (s.promised, s.accepted.as_ref().map(|(b, r)| (*b, r.version, r.tombstone))))), Stored::Damaged { .. } => None }, "replica step");
         // (`step` takes the request: an accepted record moves into the slot.)
-        let (accept, purge) = match req {
-            ReplicaRequest::Accept { ballot, .. } => (Some(ballot), None),
-            ReplicaRequest::Purge { ballot, .. } => (None, Some(ballot)),
-            _ => (None, None),
+        let accept = matches!(req, ReplicaRequest::Accept { .. });
+        let purge = match req {
+            ReplicaRequest::Purge { ballot, .. } => Some(ballot),
+            _ => None,
         };
         let (write, reply) = step(&loaded.0, self.bounds, req);
         tracing::trace!(%request, ?reply, "replica stepped");
-        match (&write, accept, purge) {
-            (Some(Write::Put(_)), Some(ballot), _) => {
-                durability_check::check_accept(&self.name, &key, ballot)
-            }
-            (Some(Write::Purge(_)), _, Some(ballot)) => {
+        match (&write, purge) {
+            (
+                Some(Write::Put(Slot {
+                    accepted: Some(accepted),
+                    ..
+                })),
+                _,
+            ) if accept => durability_check::check_accept(&self.name, &key, accepted),
+            (Some(Write::Purge(_)), Some(ballot)) => {
                 crate::fault::check_purge(&self.name, &key, ballot)
             }
             _ => {}
@@ -727,7 +731,13 @@ impl Replica {
                 step(&stored, self.bounds, accept).0
             };
             if let Some(write) = write {
-                durability_check::check_accept(&self.name, &bytes, ballot);
+                if let Write::Put(Slot {
+                    accepted: Some(accepted),
+                    ..
+                }) = &write
+                {
+                    durability_check::check_accept(&self.name, &bytes, accepted);
+                }
                 taken += 1;
                 wait_for = self.persist(bytes, write, &stored);
             }
