@@ -493,8 +493,7 @@ impl Replica {
         (request, epoch): (RequestId, Option<u64>),
         reply_to: ReplyTo,
     ) {
-        let metrics = crate::metrics::metrics();
-        metrics.replica_requests.of(&req).inc();
+        crate::metrics::metrics().replica_requests.of(&req).inc();
         let key = match req {
             ReplicaRequest::Node(node) => {
                 let reply = self.about_node(&node);
