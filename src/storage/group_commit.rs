@@ -179,3 +179,110 @@ async fn write_durably(
     }
     Ok(())
 }
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use crate::engine::{Entry, MemoryEngine};
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+
+    /// An engine whose first write waits for the test's word: the writes queued
+    /// meanwhile show how the committer batches.
+    struct Gated {
+        inner: MemoryEngine,
+        started: Mutex<Option<std_mpsc::Sender<()>>>,
+        release: Mutex<std_mpsc::Receiver<()>>,
+        writes: Mutex<Vec<usize>>,
+        fail: bool,
+    }
+
+    impl Engine for Gated {
+        fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn write(&self, batch: &[Change], sync: bool) -> io::Result<()> {
+            assert!(sync, "group commit writes durably");
+            if let Some(started) = self.started.lock().unwrap().take() {
+                started.send(()).unwrap();
+                self.release.lock().unwrap().recv().unwrap();
+            }
+            self.writes.lock().unwrap().push(batch.len());
+            match self.fail {
+                true => Err(io::Error::other("disk gone")),
+                false => self.inner.write(batch, sync),
+            }
+        }
+        fn scan(&self, a: Option<&[u8]>, b: Option<&[u8]>, n: usize) -> io::Result<Vec<Entry>> {
+            self.inner.scan(a, b, n)
+        }
+    }
+
+    fn gated(fail: bool) -> (Arc<Gated>, std_mpsc::Receiver<()>, std_mpsc::Sender<()>) {
+        let (started_tx, started) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel();
+        let engine = Arc::new(Gated {
+            inner: MemoryEngine::default(),
+            started: Mutex::new(Some(started_tx)),
+            release: Mutex::new(release_rx),
+            writes: Mutex::new(Vec::new()),
+            fail,
+        });
+        (engine, started, release)
+    }
+
+    fn change(i: u64) -> Vec<Change> {
+        vec![(i.to_be_bytes().to_vec(), Some(vec![1]))]
+    }
+
+    async fn until(commit: &GroupCommit, done: impl Fn(Durable) -> bool) {
+        let mut durable = commit.subscribe();
+        while !done(*durable.borrow_and_update()) {
+            durable.changed().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_queued_while_one_syncs_share_the_next_sync() {
+        let (engine, started, release) = gated(false);
+        let (commit, _task) = GroupCommit::start(engine.clone(), 4096, "s".into());
+        commit.submit(1, change(1));
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        for seq in 2..=100 {
+            commit.submit(seq, change(seq));
+        }
+        assert_eq!(
+            commit.durable(),
+            0,
+            "nothing is durable before its sync ends"
+        );
+        release.send(()).unwrap();
+        until(&commit, |d| d == Durable::UpTo(100)).await;
+        assert_eq!(*engine.writes.lock().unwrap(), vec![1, 99]);
+        assert!((1..=100u64).all(|i| engine.get(&i.to_be_bytes()).unwrap().is_some()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_stops_the_committer_and_nothing_is_acknowledged() {
+        let (engine, started, release) = gated(true);
+        let (commit, task) = GroupCommit::start(engine.clone(), 4096, "s".into());
+        commit.submit(1, change(1));
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        commit.submit(2, change(2));
+        release.send(()).unwrap();
+        until(&commit, |d| d == Durable::Failed).await;
+        assert!(commit.has_failed());
+        assert_eq!(commit.durable(), 0);
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        assert!(stopped.is_ok(), "the committer stops after a failed sync");
+        assert_eq!(
+            *engine.writes.lock().unwrap(),
+            vec![1],
+            "no write after a failed one"
+        );
+    }
+}
