@@ -36,10 +36,8 @@ impl GroupCommit {
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
         // In production the committer is a thread of its own: a batch that finishes
         // syncing starts the next at once, with no hop through the async workers
-        // (which left the disk idle a third of the time under load). A quarter of the
-        // last sync's time is spent waiting for more writes before the next one, while
-        // others are writing: a second batch sharing a sync costs far less than
-        // a second sync (measured in docs/benchmarks.md).
+        // (which left the disk idle a third of the time under load), after waiting
+        // for company as `linger_after` says (measured in docs/benchmarks.md).
         #[cfg(not(madsim))]
         let task = tokio::task::spawn_blocking(move || {
             let mut linger = std::time::Duration::ZERO;
@@ -55,10 +53,7 @@ impl GroupCommit {
                 if !publish(&durable_tx, last, written, took, &server) {
                     return;
                 }
-                linger = match concurrent {
-                    true => (took / 4).min(MAX_LINGER),
-                    false => std::time::Duration::ZERO,
-                };
+                linger = linger_after(concurrent, took);
             }
         });
         #[cfg(madsim)]
@@ -106,9 +101,16 @@ impl GroupCommit {
     }
 }
 
-/// The longest a committer waits for more writes to share a sync.
+/// How long the committer waits for more writes before its next sync, after one that
+/// took `took`: a quarter of it (at most 1 ms) while others are writing (the last batch
+/// held more than one write), so that they share the sync; nothing for a write alone.
 #[cfg(not(madsim))]
-const MAX_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+fn linger_after(concurrent: bool, took: std::time::Duration) -> std::time::Duration {
+    match concurrent {
+        true => (took / 4).min(std::time::Duration::from_millis(1)),
+        false => std::time::Duration::ZERO,
+    }
+}
 
 /// The first queued write and those queued behind it, up to `max_batch` changes.
 fn collect(
@@ -240,6 +242,18 @@ mod tests {
         while !done(*durable.borrow_and_update()) {
             durable.changed().await.unwrap();
         }
+    }
+
+    #[test]
+    fn the_committer_waits_for_company_only_while_others_write() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(linger_after(false, ms(2)), Duration::ZERO);
+        assert_eq!(
+            linger_after(true, Duration::from_micros(600)),
+            Duration::from_micros(150)
+        );
+        assert_eq!(linger_after(true, ms(40)), ms(1));
     }
 
     #[tokio::test]
