@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_read_and_sweep_repair, eventually, Store, TestCluster};
+use common::{assert_read_and_sweep_repair, eventually, within, Store, TestCluster};
 use junokv::client::ClientError;
 use junokv::clock::Clock;
 use junokv::key::StoreKey;
@@ -272,11 +272,23 @@ async fn replicas_that_missed_writes_are_brought_up_to_date_by_the_sweepers_with
         .map(|k| StoreKey::new(b"test", k, cluster.map().num_shards).shard)
         .collect();
     assert_eq!(listed, shards.len() as u64);
-    eventually(
-        "every key reaches the replica that missed its update",
-        || behind() == 0,
-    )
-    .await;
+    // A repair that fails (under load, one that times out) is dropped and left to the
+    // sweepers' next pass, as their periodic passes do in production: a few more
+    // passes, each given five seconds to land, must bring every key up to date (on a
+    // busy machine a second pass was needed in 6 runs of 100, never a third).
+    for pass in 1.. {
+        if within(std::time::Duration::from_secs(5), || behind() == 0).await {
+            break;
+        }
+        assert!(
+            pass < 5,
+            "{} keys still behind after {pass} passes",
+            behind()
+        );
+        for z in 0..3 {
+            cluster.sweep(z, Clock::default()).await;
+        }
+    }
     // The repairs' last acknowledgements may land a moment later: within a few passes
     // the replicas agree on every key, and the passes find nothing more to do — and
     // list no shard (every digest agrees).

@@ -249,15 +249,21 @@ fn codec(key_file: Option<&PathBuf>) -> SlotCodec {
 
 /// Waits until `cond` holds, for at most five seconds (for effects that land after
 /// the request that caused them has been answered, such as purges and repairs).
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    let held = within(std::time::Duration::from_secs(5), cond).await;
+    assert!(held, "never happened: {what}");
+}
+
+/// Whether `cond` comes to hold within `limit` (looked at every 10 ms).
+pub async fn within(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    true
 }
 
 /// A client setting keys `k0`… round after round (each round's number as the value)
