@@ -214,13 +214,20 @@ pub async fn run(a: BenchArgs) -> CliResult {
                     .map(|(k, _)| *k)
                     .unwrap();
                 let t = Instant::now();
-                let label = match target.run(kind, &key, &value, ttl).await {
+                let outcome = target.run(kind, &key, &value, ttl).await;
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+                let label = match &outcome {
                     Ok(()) => format!("{kind:?} Ok"),
                     Err(e) => format!("{kind:?} {e}"),
                 };
-                let _ = hist.record(t.elapsed().as_micros() as u64);
                 *outcomes.entry(label).or_default() += 1;
                 done.fetch_add(1, Ordering::Relaxed);
+                if outcome.is_err() {
+                    // A closed connection fails at once, without waiting on anything:
+                    // on one thread, the workers would then spin and starve the clock
+                    // that ends the run (a proxy stopped mid-run hung the benchmark).
+                    tokio::task::yield_now().await;
+                }
             }
             let mut s = stats.lock().unwrap();
             s.latency.add(&hist).expect("histograms of one shape");
@@ -299,4 +306,50 @@ async fn preload(targets: &mut [Target], keys: u64, value: &[u8], ttl: u32) -> R
             Ok::<(), String>(())
         });
     futures::future::try_join_all(loads).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn a_run_ends_on_time_when_its_proxy_closes_every_connection() {
+        // A "proxy" that takes each connection and closes it at once: every request
+        // then fails without waiting on anything.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        let flags = [
+            "bench",
+            "--proxy",
+            &addr,
+            "--duration",
+            "1",
+            "--preload",
+            "false",
+        ];
+        let args = Cli::parse_from(flags).bench;
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = args.runtime().unwrap().block_on(run(args));
+            let _ = ended_tx.send(result.is_ok());
+        });
+        let ended = ended.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            ended,
+            Ok(true),
+            "the one-second run ends, reporting the failures"
+        );
+    }
 }
