@@ -132,10 +132,18 @@ fn told(server: &str, key: &[u8], promised: crate::record::Ballot) {
     *at_least = (*at_least).max(promised);
 }
 
-/// `server` accepts `record` at `ballot` for engine key `key`: not below a promise it
-/// told, and the record any replica accepted at that ballot for the key, if any.
+/// `server` writes `write` for engine key `key` as an accept: a record it accepts at a
+/// ballot must be above no promise it told, and the record any replica accepted at
+/// that ballot for the key, if any.
 #[cfg(madsim)]
-pub fn check_accept(server: &str, key: &[u8], (ballot, record): &crate::record::Accepted) {
+pub fn check_accept(server: &str, key: &[u8], write: &Write) {
+    let Write::Put(Slot {
+        accepted: Some((ballot, record)),
+        ..
+    }) = write
+    else {
+        return;
+    };
     let ballot = *ballot;
     let mut accepted = ACCEPTED_AT.lock().unwrap();
     let first = accepted
@@ -173,7 +181,7 @@ pub fn forget_shard(server: &str, shard: u16) {
 
 #[cfg(not(madsim))]
 #[inline(always)]
-pub fn check_accept(_: &str, _: &[u8], _: &crate::record::Accepted) {}
+pub fn check_accept(_: &str, _: &[u8], _: &Write) {}
 
 #[cfg(not(madsim))]
 #[inline(always)]

@@ -525,13 +525,9 @@ impl Replica {
         let (write, reply) = step(&loaded.0, self.bounds, req);
         tracing::trace!(%request, ?reply, "replica stepped");
         match (&write, purge) {
-            (
-                Some(Write::Put(Slot {
-                    accepted: Some(accepted),
-                    ..
-                })),
-                _,
-            ) if accept => durability_check::check_accept(&self.name, &key, accepted),
+            (Some(put @ Write::Put(_)), _) if accept => {
+                durability_check::check_accept(&self.name, &key, put)
+            }
             (Some(Write::Purge(_)), Some(ballot)) => {
                 crate::fault::check_purge(&self.name, &key, ballot)
             }
@@ -730,13 +726,7 @@ impl Replica {
                 step(&stored, self.bounds, accept).0
             };
             if let Some(write) = write {
-                if let Write::Put(Slot {
-                    accepted: Some(accepted),
-                    ..
-                }) = &write
-                {
-                    durability_check::check_accept(&self.name, &bytes, accepted);
-                }
+                durability_check::check_accept(&self.name, &bytes, &write);
                 taken += 1;
                 wait_for = self.persist(bytes, write, &stored);
             }
