@@ -220,7 +220,16 @@ mod tests {
         }
     }
 
-    fn gated(fail: bool) -> (Arc<Gated>, std_mpsc::Receiver<()>, std_mpsc::Sender<()>) {
+    /// A committer whose first write (seq 1) is syncing, held there until the test
+    /// sends on the returned sender; its engine fails every write with `fail`.
+    async fn syncing_its_first_write(
+        fail: bool,
+    ) -> (
+        Arc<Gated>,
+        GroupCommit,
+        tokio::task::JoinHandle<()>,
+        std_mpsc::Sender<()>,
+    ) {
         let (started_tx, started) = std_mpsc::channel();
         let (release, release_rx) = std_mpsc::channel();
         let engine = Arc::new(Gated {
@@ -230,7 +239,12 @@ mod tests {
             writes: Mutex::new(Vec::new()),
             fail,
         });
-        (engine, started, release)
+        let (commit, task) = GroupCommit::start(engine.clone(), 4096, "s".into());
+        commit.submit(1, change(1));
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        (engine, commit, task, release)
     }
 
     fn change(i: u64) -> Vec<Change> {
@@ -258,12 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_queued_while_one_syncs_share_the_next_sync() {
-        let (engine, started, release) = gated(false);
-        let (commit, _task) = GroupCommit::start(engine.clone(), 4096, "s".into());
-        commit.submit(1, change(1));
-        tokio::task::spawn_blocking(move || started.recv().unwrap())
-            .await
-            .unwrap();
+        let (engine, commit, _task, release) = syncing_its_first_write(false).await;
         for seq in 2..=100 {
             commit.submit(seq, change(seq));
         }
@@ -280,12 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_stops_the_committer_and_nothing_is_acknowledged() {
-        let (engine, started, release) = gated(true);
-        let (commit, task) = GroupCommit::start(engine.clone(), 4096, "s".into());
-        commit.submit(1, change(1));
-        tokio::task::spawn_blocking(move || started.recv().unwrap())
-            .await
-            .unwrap();
+        let (engine, commit, task, release) = syncing_its_first_write(true).await;
         commit.submit(2, change(2));
         release.send(()).unwrap();
         until(&commit, |d| d == Durable::Failed).await;
