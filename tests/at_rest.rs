@@ -111,6 +111,8 @@ async fn a_tampered_replica_is_detected_and_repaired() {
     let c = cluster.client().await;
     c.create(b"read", b"one", 0).await.unwrap();
     c.create(b"unread", b"two", 0).await.unwrap();
+    cluster.stored_everywhere(b"read").await;
+    cluster.stored_everywhere(b"unread").await;
     let before = cluster.stored(0, b"read").unwrap();
     // A flipped bit in the ciphertext, and one in the nonce.
     tamper(&mut cluster, 0, b"read", before.len() - 24).await;
@@ -140,6 +142,7 @@ async fn data_keys_rotate_and_old_records_are_resealed() {
     for k in &names {
         c.set(k, b"before", 0).await.unwrap();
     }
+    cluster.stored_everywhere(&names[0]).await;
     assert_eq!(sealed_with(&cluster, 0, &names[0]), Some(1));
 
     assert_eq!(KeyFile::add_key(&keys).unwrap(), 2);
@@ -147,6 +150,7 @@ async fn data_keys_rotate_and_old_records_are_resealed() {
         s.reload_data_keys().unwrap();
     }
     c.set(b"after", b"v", 0).await.unwrap();
+    cluster.stored_everywhere(b"after").await;
     for z in 0..3 {
         assert_eq!(sealed_with(&cluster, z, b"after"), Some(2));
         assert_eq!(sealed_with(&cluster, z, &names[0]), Some(1));

@@ -331,6 +331,8 @@ async fn a_damaged_replica_is_repaired_by_a_read_or_by_the_sweeper() {
     c.create(b"read", b"one", 0).await.unwrap();
     c.create(b"unread", b"two", 0).await.unwrap();
     drop(c);
+    cluster.stored_everywhere(b"read").await;
+    cluster.stored_everywhere(b"unread").await;
     damage(&mut cluster, 0, b"read").await;
     damage(&mut cluster, 0, b"unread").await;
     let sound = |cluster: &TestCluster, key: &[u8]| {

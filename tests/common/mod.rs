@@ -129,6 +129,16 @@ impl TestCluster {
         self.engines[i].get(&k.to_bytes()).unwrap()
     }
 
+    /// Waits until every replica stores `key`: a write is answered once a quorum holds
+    /// it, and the other replicas may still be writing it.
+    pub async fn stored_everywhere(&self, key: &[u8]) {
+        let zones = self.engines.len();
+        eventually("every replica stores the key", || {
+            (0..zones).all(|z| self.stored(z, key).is_some())
+        })
+        .await;
+    }
+
     /// Starts zone `i`'s background work (sweeper, eviction, recovery) through a
     /// proxy of its own, recovering (if it must) after `recovery_delay_ms`.
     pub fn start_background(&mut self, i: usize, recovery_delay_ms: u64) {
