@@ -61,7 +61,8 @@ pub struct Quorum {
     pub replicas: usize,
     /// The layouts of the replicas, as their places (one; two while the map changes,
     /// see [`crate::cluster::Placement`]): a quorum holds a majority of each.
-    pub layouts: Vec<Vec<usize>>,
+    /// (Shared: a proxy works out each shard's quorums once per map.)
+    pub layouts: Arc<[Vec<usize>]>,
     /// An expired record is removed only this long after its expiry, so that a proxy
     /// whose clock runs ahead cannot remove what other clocks still call live.
     pub purge_grace_secs: u32,
@@ -77,7 +78,7 @@ impl Quorum {
     pub fn majority(replicas: usize) -> Self {
         Quorum {
             replicas,
-            layouts: vec![(0..replicas).collect()],
+            layouts: Arc::new([(0..replicas).collect()]),
             purge_grace_secs: 3600,
             expiry_fence_secs: 2,
         }
@@ -88,7 +89,7 @@ impl Quorum {
     pub fn of(&self, placement: &crate::cluster::Placement) -> Self {
         Quorum {
             replicas: placement.nodes.len(),
-            layouts: placement.layouts.clone(),
+            layouts: placement.layouts.clone().into(),
             ..self.clone()
         }
     }
@@ -1362,7 +1363,7 @@ mod tests {
     fn maps_of_a_move() -> [(Vec<usize>, Quorum); 3] {
         let joint = Quorum {
             replicas: 4,
-            layouts: vec![vec![0, 1, 2], vec![3, 1, 2]],
+            layouts: Arc::new([vec![0, 1, 2], vec![3, 1, 2]]),
             ..Quorum::majority(4)
         };
         [

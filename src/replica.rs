@@ -31,6 +31,7 @@ pub enum ReplicaRequest {
         ballot: Ballot,
         /// (Shared by the proxy with its other replicas' messages and its lease; a
         /// replica's own, decoded, moves into its slot.)
+        #[serde(deserialize_with = "shared")]
         record: Arc<Record>,
         next: Option<Ballot>,
     },
@@ -53,6 +54,12 @@ pub enum ReplicaRequest {
     /// not the record. A plain read asks one replica of its quorum for the record and
     /// the others for this, so that a get carries the value between servers once.
     ReadBallot { key: StoreKey },
+}
+
+/// A record decoded straight into its shared place (serde's own `Arc` decodes into a
+/// box first, then moves it: two allocations a message instead of one).
+fn shared<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<Record>, D::Error> {
+    Record::deserialize(d).map(Arc::new)
 }
 
 /// What a storage server is asked about itself rather than about a key.

@@ -12,7 +12,9 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -33,8 +35,8 @@ pub fn encode_frame<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
     out
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+/// Reads one frame from a [`frame_reader`]; `Ok(None)` on a clean end of stream.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncBufRead + Unpin>(
     r: &mut R,
 ) -> io::Result<Option<(u64, T)>> {
     let mut len = [0u8; 4];
@@ -50,12 +52,25 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
             "bad internal frame length",
         ));
     }
+    // Under load the buffer nearly always holds the whole frame: it is decoded where
+    // it lies, with no buffer of its own to allocate, zero and copy into.
+    let buffered = r.fill_buf().await?;
+    if buffered.len() >= len {
+        let frame = decode_frame(&buffered[..len]);
+        r.consume(len);
+        return frame.map(Some);
+    }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
-    let id = u64::from_be_bytes(buf[..8].try_into().unwrap());
-    let body = bincode::deserialize(&buf[8..])
+    decode_frame(&buf).map(Some)
+}
+
+/// A frame's id and body, from its bytes after the length.
+fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> io::Result<(u64, T)> {
+    let id = u64::from_be_bytes(frame[..8].try_into().unwrap());
+    let body = bincode::deserialize(&frame[8..])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(Some((id, body)))
+    Ok((id, body))
 }
 
 /// A reader for a stream of frames: under load many frames arrive together, and each
@@ -406,6 +421,40 @@ mod tests {
 
     fn waiting(peer: &Peer) -> usize {
         peer.open().map_or(0, |c| c.pending.lock().unwrap().len())
+    }
+
+    #[tokio::test]
+    async fn frames_decode_whole_in_the_buffer_split_across_reads_or_larger_than_it() {
+        let (mut w, r) = tokio::io::duplex(1 << 20);
+        let mut rd = frame_reader(r);
+        let big = vec![7u8; 100 << 10]; // more than the reader's buffer holds
+        let frames: Vec<Vec<u8>> = (0..3u64)
+            .map(|id| encode_frame(id, &(id, vec![id as u8; 10])))
+            .collect();
+        // Two frames in one write; the third in two writes, the reader waiting between
+        // them with part of it buffered; then the big one.
+        w.write_all(&[&frames[0][..], &frames[1][..]].concat())
+            .await
+            .unwrap();
+        let (head, tail) = frames[2].split_at(7);
+        w.write_all(head).await.unwrap();
+        for id in 0..2u64 {
+            let got = read_frame::<(u64, Vec<u8>), _>(&mut rd).await.unwrap();
+            assert_eq!(got, Some((id, (id, vec![id as u8; 10]))));
+        }
+        let third = tokio::spawn(async move {
+            let got = read_frame::<(u64, Vec<u8>), _>(&mut rd).await.unwrap();
+            (got, rd)
+        });
+        tokio::task::yield_now().await;
+        w.write_all(tail).await.unwrap();
+        let (got, mut rd) = third.await.unwrap();
+        assert_eq!(got, Some((2, (2, vec![2; 10]))));
+        w.write_all(&encode_frame(9, &big)).await.unwrap();
+        drop(w);
+        let got = read_frame::<Vec<u8>, _>(&mut rd).await.unwrap();
+        assert_eq!(got, Some((9, big)));
+        assert_eq!(read_frame::<Vec<u8>, _>(&mut rd).await.unwrap(), None);
     }
 
     #[tokio::test]

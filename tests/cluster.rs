@@ -269,7 +269,7 @@ async fn replicas_that_missed_writes_are_brought_up_to_date_by_the_sweepers_with
     }
     assert_eq!(out_of_sync, keys.len() as u64);
     let shards: std::collections::BTreeSet<u16> = (keys.iter())
-        .map(|k| StoreKey::new(b"test", k, cluster.map().num_shards).shard)
+        .map(|k| StoreKey::new(b"test", k, cluster.map().num_shards).shard())
         .collect();
     assert_eq!(listed, shards.len() as u64);
     // A repair that fails (under load, one that times out) is dropped and left to the
@@ -356,7 +356,7 @@ async fn a_storage_server_serves_only_senders_on_its_map_and_only_its_shards() {
     let me = cluster.addrs[0].to_string();
     cluster.storages[0].as_ref().unwrap().own(&map, &me);
     let moved = |k: &[u8]| {
-        let shard = StoreKey::new(b"test", k, map.num_shards).shard;
+        let shard = StoreKey::new(b"test", k, map.num_shards).shard();
         map.zones[0].owner(shard).id == "added:7001"
     };
     let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("k{i}").into_bytes()).collect();

@@ -99,6 +99,10 @@ fn bad_configs_are_named_with_file_line_and_setting() {
             vec!["limits.default_ttl (999999)"],
         ),
         (
+            format!("{PROXY}\n[limits]\nmax_namespace_length = 256\n"),
+            vec!["limits.max_namespace_length must be at most 255"],
+        ),
+        (
             format!("{PROXY}\n[connections]\nmax_connections = 0\n"),
             vec!["connections.max_connections"],
         ),

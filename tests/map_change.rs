@@ -196,7 +196,8 @@ async fn a_replaced_node_hands_on_what_only_it_and_one_other_hold() {
         .await
         .unwrap();
     let on_new_majority = |k: usize| {
-        let replicas = done.placement(StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).shard);
+        let replicas =
+            done.placement(StoreKey::new(b"test", format!("k{k}").as_bytes(), 64).shard());
         let holders = (replicas.nodes.iter())
             .filter(|n| {
                 let i = addrs.iter().position(|a| *a == n.addr).unwrap();
@@ -259,7 +260,7 @@ async fn a_copy_is_taken_as_a_late_accept_and_only_on_the_senders_map() {
     client.set(b"k", b"new", 0).await.unwrap();
     let (key, node) = (StoreKey::new(b"test", b"k", 64), nodes.addrs[0].as_str());
     let shard = |key: &StoreKey| NodeRequest::ReadShard {
-        shard: key.shard,
+        shard: key.shard(),
         after: None,
         limit_bytes: 1 << 20,
     };

@@ -318,7 +318,7 @@ async fn divergent_replicas(
     for k in 0..w.keys.max(1) {
         let key = StoreKey::new(ns.as_bytes(), format!("k{k}").as_bytes(), map.num_shards);
         let mut states = Vec::new();
-        for addr in map.replicas(key.shard) {
+        for addr in map.replicas(key.shard()) {
             let peer = std::sync::Arc::new(Peer::new(
                 addr.to_string(),
                 connector.clone(),

@@ -30,6 +30,8 @@ const TAG_ORIGINATOR: u8 = 8;
 const TAG_CORRELATION_ID: u8 = 9;
 const TAG_REQUEST_HANDLING_TIME: u8 = 10;
 const TAG_UDF_NAME: u8 = 11;
+/// How many meta fields there are (tags 1 to 11): a message encodes each at most once.
+const FIELD_TAGS: usize = 11;
 
 /// Why bytes are not a valid operational message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,9 +214,12 @@ impl OpMessage {
         out[start + 4..start + 8].copy_from_slice(&size.to_be_bytes());
     }
 
-    /// Convenience wrapper around [`OpMessage::encode`].
+    /// Convenience wrapper around [`OpMessage::encode`], sized for the message at once
+    /// (the header and meta component take under 128 bytes unless they carry source
+    /// info, a correlation id or a UDF name).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = Vec::new();
+        let size = 128 + self.namespace.len() + self.key.len() + self.payload.data.len();
+        let mut v = Vec::with_capacity(size);
         self.encode(&mut v);
         v
     }
@@ -321,10 +326,13 @@ fn pad(out: &mut Vec<u8>, start: usize, align: usize) {
 /// protocol document; JunoDB's decoders accept any order.
 fn encode_meta(meta: &Meta, out: &mut Vec<u8>) {
     let start = out.len();
-    let mut tags: Vec<u8> = Vec::new();
-    let mut body: Vec<u8> = Vec::new();
+    // (One tag each at most: no allocation for them.)
+    let mut tags = [0u8; FIELD_TAGS];
+    let mut count = 0;
+    let mut body: Vec<u8> = Vec::with_capacity(96);
     let mut fixed = |tag: u8, size_type: u8, bytes: &[u8], body: &mut Vec<u8>| {
-        tags.push(tag | size_type << 5);
+        tags[count] = tag | size_type << 5;
+        count += 1;
         body.extend_from_slice(bytes);
     };
     if let Some(v) = meta.ttl {
@@ -362,8 +370,8 @@ fn encode_meta(meta: &Meta, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&[0; 4]);
     out.push(COMP_META);
-    out.push(tags.len() as u8);
-    out.extend_from_slice(&tags);
+    out.push(count as u8);
+    out.extend_from_slice(&tags[..count]);
     pad(out, start, 4);
     out.extend_from_slice(&body);
     pad(out, start, 8);

@@ -122,6 +122,10 @@ impl Limits {
         check(self.max_key_length >= 1, || {
             "limits.max_key_length must be at least 1".into()
         })?;
+        // (JunoDB's wire protocol gives a namespace one byte of length.)
+        check(self.max_namespace_length <= 255, || {
+            "limits.max_namespace_length must be at most 255".into()
+        })?;
         check(self.max_payload_length <= most, || {
             format!(
                 "limits.max_payload_length ({}) must be at most {most}",

@@ -131,7 +131,7 @@ impl Table {
         let held = (entry.lease.as_ref()).map_or(0, |(_, l)| {
             l.record.value.len() + l.record.lineage.len() * 16
         });
-        let size = 128 + key.key.len() + key.namespace.len() + held;
+        let size = 128 + key.key().len() + key.namespace().len() + held;
         self.entries.insert(key.clone(), entry, size);
     }
 }

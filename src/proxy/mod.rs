@@ -60,21 +60,35 @@ impl BallotSource for Ballots {
     }
 }
 
-/// What a proxy routes by: a map and a peer for each storage node in it. Replaced
-/// whole when the map changes: a round of a request goes out under one map.
+/// What a proxy routes by: a map, a peer for each storage node in it, and each
+/// shard's replicas and quorums, worked out once per map rather than per request.
+/// Replaced whole when the map changes: a round of a request goes out under one map.
 struct Routing {
     map: Arc<ShardMap>,
     peers: HashMap<String, Arc<Peer>>,
+    /// By shard number.
+    shards: Vec<(Arc<[Arc<Peer>]>, Quorum)>,
 }
 
 impl Routing {
-    /// The replicas of `shard` and their quorums (timing taken from `base`).
-    fn replicas(&self, shard: u16, base: &Quorum) -> (Vec<Arc<Peer>>, Quorum) {
-        let placement = self.map.placement(shard);
-        let peers = (placement.nodes.iter())
-            .map(|n| self.peers[&n.addr].clone())
+    /// Routes by `map` through `peers` (one for each of its nodes), with the quorums'
+    /// timing taken from `base`.
+    fn new(map: Arc<ShardMap>, peers: HashMap<String, Arc<Peer>>, base: &Quorum) -> Self {
+        let shards = (0..map.num_shards)
+            .map(|shard| {
+                let placement = map.placement(shard);
+                let replicas = (placement.nodes.iter())
+                    .map(|n| peers[&n.addr].clone())
+                    .collect();
+                (replicas, base.of(&placement))
+            })
             .collect();
-        (peers, base.of(&placement))
+        Routing { map, peers, shards }
+    }
+
+    /// The replicas of `shard` and their quorums.
+    fn replicas(&self, shard: u16) -> (Arc<[Arc<Peer>]>, Quorum) {
+        self.shards[usize::from(shard)].clone()
     }
 }
 
@@ -120,9 +134,11 @@ impl Proxy {
     pub fn new(config: ProxyConfig, clock: Clock) -> Result<Arc<Self>, String> {
         config.cluster.validate()?;
         let connector = Connector::member(config.cluster_tls.as_ref())?;
+        // (Replaced by `route_by` below, before anything routes by it.)
         let routing = Routing {
             map: Arc::new(config.cluster.clone()),
             peers: HashMap::new(),
+            shards: Vec::new(),
         };
         let routing = watch::Sender::new(Arc::new(routing));
         let quorum = Quorum {
@@ -184,7 +200,8 @@ impl Proxy {
             );
         }
         let map = Arc::new(map);
-        self.routing.send_replace(Arc::new(Routing { map, peers }));
+        let routing = Routing::new(map, peers, &self.quorum);
+        self.routing.send_replace(Arc::new(routing));
         Ok(())
     }
 
@@ -547,7 +564,7 @@ impl Proxy {
             .may_write()
             .then(|| self.leases.take(&key, epoch))
             .flatten();
-        let (peers, quorum) = routing.replicas(key.shard, &self.quorum);
+        let (peers, quorum) = routing.replicas(key.shard());
         let coordinator = Coordinator::new(key.clone(), op, ctx, quorum).reading_from(from);
         let answer = Answer {
             tx,
@@ -742,7 +759,7 @@ async fn drive(
     mut co: Coordinator,
     (lease, mut peers, mut maps): (
         Option<crate::coordinator::Lease>,
-        Vec<Arc<Peer>>,
+        Arc<[Arc<Peer>]>,
         watch::Receiver<Arc<Routing>>,
     ),
     proxy: Arc<Proxy>,
@@ -874,7 +891,7 @@ async fn drive(
                 let routing = maps.borrow_and_update().clone();
                 if routing.map.epoch != epoch {
                     let quorum;
-                    (peers, quorum) = routing.replicas(co.key().shard, &proxy.quorum);
+                    (peers, quorum) = routing.replicas(co.key().shard());
                     epoch = routing.map.epoch;
                     if let Some(answer) = answer.as_mut() {
                         answer.epoch = epoch;

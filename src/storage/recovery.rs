@@ -147,7 +147,7 @@ impl Recovery {
             let end = keys.len() < PAGE as usize;
             after = keys.last().map(|(k, _)| k.clone());
             let ours: Vec<StoreKey> = (keys.into_iter().map(|(k, _)| k))
-                .filter(|k| mine.contains(&k.shard))
+                .filter(|k| mine.contains(&k.shard()))
                 .collect();
             seen += ours.len() as u64;
             stream::iter(ours.into_iter().map(|k| self.hold(k)))

@@ -99,9 +99,10 @@ pub struct Ownership {
     pub joining: Vec<bool>,
 }
 
-/// A reply waiting for a write (about `key`) to be durable.
+/// A reply waiting for a write to be durable: about a key of `shard`, or (none) about
+/// the copies of a map change.
 struct Held {
-    key: Vec<u8>,
+    shard: Option<u16>,
     reply_to: ReplyTo,
     reply: ReplicaReply,
     expect: Option<Expect>,
@@ -413,7 +414,7 @@ impl Replica {
         let epoch = owns.epoch;
         let gone = |s: u16| !owns.holds(s) || wiped.contains(&s);
         for held in self.held.values_mut().flatten() {
-            if StoreKey::shard_in(&held.key).is_some_and(gone) {
+            if held.shard.is_some_and(gone) {
                 (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
             }
         }
@@ -494,7 +495,7 @@ impl Replica {
         reply_to: ReplyTo,
     ) {
         crate::metrics::metrics().replica_requests.of(&req).inc();
-        let key = match req {
+        let (key, shard) = match req {
             ReplicaRequest::Node(node) => {
                 let reply = self.about_node(&node);
                 return reply_to.send(&reply);
@@ -505,10 +506,10 @@ impl Replica {
             }
             ref req => {
                 let key = req.key().expect("about a key");
-                if let Some(epoch) = self.refuses(epoch, key.shard) {
+                if let Some(epoch) = self.refuses(epoch, key.shard()) {
                     return reply_to.send(&ReplicaReply::NotOwner { epoch });
                 }
-                key.to_bytes()
+                (key.to_bytes(), Some(key.shard()))
             }
         };
         let loaded = match self.load(&key, &request) {
@@ -542,7 +543,7 @@ impl Replica {
             (None, _) => None,
         };
         let wait_for = match write {
-            Some(w) => self.persist(key.clone(), w, &loaded.0),
+            Some(w) => self.persist(key, w, &loaded.0),
             None => loaded.1, // the reply may describe a write not yet durable
         };
         let promise = matches!(reply, ReplicaReply::Promise { .. });
@@ -550,7 +551,7 @@ impl Replica {
             self.send(reply_to, &reply, expect.as_ref());
         } else {
             let held = Held {
-                key,
+                shard,
                 reply_to,
                 reply,
                 expect,
@@ -698,7 +699,7 @@ impl Replica {
         // (Not before the map is durably this server's: see `own`.)
         let (mut taken, mut wait_for) = (0, self.adopted.1);
         for (key, (ballot, record)) in records {
-            if let Some(epoch) = self.refuses(epoch, key.shard) {
+            if let Some(epoch) = self.refuses(epoch, key.shard()) {
                 return reply_to.send(&ReplicaReply::NotOwner { epoch });
             }
             if !record.tombstone && self.full() {
@@ -736,7 +737,7 @@ impl Replica {
             return reply_to.send(&reply);
         }
         let held = Held {
-            key: Vec::new(),
+            shard: None,
             reply_to,
             reply,
             expect: None,
@@ -791,7 +792,7 @@ impl Replica {
                     return Ok(records);
                 }
                 if let Some((ballot, record)) = slot.and_then(|s| s.accepted) {
-                    bytes += key.key.len() + record.value.len() + 64;
+                    bytes += key.key().len() + record.value.len() + 64;
                     records.push((key, (ballot, record)));
                 }
             }

@@ -87,12 +87,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(shard: u16, k: u8) -> Vec<u8> {
-        let key = StoreKey {
-            shard,
-            namespace: b"ns".to_vec(),
-            key: vec![k],
-        };
-        key.to_bytes()
+        StoreKey::from_parts(shard, b"ns", &[k]).to_bytes()
     }
 
     fn ballot(counter: u64) -> Ballot {

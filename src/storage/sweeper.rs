@@ -178,7 +178,7 @@ impl Sweeper {
                     }) if record.long_dead(now, self.config.purge_grace_secs) => {
                         let mine = self
                             .zone
-                            .is_none_or(|z| usize::from(key.shard) % self.zones == z)
+                            .is_none_or(|z| usize::from(key.shard()) % self.zones == z)
                             || record.long_dead(now, 2 * self.config.purge_grace_secs);
                         if !mine {
                             continue;
