@@ -60,6 +60,10 @@ impl BallotSource for Ballots {
     }
 }
 
+/// A shard's replicas under one map, in their places: shared by every request on the
+/// shard rather than copied for each.
+type Replicas = Arc<[Arc<Peer>]>;
+
 /// What a proxy routes by: a map, a peer for each storage node in it, and each
 /// shard's replicas and quorums, worked out once per map rather than per request.
 /// Replaced whole when the map changes: a round of a request goes out under one map.
@@ -67,7 +71,7 @@ struct Routing {
     map: Arc<ShardMap>,
     peers: HashMap<String, Arc<Peer>>,
     /// By shard number.
-    shards: Vec<(Arc<[Arc<Peer>]>, Quorum)>,
+    shards: Vec<(Replicas, Quorum)>,
 }
 
 impl Routing {
@@ -87,7 +91,7 @@ impl Routing {
     }
 
     /// The replicas of `shard` and their quorums.
-    fn replicas(&self, shard: u16) -> (Arc<[Arc<Peer>]>, Quorum) {
+    fn replicas(&self, shard: u16) -> (Replicas, Quorum) {
         self.shards[usize::from(shard)].clone()
     }
 }
@@ -759,7 +763,7 @@ async fn drive(
     mut co: Coordinator,
     (lease, mut peers, mut maps): (
         Option<crate::coordinator::Lease>,
-        Arc<[Arc<Peer>]>,
+        Replicas,
         watch::Receiver<Arc<Routing>>,
     ),
     proxy: Arc<Proxy>,
