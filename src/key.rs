@@ -69,6 +69,12 @@ impl StoreKey {
         self.bytes.to_vec()
     }
 
+    /// [`StoreKey::engine_key`], shared with this key: a replica keys its maps of
+    /// slots by it without a copy per request.
+    pub fn shared_engine_key(&self) -> Arc<[u8]> {
+        self.bytes.clone()
+    }
+
     /// Where the engine keys of the shards after `shard` begin (none after the last).
     pub fn end_of_shard(shard: u16) -> Option<Vec<u8>> {
         shard.checked_add(1).map(|next| next.to_be_bytes().to_vec())

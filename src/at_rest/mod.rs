@@ -15,6 +15,7 @@ mod keys;
 pub use keys::{Fingerprint, KeyFile, KeyId, KeySource, Keyring, OpenError, StaticKeys, KEY_LEN};
 
 use crate::record::{CorruptRecord, Slot};
+use smallvec::SmallVec;
 use std::sync::{Arc, RwLock};
 
 /// The first byte of a sealed slot (a clear one starts with [`crate::record::FORMAT`]).
@@ -134,9 +135,12 @@ fn header(id: KeyId) -> [u8; HEADER_LEN] {
     h
 }
 
-/// What a sealed slot is authenticated with besides itself: its header and engine key.
-fn aad(key: &[u8], id: KeyId) -> Vec<u8> {
-    [&header(id)[..], key].concat()
+/// What a sealed slot is authenticated with besides itself: its header and engine key
+/// (on the stack, unless the key is unusually long).
+fn aad(key: &[u8], id: KeyId) -> SmallVec<[u8; 256]> {
+    let mut aad = SmallVec::from_slice(&header(id));
+    aad.extend_from_slice(key);
+    aad
 }
 
 #[cfg(test)]
@@ -194,6 +198,22 @@ mod tests {
         }
         let moved = c.decode(b"other", &bytes).err().unwrap();
         assert_eq!(moved, Unreadable::Damaged(CorruptRecord::Tampered));
+    }
+
+    /// The key is authenticated whole, however long: short keys' data sits on the
+    /// stack, long ones' spills to the heap.
+    #[test]
+    fn a_slot_is_bound_to_its_whole_key_short_or_long() {
+        let c = codec(&[1]);
+        for len in [1, 250, 251, 600] {
+            let key = vec![b'k'; len];
+            let bytes = c.encode(&key, &slot(b"v"));
+            assert_eq!(c.decode(&key, &bytes).unwrap().slot, slot(b"v"), "{len}");
+            let mut other = key.clone();
+            *other.last_mut().unwrap() = b'x';
+            let moved = c.decode(&other, &bytes).err();
+            assert_eq!(moved, Some(CorruptRecord::Tampered.into()), "{len}");
+        }
     }
 
     #[test]

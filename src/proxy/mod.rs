@@ -18,7 +18,7 @@ use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
 use crate::record::Ballot;
 use crate::replica::{NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest};
-use crate::rpc::{write_frames, CallError, Peer};
+use crate::rpc::{write_frames, CallError, Deliver, Peer};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
 use std::collections::HashMap;
@@ -795,9 +795,9 @@ async fn drive(
             match action {
                 Action::Send { round, to, msg } => {
                     crate::metrics::metrics().replica_messages.of(&msg).inc();
-                    let (tag, replies) = (next_call, replies_tx.clone());
+                    let tag = next_call;
                     next_call += 1;
-                    let deliver = Box::new(move |reply| drop(replies.send((tag, reply))));
+                    let deliver = Deliver::Queue(tag, replies_tx.clone());
                     let sent = peers[to].send(&msg, (request_id, epoch), deliver);
                     round_deadline = sent.at() + round_timeout;
                     calls.push(Call {

@@ -108,6 +108,10 @@ struct Held {
     expect: Option<Expect>,
 }
 
+/// A key as the engine stores it, shared with the request's `StoreKey` (the maps of
+/// slots are keyed by it without a copy per request).
+type EngineKey = Arc<[u8]>;
+
 struct Replica {
     /// The server's address (in logs, and to the simulator's hooks).
     name: String,
@@ -124,16 +128,19 @@ struct Replica {
     /// them for it).
     start_ceiling: u64,
     /// Slots written but maybe not yet durable, with the sequence number of the write.
-    dirty: HashMap<Vec<u8>, (Option<Arc<Slot>>, u64)>,
+    dirty: HashMap<EngineKey, (Option<Arc<Slot>>, u64)>,
     /// The digests of shards asked for so far, kept up to date by every write.
     digests: ShardDigests,
     /// Durable slots recently read or written, decoded (none while an in-memory
     /// replica recovers, whose missing slots are not absent).
-    cache: BoundedMap<Vec<u8>, Option<Arc<Slot>>>,
+    cache: BoundedMap<EngineKey, Option<Arc<Slot>>>,
     seq: u64,
     /// Replies held until the write they depend on is durable, by its sequence number
-    /// (with what the simulator checks is on disk as they leave).
-    held: BTreeMap<u64, Vec<Held>>,
+    /// and then the order they came in (with what the simulator checks is on disk as
+    /// they leave).
+    held: BTreeMap<(u64, u64), Held>,
+    /// How many replies have been held: the second half of the next one's place.
+    holds: u64,
     /// The shards this server holds, once it knows (see [`Envelope::Own`]); until
     /// then it serves any.
     owns: Option<Ownership>,
@@ -189,6 +196,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         cache: BoundedMap::new(SLOT_CACHE_BYTES),
         seq: 0,
         held: BTreeMap::new(),
+        holds: 0,
         owns: None,
         dropping: BTreeMap::new(),
         adopted: (adopted, 0),
@@ -217,7 +225,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
                     }
                     Some(Envelope::Recovered) => replica.recovered(),
                     Some(Envelope::Uncache(key)) => {
-                        replica.cache.remove(&key);
+                        replica.cache.remove(key.as_slice());
                     }
                     Some(Envelope::Own(owns)) => replica.own(owns),
                     None => break,
@@ -353,7 +361,7 @@ impl Replica {
     /// Writes the slot of `key` again with the newest data key, unless a write to it
     /// is already on its way (which seals with the newest key anyway).
     fn reseal(&mut self, key: Vec<u8>) {
-        if self.dirty.contains_key(&key) || self.commit.has_failed() {
+        if self.dirty.contains_key(key.as_slice()) || self.commit.has_failed() {
             return;
         }
         let Ok((stored, _)) = self.load(&key, &RequestId(None)) else {
@@ -361,7 +369,7 @@ impl Replica {
         };
         if let Stored::Slot(Some(slot)) = &stored {
             crate::metrics::metrics().slots_resealed.inc();
-            self.persist(key, Write::Put(Slot::clone(slot)), &stored);
+            self.persist(key.into(), Write::Put(Slot::clone(slot)), &stored);
         }
     }
 
@@ -413,7 +421,7 @@ impl Replica {
         // now, will not tell of it: its slots are gone, or going, behind it.
         let epoch = owns.epoch;
         let gone = |s: u16| !owns.holds(s) || wiped.contains(&s);
-        for held in self.held.values_mut().flatten() {
+        for held in self.held.values_mut() {
             if held.shard.is_some_and(gone) {
                 (held.reply, held.expect) = (ReplicaReply::NotOwner { epoch }, None);
             }
@@ -451,7 +459,7 @@ impl Replica {
             .dirty
             .iter()
             .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some());
-        keys.extend(written.map(|(k, _)| k.clone()));
+        keys.extend(written.map(|(k, _)| k.to_vec()));
         let removed = !keys.is_empty();
         let dropped = dropped + keys.len();
         if removed {
@@ -459,7 +467,7 @@ impl Replica {
             let changes = keys.iter().map(|k| (k.clone(), None)).collect();
             self.commit.submit(self.seq, changes);
             for key in keys {
-                self.dirty.insert(key, (None, self.seq));
+                self.dirty.insert(key.into(), (None, self.seq));
             }
         }
         match (more, next) {
@@ -509,7 +517,7 @@ impl Replica {
                 if let Some(epoch) = self.refuses(epoch, key.shard()) {
                     return reply_to.send(&ReplicaReply::NotOwner { epoch });
                 }
-                (key.to_bytes(), Some(key.shard()))
+                (key.shared_engine_key(), Some(key.shard()))
             }
         };
         let loaded = match self.load(&key, &request) {
@@ -556,7 +564,7 @@ impl Replica {
                 reply,
                 expect,
             };
-            self.held.entry(wait_for).or_default().push(held);
+            self.hold(wait_for, held);
         }
     }
 
@@ -628,7 +636,7 @@ impl Replica {
     fn compute_digest(&self, shard: u16) -> Result<(u128, bool), String> {
         const PAGE: usize = 1024;
         let ballot_of = |slot: Option<&Slot>| slot?.accepted_ballot();
-        let mut written: BTreeMap<Vec<u8>, Option<Ballot>> = (self.dirty.iter())
+        let mut written: BTreeMap<EngineKey, Option<Ballot>> = (self.dirty.iter())
             .filter(|(k, _)| StoreKey::shard_in(k) == Some(shard))
             .map(|(k, (slot, _))| (k.clone(), ballot_of(slot.as_deref())))
             .collect();
@@ -638,7 +646,7 @@ impl Replica {
             let end = page.len() < PAGE;
             after = page.last().map(|(k, _)| k.clone());
             for (key, slot) in page {
-                let key = key.to_bytes();
+                let key = key.shared_engine_key();
                 let ballot = match written.remove(&key) {
                     Some(ballot) => ballot,
                     None => {
@@ -654,7 +662,7 @@ impl Replica {
             }
         }
         held.extend(written.into_iter().filter_map(|(k, b)| Some((k, b?))));
-        let digest = digest_of(held.iter().map(|(k, b)| (k.as_slice(), *b)));
+        let digest = digest_of(held.iter().map(|(k, b)| (&**k, *b)));
         Ok((digest, readable))
     }
 
@@ -705,7 +713,7 @@ impl Replica {
             if !record.tombstone && self.full() {
                 break;
             }
-            let bytes = key.to_bytes();
+            let bytes = key.shared_engine_key();
             let Ok((stored, seq)) = self.load(&bytes, &RequestId(None)) else {
                 continue;
             };
@@ -742,7 +750,13 @@ impl Replica {
             reply,
             expect: None,
         };
-        self.held.entry(wait_for).or_default().push(held);
+        self.hold(wait_for, held);
+    }
+
+    /// Keeps `held` until writes up to `wait_for` are durable.
+    fn hold(&mut self, wait_for: u64, held: Held) {
+        self.holds += 1;
+        self.held.insert((wait_for, self.holds), held);
     }
 
     /// Up to `limit` slots after `after` (of `shard` only, if named) as they are
@@ -765,7 +779,7 @@ impl Replica {
         Ok((page.into_iter())
             .take_while(|(k, _)| in_range(k))
             .filter_map(|(k, bytes)| {
-                let slot = match self.dirty.contains_key(&k) {
+                let slot = match self.dirty.contains_key(k.as_slice()) {
                     true => None,
                     false => self.codec.decode(&k, &bytes).ok().map(|d| d.slot),
                 };
@@ -863,16 +877,14 @@ impl Replica {
         let still_held = if failed {
             BTreeMap::new()
         } else {
-            self.held.split_off(&(durable + 1))
+            self.held.split_off(&(durable + 1, 0))
         };
         for Held {
             reply_to,
             reply,
             expect,
             ..
-        } in std::mem::replace(&mut self.held, still_held)
-            .into_values()
-            .flatten()
+        } in std::mem::replace(&mut self.held, still_held).into_values()
         {
             if failed {
                 reply_to.send(&ReplicaReply::Failed {
@@ -931,13 +943,13 @@ impl Replica {
                 Ok(Found::Slot(Stored::Damaged { ceiling }, 0))
             }
             Ok(None) => {
-                self.cache_slot(key.to_vec(), None);
+                self.cache_slot(key.into(), None);
                 Ok(Found::Slot(Stored::Slot(None), 0))
             }
             Ok(Some(bytes)) => match self.codec.decode(key, &bytes) {
                 Ok(decoded) => {
                     let slot = Arc::new(decoded.slot);
-                    self.cache_slot(key.to_vec(), Some(slot.clone()));
+                    self.cache_slot(key.into(), Some(slot.clone()));
                     Ok(Found::Slot(Stored::Slot(Some(slot)), 0))
                 }
                 Err(Unreadable::Damaged(e)) => {
@@ -954,7 +966,7 @@ impl Replica {
     /// in-memory replica recovers: a slot it lacks then is not an absent one). A slot
     /// of a shard it no longer holds (being dropped) only leaves the cache: dropping a
     /// shard must not push the hot slots out.
-    fn cache_slot(&mut self, key: Vec<u8>, slot: Option<Arc<Slot>>) {
+    fn cache_slot(&mut self, key: EngineKey, slot: Option<Arc<Slot>>) {
         let foreign = (self.owns.as_ref())
             .is_some_and(|o| StoreKey::shard_in(&key).is_none_or(|s| !o.holds(s)));
         if foreign {
@@ -994,17 +1006,17 @@ impl Replica {
     }
 
     /// Writes `key`'s slot through group commit; `before` is the slot it replaces.
-    fn persist(&mut self, key: Vec<u8>, write: Write, before: &Stored) -> u64 {
+    fn persist(&mut self, key: EngineKey, write: Write, before: &Stored) -> u64 {
         self.seq += 1;
         let (slot, mut changes): (Option<Arc<Slot>>, Vec<Change>) = match write {
             Write::Put(slot) => {
                 let bytes = self.codec.encode(&key, &slot);
-                (Some(Arc::new(slot)), vec![(key.clone(), Some(bytes))])
+                (Some(Arc::new(slot)), vec![(key.to_vec(), Some(bytes))])
             }
             Write::Purge(ballot) => {
                 crate::metrics::metrics().slots_removed.inc();
                 self.bounds.floor = self.bounds.floor.max(ballot);
-                let mut changes = vec![(key.clone(), None)];
+                let mut changes = vec![(key.to_vec(), None)];
                 if !bug(Bug::FloorNotPersisted) {
                     changes.push(ballot_entry(FLOOR_KEY, self.bounds.floor));
                 }
