@@ -8,7 +8,12 @@ use crate::protocol::{RequestId, Status};
 use crate::record::{Accepted, Ballot, Record};
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::semantics::{apply, Context, Effect, Op};
+use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
+
+/// One flag per replica of the key (asked, acked, refused): on the stack for up to
+/// eight replicas, so that a request's rounds allocate none.
+type Flags = SmallVec<[bool; 8]>;
 
 /// Hands out ballots that no other request, on this proxy or any other, will use.
 pub trait BallotSource {
@@ -198,15 +203,15 @@ enum Phase {
         /// What a quorum agreed on, once it did.
         chosen: Option<Option<Accepted>>,
         /// The replicas asked so far.
-        asked: Vec<bool>,
+        asked: Flags,
     },
     Preparing {
         promises: Vec<Option<Option<Accepted>>>,
-        refused: Vec<bool>,
+        refused: Flags,
     },
     Accepting {
-        acks: Vec<bool>,
-        refused: Vec<bool>,
+        acks: Flags,
+        refused: Flags,
         /// Refusals from replicas at their size cap ([`ReplicaReply::Full`]).
         full: usize,
         /// The round sends the request's own record, and no round before it did: if
@@ -339,7 +344,7 @@ impl Coordinator {
             self.phase = Phase::Reading {
                 seen: (0..self.q.replicas).map(|_| None).collect(),
                 chosen: None,
-                asked: vec![false; self.q.replicas],
+                asked: smallvec![false; self.q.replicas],
             };
             let compare_only = |i| record_from.is_some_and(|r| r != i);
             let mut actions = self.ask_for(|i| asked[i], compare_only);
@@ -355,8 +360,8 @@ impl Coordinator {
     /// two layouts at once is not worth working out for a moment's reads) or when told.
     /// Also names, for a quorum, the one replica asked for its record: the others only
     /// compare ballots with it. When every replica is asked, each sends its record.
-    fn first_readers(&self) -> (Vec<bool>, Option<usize>) {
-        let mut asked = vec![true; self.q.replicas];
+    fn first_readers(&self) -> (Flags, Option<usize>) {
+        let mut asked: Flags = smallvec![true; self.q.replicas];
         if let (ReadFrom::Quorum { first }, [layout]) = (self.read_from, &self.q.layouts[..]) {
             asked.fill(false);
             for k in 0..Quorum::needed(layout.len()) {
@@ -796,8 +801,8 @@ impl Coordinator {
                 assert!(next > ballot, "a lease's ballot is above the accepted one");
                 self.round += 1; // late promises must not count as accept replies
                 self.phase = Phase::Accepting {
-                    acks: vec![false; self.q.replicas],
-                    refused: vec![false; self.q.replicas],
+                    acks: smallvec![false; self.q.replicas],
+                    refused: smallvec![false; self.q.replicas],
                     full: 0,
                     first_write: !sent_before && self.sent_own_write,
                     grants: Some(Lease {
@@ -871,7 +876,7 @@ impl Coordinator {
         self.highest_seen = self.highest_seen.max(self.ballot.counter);
         self.phase = Phase::Preparing {
             promises: vec![None; self.q.replicas],
-            refused: vec![false; self.q.replicas],
+            refused: smallvec![false; self.q.replicas],
         };
         let ballot = self.ballot;
         self.broadcast(ReplicaRequest::Prepare {

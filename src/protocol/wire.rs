@@ -170,22 +170,22 @@ impl OpMessage {
         }
     }
 
-    /// An empty response to `req` with `status`: same opcode and opaque, the request id
-    /// echoed, as JunoDB's proxy does.
-    pub fn response_to(req: &OpMessage, status: u8) -> Self {
+    /// An empty response to this request with `status`: same opcode and opaque, the
+    /// request id echoed, as JunoDB's proxy does (its namespace and key move into it).
+    pub fn into_response(self, status: u8) -> Self {
         OpMessage {
             direction: Direction::Response,
-            opaque: req.opaque,
-            opcode: req.opcode,
+            opaque: self.opaque,
+            opcode: self.opcode,
             flags: 0,
             shard_id: 0,
             status,
             meta: Meta {
-                request_id: req.meta.request_id,
+                request_id: self.meta.request_id,
                 ..Meta::default()
             },
-            namespace: req.namespace.clone(),
-            key: req.key.clone(),
+            namespace: self.namespace,
+            key: self.key,
             payload: Payload::default(),
         }
     }

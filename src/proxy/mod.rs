@@ -433,8 +433,8 @@ impl Proxy {
                     Ok(Err(e)) => return closing(&e),
                     Err(_) => return closing(&"frame stalled"),
                 };
-            let answer_now = |request: &OpMessage, status: Status, held| {
-                let reply = OpMessage::response_to(request, status.to_byte()).to_bytes();
+            let answer_now = |request: OpMessage, status: Status, held| {
+                let reply = request.into_response(status.to_byte()).to_bytes();
                 let _ = tx.send(Response {
                     bytes: reply,
                     _held: held,
@@ -445,20 +445,21 @@ impl Proxy {
                 _ => {
                     let mut bad = OpMessage::request(bytes.get(12).copied().unwrap_or(0));
                     bad.opaque = header.opaque;
-                    answer_now(&bad, Status::BadMsg, held);
+                    answer_now(bad, Status::BadMsg, held);
                     continue;
                 }
             };
             drop(bytes);
             let Some(started) = self.admission.start() else {
-                answer_now(&msg, Status::Busy, held);
+                answer_now(msg, Status::Busy, held);
                 continue;
             };
             let (proxy, tx, budget) = (self.clone(), tx.clone(), budget.clone());
             tokio::spawn(async move {
-                let resp = proxy.handle(&msg).await;
+                let request = msg.direction == Direction::Request;
+                let resp = proxy.handle(msg).await;
                 drop(started);
-                if msg.direction == Direction::Request {
+                if request {
                     let bytes = resp.to_bytes();
                     let held = budget.resize(held, bytes.len()).await;
                     let _ = tx.send(Response { bytes, _held: held });
@@ -469,14 +470,14 @@ impl Proxy {
 
     /// Answers one decoded request. Log lines about the request carry its JunoDB
     /// request id (`-` when it has none).
-    pub async fn handle(self: &Arc<Self>, msg: &OpMessage) -> OpMessage {
+    pub async fn handle(self: &Arc<Self>, msg: OpMessage) -> OpMessage {
         use tracing::Instrument;
         let op = OpCode::from_byte(msg.opcode);
         let span = tracing::debug_span!("request", id = %RequestId(msg.meta.request_id), ?op);
         self.answer(msg, op).instrument(span).await
     }
 
-    async fn answer(self: &Arc<Self>, msg: &OpMessage, opcode: OpCode) -> OpMessage {
+    async fn answer(self: &Arc<Self>, mut msg: OpMessage, opcode: OpCode) -> OpMessage {
         let metrics = crate::metrics::metrics();
         let op = crate::metrics::op_name(opcode);
         metrics.requests_in_flight.inc();
@@ -484,7 +485,7 @@ impl Proxy {
         let now_ns = self.clock.now_ns();
         let outcome = match opcode {
             OpCode::Nop => Ok(None),
-            _ => match translate::to_op(msg, &self.config.limits) {
+            _ => match translate::to_op(&mut msg, &self.config.limits) {
                 Ok(op) => {
                     let key =
                         StoreKey::new(&msg.namespace, &msg.key, self.config.cluster.num_shards);
