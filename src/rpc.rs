@@ -261,7 +261,7 @@ impl Peer {
         req: &ReplicaRequest,
         meta: (Option<[u8; 16]>, u64),
         timeout: Duration,
-    ) -> Result<ReplicaReply, CallError> {
+    ) -> Reply {
         let (tx, rx) = oneshot::channel();
         let _sent = self.send(req, meta, Deliver::Caller(tx));
         match tokio::time::timeout(timeout, rx).await {

@@ -18,7 +18,7 @@ use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
 use crate::record::Ballot;
 use crate::replica::{NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest};
-use crate::rpc::{write_frames, CallError, Deliver, Peer};
+use crate::rpc::{write_frames, CallError, Deliver, Peer, Reply};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
 use std::collections::HashMap;
@@ -730,7 +730,7 @@ impl Call {
     }
 
     /// What the coordinator makes of the call's outcome.
-    fn reply(&self, reply: Result<ReplicaReply, CallError>) -> ReplicaReply {
+    fn reply(&self, reply: Reply) -> ReplicaReply {
         match reply {
             // A replica on another map counts as none. While a change of the map
             // spreads, that is a moment: whoever is behind gets the new map from the
