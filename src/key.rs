@@ -71,7 +71,7 @@ impl StoreKey {
 
     /// [`StoreKey::engine_key`], shared with this key: a replica keys its maps of
     /// slots by it without a copy per request.
-    pub fn shared_engine_key(&self) -> Arc<[u8]> {
+    pub fn shared_engine_key(&self) -> crate::engine::EngineKey {
         self.bytes.clone()
     }
 

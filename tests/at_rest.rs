@@ -97,7 +97,7 @@ async fn tamper(cluster: &mut TestCluster, z: usize, key: &[u8], at: usize) {
     let crc = crc32fast::hash(&bytes[..n]);
     bytes[n..].copy_from_slice(&crc.to_be_bytes());
     engine
-        .write(&[(engine_key(key), Some(bytes))], true)
+        .write(&[(engine_key(key).into(), Some(bytes))], true)
         .unwrap();
     cluster.restart(z).await;
 }

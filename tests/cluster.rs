@@ -318,7 +318,7 @@ async fn damage(cluster: &mut TestCluster, z: usize, key: &[u8]) {
     let mut bad = bytes;
     bad[2] ^= 0x40;
     let k = StoreKey::new(b"test", key, 64).to_bytes();
-    junokv::engine::Engine::write(&engine, &[(k, Some(bad))], true).unwrap();
+    junokv::engine::Engine::write(&engine, &[(k.into(), Some(bad))], true).unwrap();
     drop(engine);
     cluster.restart(z).await;
 }

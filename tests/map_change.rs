@@ -394,7 +394,7 @@ async fn a_joining_node_drops_what_it_held_of_its_shards_before() {
     let engine = Arc::new(MemoryEngine::default());
     let stale = codec.encode(&key.to_bytes(), &slot);
     engine
-        .write(&[(key.to_bytes(), Some(stale))], true)
+        .write(&[(key.shared_engine_key(), Some(stale))], true)
         .unwrap();
     let mut server = StorageServer::start(spare, engine.clone(), codec, Acceptor::Plain).unwrap();
     server.follow(store.subscribe(), &addrs[3]);

@@ -86,8 +86,8 @@ impl SimEngine {
 fn apply(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: &[Change]) {
     for (k, v) in changes {
         match v {
-            Some(v) => map.insert(k.clone(), v.clone()),
-            None => map.remove(k),
+            Some(v) => map.insert(k.to_vec(), v.clone()),
+            None => map.remove(&k[..]),
         };
     }
 }
@@ -98,7 +98,7 @@ impl Engine for SimEngine {
         if st.read_error_rate > 0.0 && madsim::rand::thread_rng().gen_bool(st.read_error_rate) {
             return Err(io::Error::other("injected read error"));
         }
-        if let Some((_, v)) = st.unsynced.iter().rev().find(|(k, _)| k == key) {
+        if let Some((_, v)) = st.unsynced.iter().rev().find(|(k, _)| **k == *key) {
             return Ok(v.clone());
         }
         Ok(st.durable.get(key).cloned())

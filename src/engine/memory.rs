@@ -21,8 +21,8 @@ impl Engine for MemoryEngine {
         let mut map = self.map.lock().unwrap();
         for (k, v) in batch {
             match v {
-                Some(v) => map.insert(k.clone(), v.clone()),
-                None => map.remove(k),
+                Some(v) => map.insert(k.to_vec(), v.clone()),
+                None => map.remove(&k[..]),
             };
         }
         Ok(())

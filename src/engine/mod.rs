@@ -13,8 +13,12 @@ pub use volatile::VolatileEngine;
 
 use std::io;
 
+/// A key as the engine is given it: shared, so that a replica's maps of slots and its
+/// writes in flight hold the request's one copy.
+pub type EngineKey = std::sync::Arc<[u8]>;
+
 /// One change in a write batch: a value to put, or `None` to delete.
-pub type Change = (Vec<u8>, Option<Vec<u8>>);
+pub type Change = (EngineKey, Option<Vec<u8>>);
 
 /// An ordered key-value store with atomic, optionally durable, batches. Keys are at
 /// least two bytes long, and the first two are the key's group: its shard (see

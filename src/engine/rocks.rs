@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn write_ahead_logs_are_recycled_and_replay_only_their_new_records() {
         let dir = tempfile::tempdir().unwrap();
-        let put = |k: &str, v: &[u8]| (k.as_bytes().to_vec(), Some(v.to_vec()));
+        let put = |k: &str, v: &[u8]| (k.as_bytes().into(), Some(v.to_vec()));
         let engine = RocksEngine::open(dir.path()).unwrap();
         let big = vec![7u8; 64 << 10];
         for round in 0..3 {
@@ -199,7 +199,7 @@ mod tests {
             engine.reclaim().unwrap();
         }
         engine
-            .write(&[put("last", b"1"), (b"0-0".to_vec(), None)], true)
+            .write(&[put("last", b"1"), (b"0-0"[..].into(), None)], true)
             .unwrap();
         let newest = logs(dir.path()).pop().expect("a write-ahead log");
         assert!(
@@ -223,7 +223,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = RocksEngine::open(dir.path()).unwrap();
         let batch: Vec<Change> = (0..100u16)
-            .map(|i| ([i.to_be_bytes().as_slice(), b"k"].concat(), Some(vec![1])))
+            .map(|i| {
+                (
+                    [i.to_be_bytes().as_slice(), b"k"].concat().into(),
+                    Some(vec![1]),
+                )
+            })
             .collect();
         engine.write(&batch, false).unwrap();
         engine.reclaim().unwrap();
@@ -246,7 +251,7 @@ mod tests {
     fn keys_shorter_than_a_group_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let engine = RocksEngine::open(dir.path()).unwrap();
-        let refused = engine.write(&[(b"k".to_vec(), Some(b"v".to_vec()))], false);
+        let refused = engine.write(&[(b"k"[..].into(), Some(b"v".to_vec()))], false);
         assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::InvalidInput);
         assert_eq!(
             engine.get(b"").unwrap_err().kind(),
@@ -301,12 +306,12 @@ mod tests {
             let engine = RocksEngine::open(dir.path()).unwrap();
             let mut map: BTreeMap<Vec<u8>, Vec<u8>> =
                 keys.into_iter().map(|k| (k.clone(), [b"v".as_slice(), &k].concat())).collect();
-            let batch: Vec<Change> = map.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            let batch: Vec<Change> = map.iter().map(|(k, v)| (k[..].into(), Some(v.clone()))).collect();
             let (first, rest) = batch.split_at(in_tables.min(batch.len()));
             engine.write(first, false).unwrap();
             engine.reclaim().unwrap();
             engine.write(rest, false).unwrap();
-            let deletes: Vec<Change> = deleted.iter().map(|k| (k.clone(), None)).collect();
+            let deletes: Vec<Change> = deleted.iter().map(|k| (k[..].into(), None)).collect();
             engine.write(&deletes, false).unwrap();
             map.retain(|k, _| !deleted.contains(k));
             let got = engine.scan(after.as_deref(), before.as_deref(), limit).unwrap();

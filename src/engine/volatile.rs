@@ -85,9 +85,9 @@ impl Engine for VolatileEngine {
                 let old = match v {
                     Some(v) => {
                         self.bytes.fetch_add(size(v), Ordering::Relaxed);
-                        map.insert(k.clone(), v.clone())
+                        map.insert(k.to_vec(), v.clone())
                     }
-                    None => map.remove(k),
+                    None => map.remove(&k[..]),
                 };
                 if let Some(old) = old {
                     self.bytes.fetch_sub(size(&old), Ordering::Relaxed);
@@ -139,12 +139,12 @@ mod tests {
     fn only_the_durable_prefix_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let e = VolatileEngine::open(dir.path(), b"\xff", 1 << 20).unwrap();
-        let put = |k: &[u8], v: &[u8]| (k.to_vec(), Some(v.to_vec()));
+        let put = |k: &[u8], v: &[u8]| (k.into(), Some(v.to_vec()));
         e.write(&[put(b"a", b"1"), put(b"\xffs", b"2")], true)
             .unwrap();
         e.write(&[put(b"b", b"33")], true).unwrap();
         assert_eq!(e.stats().size_bytes, 2 + 3 + 3);
-        e.write(&[(b"a".to_vec(), None)], true).unwrap();
+        e.write(&[(b"a"[..].into(), None)], true).unwrap();
         assert_eq!(e.stats().size_bytes, 3 + 3);
         drop(e);
         let e = VolatileEngine::open(dir.path(), b"\xff", 1 << 20).unwrap();
@@ -157,7 +157,7 @@ mod tests {
     fn a_state_file_with_foreign_keys_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let e = VolatileEngine::open(dir.path(), b"\xff", 1 << 20).unwrap();
-        e.write(&[(b"\xffs".to_vec(), Some(b"2".to_vec()))], true)
+        e.write(&[(b"\xffs"[..].into(), Some(b"2".to_vec()))], true)
             .unwrap();
         drop(e);
         assert!(VolatileEngine::open(dir.path(), b"\xfe", 1 << 20).is_err());

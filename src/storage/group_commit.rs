@@ -3,14 +3,20 @@
 
 use crate::engine::{Change, Engine};
 use crate::fault::{bug, Bug};
+use smallvec::SmallVec;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+/// The changes of one write, made durable together: nearly always one or two (a slot,
+/// and now and then a ballot bound), which travel to the committer without an
+/// allocation of their own.
+pub type Changes = SmallVec<[Change; 2]>;
+
 /// Where the writes of a storage server go to become durable.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: mpsc::UnboundedSender<(u64, Vec<Change>)>,
+    tx: mpsc::UnboundedSender<(u64, Changes)>,
     durable: watch::Receiver<Durable>,
 }
 
@@ -32,7 +38,7 @@ impl GroupCommit {
         max_batch: usize,
         server: String,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<Change>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Changes)>();
         let (durable_tx, durable) = watch::channel(Durable::UpTo(0));
         // In production the committer is a thread of its own: a batch that finishes
         // syncing starts the next at once, with no hop through the async workers
@@ -41,10 +47,11 @@ impl GroupCommit {
         #[cfg(not(madsim))]
         let task = tokio::task::spawn_blocking(move || {
             let mut linger = std::time::Duration::ZERO;
+            let mut batch = Vec::new();
             while let Some(first) = rx.blocking_recv() {
                 std::thread::sleep(linger);
                 let first_seq = first.0;
-                let (last, batch) = collect(first, &mut rx, max_batch);
+                let last = collect(first, &mut rx, max_batch, &mut batch);
                 // (A replica numbers its writes one by one.)
                 let concurrent = last > first_seq;
                 let started = std::time::Instant::now();
@@ -53,31 +60,34 @@ impl GroupCommit {
                 if !publish(&durable_tx, last, written, took, &server) {
                     return;
                 }
+                batch.clear();
                 linger = linger_after(concurrent, took);
             }
         });
         #[cfg(madsim)]
         let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 // The tasks ready to run go first: under load the replica has more
                 // writes to queue, which then share this batch's fsync.
                 tokio::task::yield_now().await;
-                let (last, batch) = collect(first, &mut rx, max_batch);
+                let last = collect(first, &mut rx, max_batch, &mut batch);
                 if bug(Bug::AckBeforeFsync) {
                     let _ = durable_tx.send(Durable::UpTo(last));
                 }
                 let started = tokio::time::Instant::now();
-                let written = write_durably(engine.clone(), batch, &server).await;
+                let written = write_durably(engine.clone(), &batch, &server).await;
                 if !publish(&durable_tx, last, written, started.elapsed(), &server) {
                     return;
                 }
+                batch.clear();
             }
         });
         (GroupCommit { tx, durable }, task)
     }
 
     /// Queues `changes` under sequence number `seq` (strictly increasing per caller).
-    pub fn submit(&self, seq: u64, changes: Vec<Change>) {
+    pub fn submit(&self, seq: u64, changes: Changes) {
         // A closed channel means the committer failed; `wait` reports that.
         let _ = self.tx.send((seq, changes));
     }
@@ -112,12 +122,16 @@ fn linger_after(concurrent: bool, took: std::time::Duration) -> std::time::Durat
     }
 }
 
-/// The first queued write and those queued behind it, up to `max_batch` changes.
+/// Moves the first queued write and those queued behind it, up to `max_batch` changes,
+/// into `batch` (empty, and kept from one batch to the next: allocated once); returns
+/// the sequence number of the last.
 fn collect(
-    (mut last, mut batch): (u64, Vec<Change>),
-    rx: &mut mpsc::UnboundedReceiver<(u64, Vec<Change>)>,
+    (mut last, first): (u64, Changes),
+    rx: &mut mpsc::UnboundedReceiver<(u64, Changes)>,
     max_batch: usize,
-) -> (u64, Vec<Change>) {
+    batch: &mut Vec<Change>,
+) -> u64 {
+    batch.extend(first);
     while batch.len() < max_batch {
         match rx.try_recv() {
             Ok((seq, more)) => {
@@ -133,7 +147,7 @@ fn collect(
     crate::metrics::metrics()
         .commit_batch_changes
         .observe(batch.len() as f64);
-    (last, batch)
+    last
 }
 
 /// Tells the replica how far its writes are durable; false once nothing more may be
@@ -164,17 +178,13 @@ fn publish(
 /// RocksDB drops a torn WAL record), and just after it is durable (kept, but nobody
 /// was told).
 #[cfg(madsim)]
-async fn write_durably(
-    engine: Arc<dyn Engine>,
-    batch: Vec<Change>,
-    server: &str,
-) -> io::Result<()> {
+async fn write_durably(engine: Arc<dyn Engine>, batch: &[Change], server: &str) -> io::Result<()> {
     use crate::fault::{crash_point, CrashPoint};
     use madsim::rand::Rng;
     let sync = madsim::rand::thread_rng().gen_range(1000..10_000);
     crash_point(server, CrashPoint::DuringSync);
     tokio::time::sleep(std::time::Duration::from_micros(sync)).await;
-    engine.write(&batch, true)?;
+    engine.write(batch, true)?;
     if crash_point(server, CrashPoint::AfterSync) {
         // The node is dead: let the runtime drop this task before anyone hears of it.
         tokio::task::yield_now().await;
@@ -247,8 +257,8 @@ mod tests {
         (engine, commit, task, release)
     }
 
-    fn change(i: u64) -> Vec<Change> {
-        vec![(i.to_be_bytes().to_vec(), Some(vec![1]))]
+    fn change(i: u64) -> Changes {
+        smallvec::smallvec![(i.to_be_bytes()[..].into(), Some(vec![1]))]
     }
 
     async fn until(commit: &GroupCommit, done: impl Fn(Durable) -> bool) {

@@ -3,11 +3,11 @@
 //! only once everything it depends on is durable.
 
 use super::durability_check::{self, Expect};
-use super::group_commit::GroupCommit;
+use super::group_commit::{Changes, GroupCommit};
 use super::shard_digest::{digest_of, ShardDigests};
 use crate::at_rest::{Fingerprint, KeyId, Keyring, SlotCodec, Unreadable};
 use crate::bounded::BoundedMap;
-use crate::engine::{Change, Engine};
+use crate::engine::{Change, Engine, EngineKey};
 use crate::fault::{bug, Bug};
 use crate::key::StoreKey;
 use crate::protocol::RequestId;
@@ -17,6 +17,7 @@ use crate::replica::{
     Write,
 };
 use crate::rpc::encode_frame;
+use smallvec::smallvec;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,10 +109,6 @@ struct Held {
     expect: Option<Expect>,
 }
 
-/// A key as the engine stores it, shared with the request's `StoreKey` (the maps of
-/// slots are keyed by it without a copy per request).
-type EngineKey = Arc<[u8]>;
-
 struct Replica {
     /// The server's address (in logs, and to the simulator's hooks).
     name: String,
@@ -175,7 +172,7 @@ pub fn start(engine: Arc<dyn Engine>, codec: SlotCodec, name: String) -> std::io
         .transpose()?;
     let recovering = engine.volatile() && engine.get(STARTED_KEY)?.is_some();
     if engine.volatile() && !recovering {
-        engine.write(&[(STARTED_KEY.to_vec(), Some(Vec::new()))], true)?;
+        engine.write(&[(STARTED_KEY.into(), Some(Vec::new()))], true)?;
     }
     if recovering {
         tracing::warn!(server = %name, "in-memory replica restarted without its records: keys it lacks count as damaged until it has recovered");
@@ -351,7 +348,7 @@ pub fn record_data_keys(engine: &dyn Engine, keys: &Keyring) -> Result<(), Strin
     if new {
         let bytes = bincode::serialize(&known).expect("fingerprints serialise");
         engine
-            .write(&[(DATA_KEYS_KEY.to_vec(), Some(bytes))], true)
+            .write(&[(DATA_KEYS_KEY.into(), Some(bytes))], true)
             .map_err(|e| format!("recording data key fingerprints: {e}"))?;
     }
     Ok(())
@@ -402,7 +399,7 @@ impl Replica {
         if first {
             self.seq += 1;
             let epoch = bincode::serialize(&owns.epoch).expect("an epoch serialises");
-            (self.commit).submit(self.seq, vec![(ADOPTED_KEY.to_vec(), Some(epoch))]);
+            (self.commit).submit(self.seq, smallvec![(ADOPTED_KEY.into(), Some(epoch))]);
             self.adopted = (Some(owns.epoch), self.seq);
         }
         // Slots exist only of shards held before (or, on the first map, whatever this
@@ -450,8 +447,9 @@ impl Replica {
             }
         };
         // (Keys of the shard sort together: the shard is their first two bytes.)
-        let mut keys: Vec<Vec<u8>> = (page.into_iter().map(|(k, _)| k))
+        let mut keys: Vec<EngineKey> = (page.into_iter().map(|(k, _)| k))
             .take_while(|k| k.starts_with(&prefix))
+            .map(EngineKey::from)
             .collect();
         let more = keys.len() == PAGE;
         let next = keys.last().cloned();
@@ -459,7 +457,7 @@ impl Replica {
             .dirty
             .iter()
             .filter(|(k, (slot, _))| k.starts_with(&prefix) && slot.is_some());
-        keys.extend(written.map(|(k, _)| k.to_vec()));
+        keys.extend(written.map(|(k, _)| k.clone()));
         let removed = !keys.is_empty();
         let dropped = dropped + keys.len();
         if removed {
@@ -467,12 +465,12 @@ impl Replica {
             let changes = keys.iter().map(|k| (k.clone(), None)).collect();
             self.commit.submit(self.seq, changes);
             for key in keys {
-                self.dirty.insert(key.into(), (None, self.seq));
+                self.dirty.insert(key, (None, self.seq));
             }
         }
         match (more, next) {
             (true, Some(next)) => {
-                self.dropping.insert(shard, (next, dropped));
+                self.dropping.insert(shard, (next.to_vec(), dropped));
             }
             _ => {
                 self.dropping.remove(&shard);
@@ -830,7 +828,10 @@ impl Replica {
         }
         self.bounds.floor = (self.bounds.floor).max(promise_at_most(self.start_ceiling));
         self.seq += 1;
-        (self.commit).submit(self.seq, vec![ballot_entry(FLOOR_KEY, self.bounds.floor)]);
+        (self.commit).submit(
+            self.seq,
+            smallvec![ballot_entry(FLOOR_KEY, self.bounds.floor)],
+        );
         tracing::info!(server = %self.name, floor = ?self.bounds.floor, "in-memory replica recovered: keys it lacks are absent again");
         #[cfg(madsim)]
         crate::fault::recovered(&self.name, &|key| self.accepted_ballot(key));
@@ -1008,15 +1009,15 @@ impl Replica {
     /// Writes `key`'s slot through group commit; `before` is the slot it replaces.
     fn persist(&mut self, key: EngineKey, write: Write, before: &Stored) -> u64 {
         self.seq += 1;
-        let (slot, mut changes): (Option<Arc<Slot>>, Vec<Change>) = match write {
+        let (slot, mut changes): (Option<Arc<Slot>>, Changes) = match write {
             Write::Put(slot) => {
                 let bytes = self.codec.encode(&key, &slot);
-                (Some(Arc::new(slot)), vec![(key.to_vec(), Some(bytes))])
+                (Some(Arc::new(slot)), smallvec![(key.clone(), Some(bytes))])
             }
             Write::Purge(ballot) => {
                 crate::metrics::metrics().slots_removed.inc();
                 self.bounds.floor = self.bounds.floor.max(ballot);
-                let mut changes = vec![(key.to_vec(), None)];
+                let mut changes: Changes = smallvec![(key.clone(), None)];
                 if !bug(Bug::FloorNotPersisted) {
                     changes.push(ballot_entry(FLOOR_KEY, self.bounds.floor));
                 }
@@ -1048,5 +1049,5 @@ impl Replica {
 /// The engine entry of one of the replica's own ballots (its floor or ceiling).
 fn ballot_entry(key: &[u8], ballot: Ballot) -> Change {
     let bytes = bincode::serialize(&ballot).expect("a ballot serialises");
-    (key.to_vec(), Some(bytes))
+    (key.into(), Some(bytes))
 }
