@@ -143,11 +143,11 @@ mod tests {
     #[test]
     fn a_crash_loses_exactly_the_unsynced_writes() {
         let e = SimEngine::default();
-        e.write(&[(b"a".to_vec(), Some(b"1".to_vec()))], false)
+        e.write(&[(b"a"[..].into(), Some(b"1".to_vec()))], false)
             .unwrap();
-        e.write(&[(b"b".to_vec(), Some(b"2".to_vec()))], true)
+        e.write(&[(b"b"[..].into(), Some(b"2".to_vec()))], true)
             .unwrap();
-        e.write(&[(b"c".to_vec(), Some(b"3".to_vec()))], false)
+        e.write(&[(b"c"[..].into(), Some(b"3".to_vec()))], false)
             .unwrap();
         assert_eq!(e.get(b"c").unwrap(), Some(b"3".to_vec()));
         e.crash();
