@@ -22,7 +22,8 @@ pub trait BallotSource {
 }
 
 /// The answer to the client: the record the operation leaves (none after a destroy),
-/// or the status it failed with.
+/// or the status it failed with. The record of a write may come without its value and
+/// lineage ([`Record::meta_only`]): only a get answers with a value.
 pub type Outcome = Result<Option<Record>, Status>;
 
 /// What the caller must do next.
@@ -162,7 +163,7 @@ impl Sent {
 
 /// What became of a request's earlier attempt.
 enum Attempt {
-    Applied(Record),
+    Applied(Arc<Record>),
     NotApplied,
     Unknown,
 }
@@ -753,7 +754,9 @@ impl Coordinator {
     ) -> Vec<Action> {
         let effect = match self.earlier_attempt(current.as_ref()) {
             // It took effect: never apply twice.
-            Attempt::Applied(mine) => Ok(Effect::Unchanged((!mine.tombstone).then_some(mine))),
+            Attempt::Applied(mine) => Ok(Effect::Unchanged(
+                (!mine.tombstone).then(|| Arc::unwrap_or_clone(mine)),
+            )),
             Attempt::Unknown => Err(Status::CommitFailure),
             // Not yet, at least: `current` is only the newest record a quorum holds,
             // not necessarily the chosen one, so an earlier attempt of ours may still
@@ -781,7 +784,12 @@ impl Coordinator {
                     self.write_refusals = 0;
                     self.write_round = self.round + 1;
                 }
-                let shown = (!new.tombstone).then(|| Record::clone(&new));
+                // (A get that extends the key's time to live writes, and answers with
+                // the value.)
+                let shown = (!new.tombstone).then(|| match self.op {
+                    Op::Get { .. } => Record::clone(&new),
+                    _ => new.meta_only(),
+                });
                 (Ok(shown), Some(new))
             }
             Ok(Effect::Unchanged(r)) => (Ok(r), self.write_back(current, agreed).map(Arc::new)),
@@ -840,7 +848,7 @@ impl Coordinator {
             .iter()
             .find(|sent| current.descends_from(&sent.record.originator))
         {
-            return Attempt::Applied(Record::clone(&mine.record));
+            return Attempt::Applied(mine.record.clone());
         }
         if self.wrote.iter().all(|sent| sent.provably_not_in(current)) {
             Attempt::NotApplied
@@ -1025,6 +1033,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::large_enum_variant)] // (a test's messages: their size is no matter)
     enum Msg {
         Request {
             c: usize,
@@ -1590,6 +1599,23 @@ mod tests {
         );
         cl.run(&[(0, false)]);
         assert_eq!(cl.outcomes[u], Some(Err(Status::NoKey)));
+    }
+
+    /// A write answers with its record's meta fields, not a copy of its value; a get
+    /// that extends the key's time to live writes too, and answers with the value.
+    #[test]
+    fn a_write_answers_without_its_value_and_a_get_with_it() {
+        let mut cl = Cluster::new(3);
+        cl.create_now(val(7), 10, 1); // at 1000: expires at 1010
+        let created = cl.outcomes[0].clone().unwrap().unwrap().unwrap();
+        assert_eq!(created.version, 1);
+        assert!(created.value.is_empty() && created.lineage.is_empty());
+        assert_eq!(cl.read().unwrap().unwrap().value, vec![7], "stored whole");
+        let extend = cl.add(Op::Get { extend_ttl: 100 }, 2);
+        cl.run(&[(0, false)]);
+        let got = cl.outcomes[extend].clone().unwrap().unwrap().unwrap();
+        assert_eq!((got.value, got.expires_at), (vec![7], 1100));
+        assert_eq!(cl.read().unwrap().unwrap().expires_at, 1100, "a write");
     }
 
     #[test]

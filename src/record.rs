@@ -2,6 +2,7 @@
 //! checksummed byte format they are persisted in.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// A Paxos ballot, totally ordered by counter then proposer. The proposer id is drawn
 /// at random when a proxy starts, so a restarted proxy never reuses a ballot.
@@ -31,7 +32,7 @@ pub struct Record {
     /// [`LINEAGE`] long (shorter means it reaches back to a version built on nothing).
     /// Lets a retried request tell whether its earlier attempt is in the key's history.
     #[serde(with = "ids")]
-    pub lineage: Vec<[u8; 16]>,
+    pub lineage: Lineage,
     pub tombstone: bool,
     /// JunoDB payload type (0 clear, 1..3 encrypted or compressed by someone else).
     pub payload_kind: u8,
@@ -48,6 +49,16 @@ impl Record {
             self.expires_at <= now_secs
         };
         !self.tombstone && !expired
+    }
+
+    /// The record's fields without its value and lineage: all that the answer to a
+    /// write shows of the record it leaves, copied without touching the heap.
+    pub fn meta_only(&self) -> Record {
+        Record {
+            lineage: Lineage::new(),
+            value: Vec::new(),
+            ..*self
+        }
     }
 
     /// When the record died (was destroyed, or expired), if it is dead at `now`.
@@ -76,6 +87,11 @@ impl Record {
 /// How many predecessors a record remembers.
 pub const LINEAGE: usize = 8;
 
+/// A record's predecessors' originators, newest first: held in the record itself
+/// (a lineage is never longer than [`LINEAGE`] but when a peer sends a longer one),
+/// so that making, decoding or copying a record allocates for its value alone.
+pub type Lineage = SmallVec<[[u8; 16]; LINEAGE]>;
+
 impl Record {
     /// The tombstone that follows `self`: a destroy's, or an expiry made durable.
     pub fn buried(&self, version: u32, died_ns: u64, originator: [u8; 16]) -> Record {
@@ -87,7 +103,7 @@ impl Record {
             tombstone: true,
             payload_kind: 0,
             value: Vec::new(),
-            ..self.clone()
+            ..self.meta_only()
         }
     }
 
@@ -101,7 +117,7 @@ impl Record {
             expires_at: secs,
             last_modified_ns: died_ns,
             originator,
-            lineage: Vec::new(),
+            lineage: Lineage::new(),
             tombstone: true,
             payload_kind: 0,
             value: Vec::new(),
@@ -109,9 +125,9 @@ impl Record {
     }
 
     /// The lineage of a version built on `base`.
-    pub fn lineage_after(base: Option<&Record>) -> Vec<[u8; 16]> {
+    pub fn lineage_after(base: Option<&Record>) -> Lineage {
         match base {
-            None => Vec::new(),
+            None => Lineage::new(),
             Some(b) => std::iter::once(b.originator)
                 .chain(b.lineage.iter().copied())
                 .take(LINEAGE)
@@ -150,17 +166,17 @@ mod ids {
         s.collect_seq(ids.iter().map(|id| u128::from_le_bytes(*id)))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 16]>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<super::Lineage, D::Error> {
         struct Ids;
         impl<'de> Visitor<'de> for Ids {
-            type Value = Vec<[u8; 16]>;
+            type Value = super::Lineage;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list of 16-byte ids")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                // (The length is the sender's word: room for a lineage, no more.)
-                let room = seq.size_hint().unwrap_or(0).min(super::LINEAGE);
-                let mut out = Vec::with_capacity(room);
+                // (The length is the sender's word: no room is made for it, and one
+                // longer than a lineage spills to the heap as it arrives.)
+                let mut out = super::Lineage::new();
                 while let Some(id) = seq.next_element::<u128>()? {
                     out.push(id.to_le_bytes());
                 }
@@ -266,7 +282,7 @@ mod tests {
                     expires_at: 200,
                     last_modified_ns: 5,
                     originator: [9; 16],
-                    lineage: vec![[8; 16]],
+                    lineage: smallvec::smallvec![[8; 16]],
                     tombstone: false,
                     payload_kind: 0,
                     value: b"hello".to_vec(),
@@ -298,14 +314,14 @@ mod tests {
             lineage in proptest::collection::vec(proptest::prelude::any::<[u8; 16]>(), 0..=LINEAGE),
             value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
         ) {
-            let r = Record { originator, lineage, value, ..slot().accepted.unwrap().1 };
+            let r = Record { originator, lineage: lineage.into(), value, ..slot().accepted.unwrap().1 };
             let plain = PlainRecord {
                 version: r.version,
                 creation_time: r.creation_time,
                 expires_at: r.expires_at,
                 last_modified_ns: r.last_modified_ns,
                 originator: r.originator,
-                lineage: r.lineage.clone(),
+                lineage: r.lineage.to_vec(),
                 tombstone: r.tombstone,
                 payload_kind: r.payload_kind,
                 value: r.value.clone(),

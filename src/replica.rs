@@ -169,6 +169,9 @@ pub struct NodeInfo {
 }
 
 /// What [`step`] asks the storage server to persist before replying.
+// (A slot is moved once, from `step` to the write; boxing it would cost every write an
+// allocation.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Put(Slot),
@@ -341,7 +344,7 @@ mod tests {
             expires_at: 100,
             last_modified_ns: 0,
             originator: [0; 16],
-            lineage: Vec::new(),
+            lineage: crate::record::Lineage::new(),
             tombstone: false,
             payload_kind: 0,
             value: vec![v as u8],

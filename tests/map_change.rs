@@ -377,7 +377,7 @@ async fn a_joining_node_drops_what_it_held_of_its_shards_before() {
         expires_at: u32::MAX,
         last_modified_ns: 0,
         originator: [0; 16],
-        lineage: Vec::new(),
+        lineage: Default::default(),
         tombstone: false,
         payload_kind: 0,
         value: b"stale".to_vec(),
