@@ -241,7 +241,7 @@ pub struct Coordinator {
     /// Every record of its own this request sent (any may have taken effect, at most
     /// one can), each with the originator of the version it was built on. Each attempt
     /// has an originator of its own, so that the one that took effect can be told.
-    wrote: Vec<Sent>,
+    wrote: SmallVec<[Sent; 1]>,
     /// Records of its own this request made so far (their originators are numbered).
     attempts: u32,
     /// Replicas that definitely refused (rejected) the accept round that sent it; if
@@ -285,7 +285,7 @@ impl Coordinator {
             highest_seen: 0,
             outcome: None,
             replied: false,
-            wrote: Vec::new(),
+            wrote: SmallVec::new(),
             attempts: 0,
             write_refusals: 0,
             write_round: 0,

@@ -7,6 +7,7 @@
 use crate::replica::{ReplicaReply, ReplicaRequest};
 use crate::transport::Connector;
 use serde::{de::DeserializeOwned, Serialize};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,8 +126,8 @@ pub type Reply = Result<ReplicaReply, CallError>;
 pub enum Deliver {
     /// To [`Peer::call`]'s waiting caller.
     Caller(oneshot::Sender<Reply>),
-    /// To the queue of a request that has several calls out, tagged with the call.
-    Queue(u64, mpsc::UnboundedSender<(u64, Reply)>),
+    /// To the inbox of a request that has several calls out, tagged with the call.
+    Queue(u64, Arc<Inbox>),
 }
 
 impl Deliver {
@@ -134,7 +135,42 @@ impl Deliver {
         // (A caller or request that has gone no longer wants it.)
         match self {
             Deliver::Caller(tx) => drop(tx.send(reply)),
-            Deliver::Queue(tag, tx) => drop(tx.send((tag, reply))),
+            Deliver::Queue(tag, inbox) => inbox.put(tag, reply),
+        }
+    }
+}
+
+/// The replies to one request's calls, in the order they arrive, each with its call's
+/// tag: filled by the connections' readers, read by the request's task. One allocation
+/// a request, where a channel made two (one a block of 32 replies); a request has a
+/// few calls out at a time, whose replies it takes as they come.
+#[derive(Default)]
+pub struct Inbox {
+    replies: Mutex<SmallVec<[(u64, Reply); 3]>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Inbox {
+    fn put(&self, tag: u64, reply: Reply) {
+        self.replies.lock().unwrap().push((tag, reply));
+        self.arrived.notify_one();
+    }
+
+    /// The reply that came first of those not yet taken, if any.
+    pub fn take(&self) -> Option<(u64, Reply)> {
+        let mut replies = self.replies.lock().unwrap();
+        (!replies.is_empty()).then(|| replies.remove(0))
+    }
+
+    /// The next reply, once there is one. (Dropped while it waits, it loses nothing:
+    /// the reply stays for the next call.)
+    pub async fn next(&self) -> (u64, Reply) {
+        loop {
+            if let Some(reply) = self.take() {
+                return reply;
+            }
+            // (One reader: a reply put since `take` left its permit for this wait.)
+            self.arrived.notified().await;
         }
     }
 }
@@ -431,14 +467,9 @@ mod tests {
         }
     }
 
-    /// A `Deliver` that forwards to a channel the test reads.
-    fn to(tx: &mpsc::UnboundedSender<(u64, Reply)>) -> Deliver {
-        Deliver::Queue(0, tx.clone())
-    }
-
-    /// The next reply delivered to [`to`]'s queue (none once every sender is gone).
-    async fn next(replies: &mut mpsc::UnboundedReceiver<(u64, Reply)>) -> Option<Reply> {
-        replies.recv().await.map(|(_, reply)| reply)
+    /// A `Deliver` to the test's inbox, tagged `tag`.
+    fn to(inbox: &Arc<Inbox>, tag: u64) -> Deliver {
+        Deliver::Queue(tag, inbox.clone())
     }
 
     fn waiting(peer: &Peer) -> usize {
@@ -488,33 +519,28 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawn_call_leaves_nothing_behind_and_its_late_reply_is_dropped() {
         let (peer, go) = connected().await;
-        let (tx, mut replies) = mpsc::unbounded_channel();
-        let sent = peer.send(&read(), (None, 1), to(&tx));
+        let inbox = Arc::new(Inbox::default());
+        let sent = peer.send(&read(), (None, 1), to(&inbox, 1));
         assert_eq!(waiting(&peer), 1);
         drop(sent);
         assert_eq!(waiting(&peer), 0, "withdrawn");
         // Its reply comes after all, then a later call's: only the later one arrives.
         go.send(()).unwrap();
         go.send(()).unwrap();
-        let _kept = peer.send(&read(), (None, 1), to(&tx));
-        drop(tx);
-        assert!(matches!(
-            next(&mut replies).await,
-            Some(Ok(ReplicaReply::Accepted))
-        ));
-        assert!(
-            next(&mut replies).await.is_none(),
-            "the withdrawn call's reply was dropped"
-        );
+        let _kept = peer.send(&read(), (None, 1), to(&inbox, 2));
+        let (tag, reply) = inbox.next().await;
+        assert_eq!(tag, 2, "the withdrawn call's reply, first, was dropped");
+        assert!(matches!(reply, Ok(ReplicaReply::Accepted)));
+        assert!(inbox.take().is_none());
     }
 
     #[tokio::test]
     async fn calls_waiting_on_a_lost_connection_fail() {
         let (peer, go) = connected().await;
-        let (tx, mut replies) = mpsc::unbounded_channel();
-        let _sent = peer.send(&read(), (None, 1), to(&tx));
+        let inbox = Arc::new(Inbox::default());
+        let _sent = peer.send(&read(), (None, 1), to(&inbox, 1));
         drop(go); // the server closes the connection instead of answering
-        let reply = next(&mut replies).await.unwrap();
+        let (_, reply) = inbox.next().await;
         assert!(matches!(reply, Err(CallError::Lost)), "{reply:?}");
     }
 
@@ -522,22 +548,20 @@ mod tests {
     async fn a_call_withdrawn_while_its_connect_is_under_way_is_not_sent() {
         let (go, told) = mpsc::unbounded_channel();
         let peer = peer(server(told).await);
-        let (tx, mut replies) = mpsc::unbounded_channel();
-        let withdrawn = peer.send(&read(), (None, 1), to(&tx));
+        let inbox = Arc::new(Inbox::default());
+        let withdrawn = peer.send(&read(), (None, 1), to(&inbox, 1));
         assert!(withdrawn.queued_at().is_none(), "its connect is under way");
         drop(withdrawn);
-        let kept = peer.send(&read(), (None, 1), to(&tx));
-        drop(tx);
+        let kept = peer.send(&read(), (None, 1), to(&inbox, 2));
         // Enough for both, were both sent.
         go.send(()).unwrap();
         go.send(()).unwrap();
-        assert!(matches!(
-            next(&mut replies).await,
-            Some(Ok(ReplicaReply::Accepted))
-        ));
+        let (tag, reply) = inbox.next().await;
+        assert_eq!(tag, 2);
+        assert!(matches!(reply, Ok(ReplicaReply::Accepted)));
         assert!(kept.queued_at().is_some_and(|at| at >= kept.at()));
         drop(kept);
-        assert!(next(&mut replies).await.is_none(), "one call was sent");
+        assert!(inbox.take().is_none(), "one call was sent");
         assert_eq!(waiting(&peer), 0);
     }
 
@@ -546,19 +570,19 @@ mod tests {
         let (go, told) = mpsc::unbounded_channel();
         let peer = peer(server(told).await);
         go.send(()).unwrap();
-        let (tx, mut replies) = mpsc::unbounded_channel();
-        let _sent = peer.send(&read(), (None, 1), to(&tx));
+        let inbox = Arc::new(Inbox::default());
+        let _sent = peer.send(&read(), (None, 1), to(&inbox, 1));
         assert!(matches!(
-            next(&mut replies).await,
-            Some(Ok(ReplicaReply::Accepted))
+            inbox.next().await,
+            (1, Ok(ReplicaReply::Accepted))
         ));
 
         // Nothing listens at this address any more.
         let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = gone.local_addr().unwrap().to_string();
         drop(gone);
-        let _sent = self::peer(addr).send(&read(), (None, 1), to(&tx));
-        let reply = next(&mut replies).await.unwrap();
+        let _sent = self::peer(addr).send(&read(), (None, 1), to(&inbox, 2));
+        let (_, reply) = inbox.next().await;
         assert!(matches!(reply, Err(CallError::Connect(..))), "{reply:?}");
     }
 }

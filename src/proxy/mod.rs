@@ -18,9 +18,10 @@ use crate::listener::serve_until_stopped;
 use crate::protocol::{read_body, read_header, Direction, OpCode, OpMessage, RequestId, Status};
 use crate::record::Ballot;
 use crate::replica::{NodeInfo, NodeRequest, ReplicaReply, ReplicaRequest};
-use crate::rpc::{write_frames, CallError, Deliver, Peer, Reply};
+use crate::rpc::{write_frames, CallError, Deliver, Inbox, Peer, Reply};
 use crate::semantics::{Context, Op};
 use crate::transport::{Acceptor, BoxStream, Connector};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -774,10 +775,11 @@ async fn drive(
     let ballots = &proxy.ballots;
     let round_timeout = proxy.config.timeouts.round();
     let mut epoch = answer.as_ref().map_or(0, |a| a.epoch);
-    // Every reply to this request's calls comes through one queue, each call's timeout
-    // from the one timer below: no task, future or timer of its own per call.
-    let (replies_tx, mut replies) = mpsc::unbounded_channel();
-    let mut calls: Vec<Call> = Vec::new();
+    // Every reply to this request's calls comes through one inbox, each call's timeout
+    // from the one timer below: no task, future or timer of its own per call. (A
+    // request has a call out to each replica at most, nearly always: held inline.)
+    let inbox = Arc::new(Inbox::default());
+    let mut calls: SmallVec<[Call; 3]> = SmallVec::new();
     let mut next_call = 0u64;
     let mut round_deadline = Instant::now() + round_timeout;
     let mut backoff: Option<Instant> = None;
@@ -798,7 +800,7 @@ async fn drive(
                     crate::metrics::metrics().replica_messages.of(&msg).inc();
                     let tag = next_call;
                     next_call += 1;
-                    let deliver = Deliver::Queue(tag, replies_tx.clone());
+                    let deliver = Deliver::Queue(tag, inbox.clone());
                     let sent = peers[to].send(&msg, (request_id, epoch), deliver);
                     round_deadline = sent.at() + round_timeout;
                     calls.push(Call {
@@ -842,7 +844,7 @@ async fn drive(
             timer.as_mut().reset(next);
         }
         tokio::select! {
-            Some((tag, reply)) = replies.recv() => {
+            (tag, reply) = inbox.next() => {
                 // A call that timed out was withdrawn: a reply may still have been
                 // on its way.
                 let Some(i) = calls.iter().position(|c| c.tag == tag) else {
