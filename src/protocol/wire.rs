@@ -5,6 +5,7 @@
 //! The decoder never panics and never trusts a length field: every malformed input
 //! comes back as a [`DecodeError`].
 
+use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `0x5050`, the first two bytes of every JunoDB message.
@@ -329,8 +330,9 @@ fn encode_meta(meta: &Meta, out: &mut Vec<u8>) {
     // (One tag each at most: no allocation for them.)
     let mut tags = [0u8; FIELD_TAGS];
     let mut count = 0;
-    let mut body: Vec<u8> = Vec::with_capacity(96);
-    let mut fixed = |tag: u8, size_type: u8, bytes: &[u8], body: &mut Vec<u8>| {
+    // (On the stack unless it carries source info, a correlation id or a UDF name.)
+    let mut body: SmallVec<[u8; 128]> = SmallVec::new();
+    let mut fixed = |tag: u8, size_type: u8, bytes: &[u8], body: &mut SmallVec<[u8; 128]>| {
         tags[count] = tag | size_type << 5;
         count += 1;
         body.extend_from_slice(bytes);
