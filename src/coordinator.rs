@@ -201,8 +201,9 @@ impl ReadAnswer {
 enum Phase {
     Reading {
         seen: Vec<Option<ReadAnswer>>,
-        /// What a quorum agreed on, once it did.
-        chosen: Option<Option<Accepted>>,
+        /// The ballot of what a quorum agreed on (`None` inside: no record), once it
+        /// did. The record itself stays where it arrived, in `seen`.
+        chosen: Option<Option<Ballot>>,
         /// The replicas asked so far.
         asked: Flags,
     },
@@ -544,15 +545,15 @@ impl Coordinator {
                 check_one_record_per_ballot(held, answer.identity());
                 let accepted_ballot = answer.ballot();
                 seen[from] = Some(answer);
-                // The answers are compared where they lie; a record is cloned only to be
-                // kept as the chosen one (a read used to copy every answer per reply).
-                let got: Vec<&ReadAnswer> = seen.iter().flatten().collect();
-                let everyone = got.len() == self.q.replicas;
+                // The answers are compared where they lie, and none is copied (a read
+                // used to copy every answer per reply, then the chosen one).
+                let got = || seen.iter().flatten();
+                let everyone = got().count() == self.q.replicas;
                 let compared =
-                    |a: &&&ReadAnswer| !bug(Bug::ReadIgnoresBallots) || a.record().is_some();
-                let agreed = all_same_ballot(got.iter().filter(compared).map(|a| a.ballot()));
+                    |a: &&ReadAnswer| !bug(Bug::ReadIgnoresBallots) || a.record().is_some();
+                let agreed = all_same_ballot(got().filter(compared).map(ReadAnswer::ballot));
                 // The record of the replica asked for it (of any, if several were).
-                let record = got.iter().find_map(|a| a.record());
+                let record = got().find_map(ReadAnswer::record);
                 // What the answers need done once all are in, if they agree.
                 let long_dead_at = |a: &Option<Accepted>| match a {
                     Some((b, r)) if r.long_dead(self.ctx.now_secs(), self.q.purge_grace_secs) => {
@@ -564,15 +565,18 @@ impl Coordinator {
                 // Every replica asked has answered, and those not asked never will.
                 let all_asked_answered =
                     (asked.iter().zip(seen.iter())).all(|(a, s)| !a || s.is_some());
-                if let Some(decided) = chosen {
-                    if accepted_ballot != ballot_of(decided) {
-                        if let (true, Some((b, r)), Some(theirs)) =
-                            (bug(Bug::RepairOverwritesNewer), &decided, accepted_ballot)
+                if let Some(decided) = *chosen {
+                    if accepted_ballot != decided {
+                        if let (true, Some(b), Some(theirs)) =
+                            (bug(Bug::RepairOverwritesNewer), decided, accepted_ballot)
                         {
                             // Above the straggler's accepted ballot and the lease it
                             // promised with it, skipping phase 1.
-                            let above = (*b).max(theirs).counter + 1;
+                            let above = b.max(theirs).counter + 1;
                             let ballot = ballots.next_above(above);
+                            let (_, r) = (got().filter_map(|a| a.record()?.as_ref()))
+                                .find(|(x, _)| *x == b)
+                                .expect("the chosen record is among the answers");
                             let record = Arc::new(r.clone());
                             self.phase = Phase::Finished;
                             let key = self.key.clone();
@@ -603,7 +607,7 @@ impl Coordinator {
                     return Vec::new();
                 }
                 let enough = match bug(Bug::ReadOneReplica) {
-                    true => !got.is_empty(),
+                    true => got().next().is_some(),
                     false => self.q.met(|i| seen[i].is_some()),
                 };
                 // (A quorum that only compared waits for the record: the replica asked
@@ -630,7 +634,7 @@ impl Coordinator {
                     }
                     _ => None,
                 };
-                *chosen = Some(record.clone());
+                *chosen = Some(ballot_of(record));
                 let mut actions = vec![self.reply(outcome)];
                 if everyone {
                     actions.extend(self.finish_read(settled));
